@@ -1,0 +1,711 @@
+//! Intents: parsing and validation of the input contract (DESIGN section 2).
+//!
+//! Parsing never panics and never guesses: a payload is either a valid [`Intent`] or an
+//! [`InvalidIntent`] that says which field was wrong and how, ready for the dead-letter output.
+//! Amounts go from the JSON text straight to an exact [`Decimal`], never through a float.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+
+use crate::currency::is_iso4217;
+
+/// The default limit on the size of one intent payload.
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024;
+
+/// The longest accepted `intent_id`, in characters.
+pub const MAX_INTENT_ID_CHARS: usize = 128;
+
+/// A valid intent: a proposed action by a non-human identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub account_id: String,
+    pub action: String,
+    /// Exact amount, `>= 0`; `None` for non-monetary actions.
+    pub amount: Option<Decimal>,
+    /// ISO 4217 code; always present when `amount` is.
+    pub currency: Option<String>,
+    pub counterparty: Option<Counterparty>,
+    pub created_at: DateTime<Utc>,
+    /// Any extra JSON object the producer wants rules to see.
+    pub attributes: Option<Map<String, Json>>,
+}
+
+/// The other side of the action.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counterparty {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// ISO 3166 alpha-2 (two upper-case letters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+}
+
+impl Counterparty {
+    /// The field called `name`, if that is a counterparty field at all (outer `None`).
+    pub fn field(&self, name: &str) -> Option<Option<&str>> {
+        let value = match name {
+            "id" => &self.id,
+            "name" => &self.name,
+            "country" => &self.country,
+            "account" => &self.account,
+            _ => return None,
+        };
+        Some(value.as_deref())
+    }
+}
+
+/// The names of a counterparty's fields, in documentation order.
+pub const COUNTERPARTY_FIELDS: [&str; 4] = ["id", "name", "country", "account"];
+
+/// The top-level fields of an intent, in documentation order.
+pub const INTENT_FIELDS: [&str; 9] = [
+    "intent_id",
+    "agent_id",
+    "account_id",
+    "action",
+    "amount",
+    "currency",
+    "counterparty",
+    "created_at",
+    "attributes",
+];
+
+/// Why a payload is not a valid intent (the dead-letter `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidKind {
+    InvalidJson,
+    TooLarge,
+    MissingField,
+    UnknownField,
+    InvalidField,
+}
+
+impl InvalidKind {
+    pub const ALL: [InvalidKind; 5] = [
+        InvalidKind::InvalidJson,
+        InvalidKind::TooLarge,
+        InvalidKind::MissingField,
+        InvalidKind::UnknownField,
+        InvalidKind::InvalidField,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidKind::InvalidJson => "invalid_json",
+            InvalidKind::TooLarge => "too_large",
+            InvalidKind::MissingField => "missing_field",
+            InvalidKind::UnknownField => "unknown_field",
+            InvalidKind::InvalidField => "invalid_field",
+        }
+    }
+}
+
+/// A precise, human-readable reason why a payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidIntent {
+    pub kind: InvalidKind,
+    /// The offending field as a dotted path (`counterparty.country`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl InvalidIntent {
+    fn new(kind: InvalidKind, field: Option<&str>, message: String) -> Self {
+        InvalidIntent { kind, field: field.map(str::to_owned), message }
+    }
+
+    fn field(field: &str, message: String) -> Self {
+        Self::new(InvalidKind::InvalidField, Some(field), message)
+    }
+}
+
+/// Parses and validates one intent payload of at most `max_bytes` bytes.
+pub fn parse_intent(payload: &[u8], max_bytes: usize) -> Result<Intent, InvalidIntent> {
+    if payload.len() > max_bytes {
+        return Err(InvalidIntent::new(
+            InvalidKind::TooLarge,
+            None,
+            format!("payload is {} bytes; the limit is {max_bytes} bytes", payload.len()),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let parsed = de.deserialize_any(IntentVisitor).and_then(|intent| de.end().map(|()| intent));
+    match parsed {
+        Ok(result) => result,
+        Err(e) => Err(InvalidIntent::new(InvalidKind::InvalidJson, None, json_message(&e))),
+    }
+}
+
+fn json_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if text.contains("EOF while parsing") && e.line() == 1 && e.column() == 0 {
+        return "payload is empty; expected a JSON object".to_owned();
+    }
+    format!("invalid JSON: {text}")
+}
+
+/// Parses an exact, non-negative decimal from an amount's JSON text.
+///
+/// Strings must be plain decimals (digits with an optional point; no sign, no exponent);
+/// JSON numbers may use an exponent and are converted exactly.
+pub fn parse_amount(text: &str, is_json_number: bool) -> Result<Decimal, String> {
+    let plain = |s: &str| {
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        !s.is_empty()
+            && !int.is_empty()
+            && int.bytes().all(|b| b.is_ascii_digit())
+            && (!s.contains('.') || !frac.is_empty())
+            && frac.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !is_json_number {
+        if text.starts_with('-') {
+            return Err(format!("must not be negative, found `{text}`"));
+        }
+        if !plain(text) {
+            return Err(format!(
+                "`{text}` is not a plain decimal (digits with an optional decimal point, e.g. `12000.50`)"
+            ));
+        }
+    } else if text.starts_with('-') {
+        // `-0` and `-0.0` are zero, every other negative number is refused.
+        let magnitude = &text[1..];
+        let zero = magnitude.bytes().all(|b| matches!(b, b'0' | b'.'))
+            || magnitude.split(['e', 'E']).next().is_some_and(|m| m.bytes().all(|b| matches!(b, b'0' | b'.')));
+        if !zero {
+            return Err(format!("must not be negative, found `{text}`"));
+        }
+    }
+    let parsed = if text.contains(['e', 'E']) {
+        Decimal::from_scientific(text)
+    } else {
+        Decimal::from_str_exact(text)
+    };
+    let value = parsed.map_err(|_| {
+        format!("`{text}` cannot be represented exactly (at most 28 decimal places and 28 significant digits)")
+    })?;
+    Ok(if value.is_sign_negative() { Decimal::ZERO } else { value })
+}
+
+fn json_type(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+fn valid_action(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A JSON value as read from the payload: strict about duplicate keys at every depth.
+enum Field {
+    Value(Json),
+    /// A duplicate key somewhere inside, as a dotted path relative to this value.
+    DuplicateKey(String),
+}
+
+struct StrictValue;
+
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Field;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Field;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Field, E> {
+        Ok(Field::Value(Json::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Field, E> {
+        Ok(Field::Value(Json::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Field, E> {
+        Ok(Field::Value(Json::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Field, E> {
+        Ok(Field::Value(Json::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+        Ok(Field::Value(Json::String(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Field, E> {
+        Ok(Field::Value(Json::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Field, E> {
+        Ok(Field::Value(Json::Null))
+    }
+    fn visit_none<E>(self) -> Result<Field, E> {
+        Ok(Field::Value(Json::Null))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+        let mut items = Vec::new();
+        let mut dup = None;
+        let mut index = 0usize;
+        while let Some(item) = seq.next_element_seed(StrictValue)? {
+            match item {
+                Field::Value(v) => items.push(v),
+                Field::DuplicateKey(path) => {
+                    dup.get_or_insert(format!("[{index}].{path}"));
+                }
+            }
+            index += 1;
+        }
+        Ok(dup.map_or(Field::Value(Json::Array(items)), Field::DuplicateKey))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+        // With serde_json's `arbitrary_precision`, a number arrives as a one-entry map under a
+        // private key; `Json` knows how to read that back, so hand such maps over to it.
+        let mut object = Map::new();
+        let mut dup: Option<String> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "$serde_json::private::Number" {
+                let text: String = map.next_value()?;
+                return Ok(Field::Value(Json::Number(serde_json::Number::from_string_unchecked(text))));
+            }
+            match map.next_value_seed(StrictValue)? {
+                Field::Value(v) => {
+                    if object.contains_key(&key) {
+                        dup.get_or_insert(key);
+                    } else {
+                        object.insert(key, v);
+                    }
+                }
+                Field::DuplicateKey(path) => {
+                    dup.get_or_insert(format!("{key}.{path}"));
+                }
+            }
+        }
+        Ok(dup.map_or(Field::Value(Json::Object(object)), Field::DuplicateKey))
+    }
+}
+
+struct IntentVisitor;
+
+#[derive(Default)]
+struct Raw {
+    intent_id: Option<String>,
+    agent_id: Option<String>,
+    account_id: Option<String>,
+    action: Option<String>,
+    amount: Option<Decimal>,
+    currency: Option<String>,
+    counterparty: Option<Counterparty>,
+    created_at: Option<DateTime<Utc>>,
+    attributes: Option<Map<String, Json>>,
+}
+
+impl<'de> Visitor<'de> for IntentVisitor {
+    type Value = Result<Intent, InvalidIntent>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut raw = Raw::default();
+        let mut seen = [false; INTENT_FIELDS.len()];
+        let mut error: Option<InvalidIntent> = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if error.is_some() {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let Some(index) = INTENT_FIELDS.iter().position(|f| *f == key) else {
+                map.next_value::<IgnoredAny>()?;
+                error = Some(InvalidIntent::new(
+                    InvalidKind::UnknownField,
+                    Some(&key),
+                    format!(
+                        "unknown field `{key}`; an intent has only {} (extra data belongs in `attributes`)",
+                        backticked(&INTENT_FIELDS)
+                    ),
+                ));
+                continue;
+            };
+            if std::mem::replace(&mut seen[index], true) {
+                map.next_value::<IgnoredAny>()?;
+                error = Some(InvalidIntent::field(&key, format!("duplicate key `{key}`")));
+                continue;
+            }
+            let value = match map.next_value_seed(StrictValue)? {
+                Field::Value(v) => v,
+                Field::DuplicateKey(path) => {
+                    error = Some(InvalidIntent::field(
+                        &format!("{key}.{path}"),
+                        format!("duplicate key `{key}.{path}`"),
+                    ));
+                    continue;
+                }
+            };
+            if let Err(e) = raw.set(INTENT_FIELDS[index], value) {
+                error = Some(e);
+            }
+        }
+        Ok(match error {
+            Some(e) => Err(e),
+            None => raw.finish(),
+        })
+    }
+}
+
+fn backticked(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+fn required_string(field: &str, value: Json) -> Result<Option<String>, InvalidIntent> {
+    match value {
+        Json::String(s) if s.is_empty() => {
+            Err(InvalidIntent::field(field, format!("`{field}` must not be empty")))
+        }
+        Json::String(s) => Ok(Some(s)),
+        Json::Null => Err(InvalidIntent::new(
+            InvalidKind::MissingField,
+            Some(field),
+            format!("required field `{field}` is null"),
+        )),
+        other => Err(InvalidIntent::field(
+            field,
+            format!("`{field}` must be a string, found {}", json_type(&other)),
+        )),
+    }
+}
+
+fn optional_string(field: &str, value: Json) -> Result<Option<String>, InvalidIntent> {
+    match value {
+        Json::Null => Ok(None),
+        Json::String(s) => Ok(Some(s)),
+        other => Err(InvalidIntent::field(
+            field,
+            format!("`{field}` must be a string, found {}", json_type(&other)),
+        )),
+    }
+}
+
+impl Raw {
+    fn set(&mut self, field: &'static str, value: Json) -> Result<(), InvalidIntent> {
+        match field {
+            "intent_id" => {
+                self.intent_id = required_string(field, value)?;
+                let chars = self.intent_id.as_deref().map_or(0, |s| s.chars().count());
+                if chars > MAX_INTENT_ID_CHARS {
+                    return Err(InvalidIntent::field(
+                        field,
+                        format!("`intent_id` is {chars} characters long; at most {MAX_INTENT_ID_CHARS} are allowed"),
+                    ));
+                }
+            }
+            "agent_id" => self.agent_id = required_string(field, value)?,
+            "account_id" => self.account_id = required_string(field, value)?,
+            "action" => {
+                let action = required_string(field, value)?;
+                if let Some(a) = &action {
+                    if !valid_action(a) {
+                        return Err(InvalidIntent::field(
+                            field,
+                            format!("`action` `{a}` must be 1 to 64 lower-case letters, digits, `_`, `.` or `-` (e.g. `transfer`)"),
+                        ));
+                    }
+                }
+                self.action = action;
+            }
+            "amount" => {
+                self.amount = match value {
+                    Json::Null => None,
+                    Json::String(s) => Some(parse_amount(&s, false)),
+                    Json::Number(n) => Some(parse_amount(n.as_str(), true)),
+                    other => {
+                        return Err(InvalidIntent::field(
+                            field,
+                            format!("`amount` must be a decimal string or number, found {}", json_type(&other)),
+                        ))
+                    }
+                }
+                .transpose()
+                .map_err(|e| InvalidIntent::field(field, format!("`amount` {e}")))?;
+            }
+            "currency" => {
+                let currency = optional_string(field, value)?;
+                if let Some(c) = &currency {
+                    if !is_iso4217(c) {
+                        return Err(InvalidIntent::field(
+                            field,
+                            format!("`currency` `{c}` is not an ISO 4217 currency code (three upper-case letters, e.g. `EUR`)"),
+                        ));
+                    }
+                }
+                self.currency = currency;
+            }
+            "counterparty" => {
+                self.counterparty = match value {
+                    Json::Null => None,
+                    Json::Object(o) => Some(parse_counterparty(o)?),
+                    other => {
+                        return Err(InvalidIntent::field(
+                            field,
+                            format!("`counterparty` must be an object, found {}", json_type(&other)),
+                        ))
+                    }
+                }
+            }
+            "created_at" => {
+                let text = match value {
+                    Json::String(s) => s,
+                    Json::Null => {
+                        return Err(InvalidIntent::new(
+                            InvalidKind::MissingField,
+                            Some(field),
+                            "required field `created_at` is null".to_owned(),
+                        ))
+                    }
+                    other => {
+                        return Err(InvalidIntent::field(
+                            field,
+                            format!("`created_at` must be an RFC 3339 timestamp string, found {}", json_type(&other)),
+                        ))
+                    }
+                };
+                let parsed = DateTime::parse_from_rfc3339(&text).map_err(|e| {
+                    InvalidIntent::field(
+                        field,
+                        format!("`created_at` `{text}` is not an RFC 3339 timestamp ({e}); example: `2026-11-28T10:00:00Z`"),
+                    )
+                })?;
+                let utc = parsed.with_timezone(&Utc);
+                if utc.timestamp_nanos_opt().is_none() {
+                    return Err(InvalidIntent::field(
+                        field,
+                        format!("`created_at` `{text}` is outside the supported years 1678 to 2261"),
+                    ));
+                }
+                self.created_at = Some(utc);
+            }
+            "attributes" => {
+                self.attributes = match value {
+                    Json::Null => None,
+                    Json::Object(o) => Some(o),
+                    other => {
+                        return Err(InvalidIntent::field(
+                            field,
+                            format!("`attributes` must be an object, found {}", json_type(&other)),
+                        ))
+                    }
+                }
+            }
+            // `set` is only called with names taken from `INTENT_FIELDS`.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Intent, InvalidIntent> {
+        fn need<T>(v: Option<T>, field: &str) -> Result<T, InvalidIntent> {
+            v.ok_or_else(|| {
+                InvalidIntent::new(
+                    InvalidKind::MissingField,
+                    Some(field),
+                    format!("required field `{field}` is missing"),
+                )
+            })
+        }
+        let intent = Intent {
+            intent_id: need(self.intent_id, "intent_id")?,
+            agent_id: need(self.agent_id, "agent_id")?,
+            account_id: need(self.account_id, "account_id")?,
+            action: need(self.action, "action")?,
+            amount: self.amount,
+            currency: self.currency,
+            counterparty: self.counterparty,
+            created_at: need(self.created_at, "created_at")?,
+            attributes: self.attributes,
+        };
+        if intent.amount.is_some() && intent.currency.is_none() {
+            return Err(InvalidIntent::new(
+                InvalidKind::MissingField,
+                Some("currency"),
+                "`currency` is required when `amount` is present".to_owned(),
+            ));
+        }
+        Ok(intent)
+    }
+}
+
+fn parse_counterparty(object: Map<String, Json>) -> Result<Counterparty, InvalidIntent> {
+    let mut cp = Counterparty::default();
+    for (key, value) in object {
+        let path = format!("counterparty.{key}");
+        let slot = match key.as_str() {
+            "id" => &mut cp.id,
+            "name" => &mut cp.name,
+            "country" => &mut cp.country,
+            "account" => &mut cp.account,
+            _ => {
+                return Err(InvalidIntent::new(
+                    InvalidKind::UnknownField,
+                    Some(&path),
+                    format!("unknown field `{path}`; a counterparty has only {}", backticked(&COUNTERPARTY_FIELDS)),
+                ))
+            }
+        };
+        *slot = optional_string(&path, value)?;
+    }
+    if cp.id.as_deref() == Some("") {
+        return Err(InvalidIntent::field("counterparty.id", "`counterparty.id` must not be empty".to_owned()));
+    }
+    if let Some(country) = &cp.country {
+        if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(InvalidIntent::field(
+                "counterparty.country",
+                format!("`counterparty.country` `{country}` is not an ISO 3166 alpha-2 code (two upper-case letters, e.g. `DE`)"),
+            ));
+        }
+    }
+    Ok(cp)
+}
+
+impl FromStr for Intent {
+    type Err = InvalidIntent;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_intent(s.as_bytes(), DEFAULT_MAX_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"{"intent_id":"i-1","agent_id":"bot","account_id":"acct-1","action":"transfer","amount":"12000.50","currency":"EUR","counterparty":{"id":"cp-1","country":"DE"},"created_at":"2026-11-28T10:00:00Z","attributes":{"x":1}}"#;
+
+    fn invalid(payload: &str) -> InvalidIntent {
+        match parse_intent(payload.as_bytes(), DEFAULT_MAX_BYTES) {
+            Ok(i) => panic!("{payload} parsed as {i:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn with(field: &str, value: &str) -> String {
+        let mut v: serde_json::Map<String, Json> = serde_json::from_str(VALID).unwrap();
+        v.remove(field);
+        let mut text = serde_json::to_string(&v).unwrap();
+        text.pop();
+        format!("{text},\"{field}\":{value}}}")
+    }
+
+    #[test]
+    fn a_valid_intent_parses_exactly() {
+        let i: Intent = VALID.parse().unwrap();
+        assert_eq!(i.amount, Some(Decimal::new(1200050, 2)));
+        assert_eq!(i.amount.unwrap().to_string(), "12000.50");
+        assert_eq!(i.counterparty.unwrap().country.as_deref(), Some("DE"));
+        assert_eq!(i.created_at.to_rfc3339(), "2026-11-28T10:00:00+00:00");
+    }
+
+    #[test]
+    fn json_numbers_are_exact() {
+        for (text, expected) in [
+            ("0.1", "0.1"),
+            ("10000.01", "10000.01"),
+            ("12000.00", "12000.00"),
+            ("1e3", "1000"),
+            ("1.5E2", "150"),
+            ("123456789012345678.123456789", "123456789012345678.123456789"),
+            ("-0", "0"),
+        ] {
+            let i: Intent = with("amount", text).parse().unwrap();
+            assert_eq!(i.amount.unwrap().to_string(), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn offsets_are_accepted_and_normalised() {
+        let i: Intent = with("created_at", "\"2026-11-28T11:30:00+01:30\"").parse().unwrap();
+        assert_eq!(i.created_at.to_rfc3339(), "2026-11-28T10:00:00+00:00");
+    }
+
+    #[test]
+    fn nulls_mean_absent_for_optional_fields() {
+        let i: Intent = with("counterparty", "null").parse().unwrap();
+        assert!(i.counterparty.is_none());
+        let e = invalid(&with("agent_id", "null"));
+        assert_eq!((e.kind, e.field.as_deref()), (InvalidKind::MissingField, Some("agent_id")));
+    }
+
+    #[test]
+    fn every_kind_of_invalid_input_is_named() {
+        let cases: Vec<(String, InvalidKind, Option<&str>, &str)> = vec![
+            ("{".into(), InvalidKind::InvalidJson, None, "EOF"),
+            ("".into(), InvalidKind::InvalidJson, None, "empty"),
+            ("[1]".into(), InvalidKind::InvalidJson, None, "JSON object"),
+            (format!("{VALID} x"), InvalidKind::InvalidJson, None, "trailing"),
+            (VALID.replace(",\"agent_id\":\"bot\"", ""), InvalidKind::MissingField, Some("agent_id"), "`agent_id`"),
+            (with("colour", "\"red\""), InvalidKind::UnknownField, Some("colour"), "`colour`"),
+            (with("amount", "\"-5\""), InvalidKind::InvalidField, Some("amount"), "negative"),
+            (with("amount", "-5.5"), InvalidKind::InvalidField, Some("amount"), "negative"),
+            (with("amount", "\"1e3\""), InvalidKind::InvalidField, Some("amount"), "plain decimal"),
+            (with("amount", "\"12.\""), InvalidKind::InvalidField, Some("amount"), "plain decimal"),
+            (with("amount", "true"), InvalidKind::InvalidField, Some("amount"), "a boolean"),
+            (with("amount", "\"0.12345678901234567890123456789\""), InvalidKind::InvalidField, Some("amount"), "exactly"),
+            (with("currency", "\"XYZ\""), InvalidKind::InvalidField, Some("currency"), "ISO 4217"),
+            (with("currency", "null"), InvalidKind::MissingField, Some("currency"), "required when `amount`"),
+            (with("created_at", "\"yesterday\""), InvalidKind::InvalidField, Some("created_at"), "RFC 3339"),
+            (with("action", "\"Transfer\""), InvalidKind::InvalidField, Some("action"), "lower-case"),
+            (with("intent_id", &format!("\"{}\"", "x".repeat(129))), InvalidKind::InvalidField, Some("intent_id"), "129 characters"),
+            (with("intent_id", "\"\""), InvalidKind::InvalidField, Some("intent_id"), "empty"),
+            (with("intent_id", "7"), InvalidKind::InvalidField, Some("intent_id"), "a number"),
+            (with("counterparty", "{\"id\":\"c\",\"iban\":\"x\"}"), InvalidKind::UnknownField, Some("counterparty.iban"), "`counterparty.iban`"),
+            (with("counterparty", "{\"country\":\"Germany\"}"), InvalidKind::InvalidField, Some("counterparty.country"), "ISO 3166"),
+            (with("attributes", "[1]"), InvalidKind::InvalidField, Some("attributes"), "an array"),
+            (format!("{{\"intent_id\":\"a\",{}", &with("intent_id", "\"b\"")[1..]), InvalidKind::InvalidField, Some("intent_id"), "duplicate key"),
+            (with("attributes", "{\"a\":{\"b\":1,\"b\":2}}"), InvalidKind::InvalidField, Some("attributes.a.b"), "duplicate key"),
+        ];
+        for (payload, kind, field, needle) in cases {
+            let e = invalid(&payload);
+            assert_eq!(e.kind, kind, "{payload}: {e:?}");
+            assert_eq!(e.field.as_deref(), field, "{payload}: {e:?}");
+            assert!(e.message.contains(needle), "{payload}: `{}` lacks `{needle}`", e.message);
+        }
+    }
+
+    #[test]
+    fn payloads_over_the_limit_are_too_large() {
+        let e = parse_intent(VALID.as_bytes(), 10).unwrap_err();
+        assert_eq!(e.kind, InvalidKind::TooLarge);
+        assert!(e.message.contains(&format!("{} bytes", VALID.len())));
+    }
+
+    #[test]
+    fn attributes_keep_exact_numbers() {
+        let i: Intent = with("attributes", "{\"rate\":0.1,\"n\":1000}").parse().unwrap();
+        let attrs = i.attributes.unwrap();
+        assert_eq!(attrs["rate"].to_string(), "0.1");
+        assert_eq!(attrs["n"].as_i64(), Some(1000));
+    }
+}
