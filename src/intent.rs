@@ -126,7 +126,11 @@ pub struct InvalidIntent {
 
 impl InvalidIntent {
     fn new(kind: InvalidKind, field: Option<&str>, message: String) -> Self {
-        InvalidIntent { kind, field: field.map(str::to_owned), message }
+        InvalidIntent {
+            kind,
+            field: field.map(str::to_owned),
+            message,
+        }
     }
 
     fn field(field: &str, message: String) -> Self {
@@ -140,14 +144,23 @@ pub fn parse_intent(payload: &[u8], max_bytes: usize) -> Result<Intent, InvalidI
         return Err(InvalidIntent::new(
             InvalidKind::TooLarge,
             None,
-            format!("payload is {} bytes; the limit is {max_bytes} bytes", payload.len()),
+            format!(
+                "payload is {} bytes; the limit is {max_bytes} bytes",
+                payload.len()
+            ),
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(payload);
-    let parsed = de.deserialize_any(IntentVisitor).and_then(|intent| de.end().map(|()| intent));
+    let parsed = de
+        .deserialize_any(IntentVisitor)
+        .and_then(|intent| de.end().map(|()| intent));
     match parsed {
         Ok(result) => result,
-        Err(e) => Err(InvalidIntent::new(InvalidKind::InvalidJson, None, json_message(&e))),
+        Err(e) => Err(InvalidIntent::new(
+            InvalidKind::InvalidJson,
+            None,
+            json_message(&e),
+        )),
     }
 }
 
@@ -181,11 +194,13 @@ pub fn parse_amount(text: &str, is_json_number: bool) -> Result<Decimal, String>
                 "`{text}` is not a plain decimal (digits with an optional decimal point, e.g. `12000.50`)"
             ));
         }
-    } else if text.starts_with('-') {
+    } else if let Some(magnitude) = text.strip_prefix('-') {
         // `-0` and `-0.0` are zero, every other negative number is refused.
-        let magnitude = &text[1..];
         let zero = magnitude.bytes().all(|b| matches!(b, b'0' | b'.'))
-            || magnitude.split(['e', 'E']).next().is_some_and(|m| m.bytes().all(|b| matches!(b, b'0' | b'.')));
+            || magnitude
+                .split(['e', 'E'])
+                .next()
+                .is_some_and(|m| m.bytes().all(|b| matches!(b, b'0' | b'.')));
         if !zero {
             return Err(format!("must not be negative, found `{text}`"));
         }
@@ -198,7 +213,11 @@ pub fn parse_amount(text: &str, is_json_number: bool) -> Result<Decimal, String>
     let value = parsed.map_err(|_| {
         format!("`{text}` cannot be represented exactly (at most 28 decimal places and 28 significant digits)")
     })?;
-    Ok(if value.is_sign_negative() { Decimal::ZERO } else { value })
+    Ok(if value.is_sign_negative() {
+        Decimal::ZERO
+    } else {
+        value
+    })
 }
 
 fn json_type(v: &Json) -> &'static str {
@@ -214,7 +233,9 @@ fn json_type(v: &Json) -> &'static str {
 
 fn valid_action(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 /// A JSON value as read from the payload: strict about duplicate keys at every depth.
@@ -289,7 +310,9 @@ impl<'de> Visitor<'de> for StrictValue {
         while let Some(key) = map.next_key::<String>()? {
             if key == "$serde_json::private::Number" {
                 let text: String = map.next_value()?;
-                return Ok(Field::Value(Json::Number(serde_json::Number::from_string_unchecked(text))));
+                return Ok(Field::Value(Json::Number(
+                    serde_json::Number::from_string_unchecked(text),
+                )));
             }
             match map.next_value_seed(StrictValue)? {
                 Field::Value(v) => {
@@ -378,14 +401,19 @@ impl<'de> Visitor<'de> for IntentVisitor {
 }
 
 fn backticked(names: &[&str]) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn required_string(field: &str, value: Json) -> Result<Option<String>, InvalidIntent> {
     match value {
-        Json::String(s) if s.is_empty() => {
-            Err(InvalidIntent::field(field, format!("`{field}` must not be empty")))
-        }
+        Json::String(s) if s.is_empty() => Err(InvalidIntent::field(
+            field,
+            format!("`{field}` must not be empty"),
+        )),
         Json::String(s) => Ok(Some(s)),
         Json::Null => Err(InvalidIntent::new(
             InvalidKind::MissingField,
@@ -445,7 +473,10 @@ impl Raw {
                     other => {
                         return Err(InvalidIntent::field(
                             field,
-                            format!("`amount` must be a decimal string or number, found {}", json_type(&other)),
+                            format!(
+                                "`amount` must be a decimal string or number, found {}",
+                                json_type(&other)
+                            ),
                         ))
                     }
                 }
@@ -471,7 +502,10 @@ impl Raw {
                     other => {
                         return Err(InvalidIntent::field(
                             field,
-                            format!("`counterparty` must be an object, found {}", json_type(&other)),
+                            format!(
+                                "`counterparty` must be an object, found {}",
+                                json_type(&other)
+                            ),
                         ))
                     }
                 }
@@ -489,7 +523,10 @@ impl Raw {
                     other => {
                         return Err(InvalidIntent::field(
                             field,
-                            format!("`created_at` must be an RFC 3339 timestamp string, found {}", json_type(&other)),
+                            format!(
+                                "`created_at` must be an RFC 3339 timestamp string, found {}",
+                                json_type(&other)
+                            ),
                         ))
                     }
                 };
@@ -503,7 +540,9 @@ impl Raw {
                 if utc.timestamp_nanos_opt().is_none() {
                     return Err(InvalidIntent::field(
                         field,
-                        format!("`created_at` `{text}` is outside the supported years 1678 to 2261"),
+                        format!(
+                            "`created_at` `{text}` is outside the supported years 1678 to 2261"
+                        ),
                     ));
                 }
                 self.created_at = Some(utc);
@@ -515,7 +554,10 @@ impl Raw {
                     other => {
                         return Err(InvalidIntent::field(
                             field,
-                            format!("`attributes` must be an object, found {}", json_type(&other)),
+                            format!(
+                                "`attributes` must be an object, found {}",
+                                json_type(&other)
+                            ),
                         ))
                     }
                 }
@@ -571,14 +613,20 @@ fn parse_counterparty(object: Map<String, Json>) -> Result<Counterparty, Invalid
                 return Err(InvalidIntent::new(
                     InvalidKind::UnknownField,
                     Some(&path),
-                    format!("unknown field `{path}`; a counterparty has only {}", backticked(&COUNTERPARTY_FIELDS)),
+                    format!(
+                        "unknown field `{path}`; a counterparty has only {}",
+                        backticked(&COUNTERPARTY_FIELDS)
+                    ),
                 ))
             }
         };
         *slot = optional_string(&path, value)?;
     }
     if cp.id.as_deref() == Some("") {
-        return Err(InvalidIntent::field("counterparty.id", "`counterparty.id` must not be empty".to_owned()));
+        return Err(InvalidIntent::field(
+            "counterparty.id",
+            "`counterparty.id` must not be empty".to_owned(),
+        ));
     }
     if let Some(country) = &cp.country {
         if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -636,7 +684,10 @@ mod tests {
             ("12000.00", "12000.00"),
             ("1e3", "1000"),
             ("1.5E2", "150"),
-            ("123456789012345678.123456789", "123456789012345678.123456789"),
+            (
+                "123456789012345678.123456789",
+                "123456789012345678.123456789",
+            ),
             ("-0", "0"),
         ] {
             let i: Intent = with("amount", text).parse().unwrap();
@@ -646,7 +697,9 @@ mod tests {
 
     #[test]
     fn offsets_are_accepted_and_normalised() {
-        let i: Intent = with("created_at", "\"2026-11-28T11:30:00+01:30\"").parse().unwrap();
+        let i: Intent = with("created_at", "\"2026-11-28T11:30:00+01:30\"")
+            .parse()
+            .unwrap();
         assert_eq!(i.created_at.to_rfc3339(), "2026-11-28T10:00:00+00:00");
     }
 
@@ -655,7 +708,10 @@ mod tests {
         let i: Intent = with("counterparty", "null").parse().unwrap();
         assert!(i.counterparty.is_none());
         let e = invalid(&with("agent_id", "null"));
-        assert_eq!((e.kind, e.field.as_deref()), (InvalidKind::MissingField, Some("agent_id")));
+        assert_eq!(
+            (e.kind, e.field.as_deref()),
+            (InvalidKind::MissingField, Some("agent_id"))
+        );
     }
 
     #[test]
@@ -664,33 +720,142 @@ mod tests {
             ("{".into(), InvalidKind::InvalidJson, None, "EOF"),
             ("".into(), InvalidKind::InvalidJson, None, "empty"),
             ("[1]".into(), InvalidKind::InvalidJson, None, "JSON object"),
-            (format!("{VALID} x"), InvalidKind::InvalidJson, None, "trailing"),
-            (VALID.replace(",\"agent_id\":\"bot\"", ""), InvalidKind::MissingField, Some("agent_id"), "`agent_id`"),
-            (with("colour", "\"red\""), InvalidKind::UnknownField, Some("colour"), "`colour`"),
-            (with("amount", "\"-5\""), InvalidKind::InvalidField, Some("amount"), "negative"),
-            (with("amount", "-5.5"), InvalidKind::InvalidField, Some("amount"), "negative"),
-            (with("amount", "\"1e3\""), InvalidKind::InvalidField, Some("amount"), "plain decimal"),
-            (with("amount", "\"12.\""), InvalidKind::InvalidField, Some("amount"), "plain decimal"),
-            (with("amount", "true"), InvalidKind::InvalidField, Some("amount"), "a boolean"),
-            (with("amount", "\"0.12345678901234567890123456789\""), InvalidKind::InvalidField, Some("amount"), "exactly"),
-            (with("currency", "\"XYZ\""), InvalidKind::InvalidField, Some("currency"), "ISO 4217"),
-            (with("currency", "null"), InvalidKind::MissingField, Some("currency"), "required when `amount`"),
-            (with("created_at", "\"yesterday\""), InvalidKind::InvalidField, Some("created_at"), "RFC 3339"),
-            (with("action", "\"Transfer\""), InvalidKind::InvalidField, Some("action"), "lower-case"),
-            (with("intent_id", &format!("\"{}\"", "x".repeat(129))), InvalidKind::InvalidField, Some("intent_id"), "129 characters"),
-            (with("intent_id", "\"\""), InvalidKind::InvalidField, Some("intent_id"), "empty"),
-            (with("intent_id", "7"), InvalidKind::InvalidField, Some("intent_id"), "a number"),
-            (with("counterparty", "{\"id\":\"c\",\"iban\":\"x\"}"), InvalidKind::UnknownField, Some("counterparty.iban"), "`counterparty.iban`"),
-            (with("counterparty", "{\"country\":\"Germany\"}"), InvalidKind::InvalidField, Some("counterparty.country"), "ISO 3166"),
-            (with("attributes", "[1]"), InvalidKind::InvalidField, Some("attributes"), "an array"),
-            (format!("{{\"intent_id\":\"a\",{}", &with("intent_id", "\"b\"")[1..]), InvalidKind::InvalidField, Some("intent_id"), "duplicate key"),
-            (with("attributes", "{\"a\":{\"b\":1,\"b\":2}}"), InvalidKind::InvalidField, Some("attributes.a.b"), "duplicate key"),
+            (
+                format!("{VALID} x"),
+                InvalidKind::InvalidJson,
+                None,
+                "trailing",
+            ),
+            (
+                VALID.replace(",\"agent_id\":\"bot\"", ""),
+                InvalidKind::MissingField,
+                Some("agent_id"),
+                "`agent_id`",
+            ),
+            (
+                with("colour", "\"red\""),
+                InvalidKind::UnknownField,
+                Some("colour"),
+                "`colour`",
+            ),
+            (
+                with("amount", "\"-5\""),
+                InvalidKind::InvalidField,
+                Some("amount"),
+                "negative",
+            ),
+            (
+                with("amount", "-5.5"),
+                InvalidKind::InvalidField,
+                Some("amount"),
+                "negative",
+            ),
+            (
+                with("amount", "\"1e3\""),
+                InvalidKind::InvalidField,
+                Some("amount"),
+                "plain decimal",
+            ),
+            (
+                with("amount", "\"12.\""),
+                InvalidKind::InvalidField,
+                Some("amount"),
+                "plain decimal",
+            ),
+            (
+                with("amount", "true"),
+                InvalidKind::InvalidField,
+                Some("amount"),
+                "a boolean",
+            ),
+            (
+                with("amount", "\"0.12345678901234567890123456789\""),
+                InvalidKind::InvalidField,
+                Some("amount"),
+                "exactly",
+            ),
+            (
+                with("currency", "\"XYZ\""),
+                InvalidKind::InvalidField,
+                Some("currency"),
+                "ISO 4217",
+            ),
+            (
+                with("currency", "null"),
+                InvalidKind::MissingField,
+                Some("currency"),
+                "required when `amount`",
+            ),
+            (
+                with("created_at", "\"yesterday\""),
+                InvalidKind::InvalidField,
+                Some("created_at"),
+                "RFC 3339",
+            ),
+            (
+                with("action", "\"Transfer\""),
+                InvalidKind::InvalidField,
+                Some("action"),
+                "lower-case",
+            ),
+            (
+                with("intent_id", &format!("\"{}\"", "x".repeat(129))),
+                InvalidKind::InvalidField,
+                Some("intent_id"),
+                "129 characters",
+            ),
+            (
+                with("intent_id", "\"\""),
+                InvalidKind::InvalidField,
+                Some("intent_id"),
+                "empty",
+            ),
+            (
+                with("intent_id", "7"),
+                InvalidKind::InvalidField,
+                Some("intent_id"),
+                "a number",
+            ),
+            (
+                with("counterparty", "{\"id\":\"c\",\"iban\":\"x\"}"),
+                InvalidKind::UnknownField,
+                Some("counterparty.iban"),
+                "`counterparty.iban`",
+            ),
+            (
+                with("counterparty", "{\"country\":\"Germany\"}"),
+                InvalidKind::InvalidField,
+                Some("counterparty.country"),
+                "ISO 3166",
+            ),
+            (
+                with("attributes", "[1]"),
+                InvalidKind::InvalidField,
+                Some("attributes"),
+                "an array",
+            ),
+            (
+                format!("{{\"intent_id\":\"a\",{}", &with("intent_id", "\"b\"")[1..]),
+                InvalidKind::InvalidField,
+                Some("intent_id"),
+                "duplicate key",
+            ),
+            (
+                with("attributes", "{\"a\":{\"b\":1,\"b\":2}}"),
+                InvalidKind::InvalidField,
+                Some("attributes.a.b"),
+                "duplicate key",
+            ),
         ];
         for (payload, kind, field, needle) in cases {
             let e = invalid(&payload);
             assert_eq!(e.kind, kind, "{payload}: {e:?}");
             assert_eq!(e.field.as_deref(), field, "{payload}: {e:?}");
-            assert!(e.message.contains(needle), "{payload}: `{}` lacks `{needle}`", e.message);
+            assert!(
+                e.message.contains(needle),
+                "{payload}: `{}` lacks `{needle}`",
+                e.message
+            );
         }
     }
 
@@ -703,7 +868,9 @@ mod tests {
 
     #[test]
     fn attributes_keep_exact_numbers() {
-        let i: Intent = with("attributes", "{\"rate\":0.1,\"n\":1000}").parse().unwrap();
+        let i: Intent = with("attributes", "{\"rate\":0.1,\"n\":1000}")
+            .parse()
+            .unwrap();
         let attrs = i.attributes.unwrap();
         assert_eq!(attrs["rate"].to_string(), "0.1");
         assert_eq!(attrs["n"].as_i64(), Some(1000));

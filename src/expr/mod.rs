@@ -18,7 +18,9 @@ use chrono::{DateTime, Datelike, FixedOffset, TimeDelta, Timelike, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
-pub use value::{compare, equals, ConstList, EvalError, EvalResult, List, MapValue, Value};
+pub use value::{
+    compare, equals, json_decimal, ConstList, EvalError, EvalResult, List, MapValue, Scalar, Value,
+};
 
 use crate::intent::{Intent, COUNTERPARTY_FIELDS};
 
@@ -97,7 +99,9 @@ impl Name {
 
     fn ty(self) -> Ty {
         match self {
-            Name::IntentId | Name::AgentId | Name::AccountId | Name::Action | Name::Currency => Ty::Str,
+            Name::IntentId | Name::AgentId | Name::AccountId | Name::Action | Name::Currency => {
+                Ty::Str
+            }
             Name::Amount | Name::AmountBase => Ty::Number,
             Name::CreatedAt => Ty::Time,
             Name::Counterparty | Name::Attributes => Ty::Map,
@@ -153,7 +157,10 @@ impl Program {
     pub fn eval_bool(&self, act: &Activation<'_>) -> Result<bool, EvalError> {
         match self.eval(act)? {
             Value::Bool(b) => Ok(b),
-            other => Err(EvalError::new(format!("condition gave {}, not a bool", other.type_name()))),
+            other => Err(EvalError::new(format!(
+                "condition gave {}, not a bool",
+                other.type_name()
+            ))),
         }
     }
 
@@ -172,7 +179,11 @@ impl Program {
 }
 
 /// Parses and compiles `source`. With `want_bool`, the expression must be a condition.
-pub fn compile(source: &str, scope: &Scope<'_>, want_bool: bool) -> Result<Program, Vec<CompileError>> {
+pub fn compile(
+    source: &str,
+    scope: &Scope<'_>,
+    want_bool: bool,
+) -> Result<Program, Vec<CompileError>> {
     let parser = cel::parser::Parser::new();
     let (ast, info) = parser.parse_with_source_info(source).map_err(|errors| {
         errors
@@ -184,13 +195,30 @@ pub fn compile(source: &str, scope: &Scope<'_>, want_bool: bool) -> Result<Progr
             })
             .collect::<Vec<_>>()
     })?;
-    let mut c = Compiler { scope, info: &info, source, errors: Vec::new(), locals: Vec::new(), slots: 0 };
+    let mut c = Compiler {
+        scope,
+        info: &info,
+        source,
+        errors: Vec::new(),
+        locals: Vec::new(),
+        slots: 0,
+    };
     let (node, ty) = c.expr(&ast);
     if want_bool && !ty.can_be(Ty::Bool) {
-        c.error(&ast, format!("a condition must be true or false, but this is a {}", ty.name()));
+        c.error(
+            &ast,
+            format!(
+                "a condition must be true or false, but this is a {}",
+                ty.name()
+            ),
+        );
     }
     if c.errors.is_empty() {
-        Ok(Program { node, ty, slots: c.slots })
+        Ok(Program {
+            node,
+            ty,
+            slots: c.slots,
+        })
     } else {
         Err(c.errors)
     }
@@ -265,7 +293,7 @@ enum TimePart {
 
 #[derive(Debug)]
 enum Node {
-    Const(Value<'static>),
+    Const(Scalar),
     Name(Name),
     CpField(usize),
     Counter(usize),
@@ -329,7 +357,7 @@ impl Compiler<'_> {
 
     fn bad(&mut self, at: &IdedExpr, message: String) -> (Node, Ty) {
         self.error(at, message);
-        (Node::Const(Value::Null), Ty::Dyn)
+        (Node::Const(Scalar::Null), Ty::Dyn)
     }
 
     fn expr(&mut self, e: &IdedExpr) -> (Node, Ty) {
@@ -340,7 +368,13 @@ impl Compiler<'_> {
                 if sel.test {
                     let (operand, ty) = self.expr(&sel.operand);
                     if !ty.can_be(Ty::Map) {
-                        return self.bad(e, format!("has() needs a map field like `attributes.x`, not a {}", ty.name()));
+                        return self.bad(
+                            e,
+                            format!(
+                                "has() needs a map field like `attributes.x`, not a {}",
+                                ty.name()
+                            ),
+                        );
                     }
                     self.check_cp_field(&sel.operand, &sel.field);
                     return (Node::Has(Box::new(operand), sel.field.clone()), Ty::Bool);
@@ -349,9 +383,16 @@ impl Compiler<'_> {
             }
             Expr::Call(call) => self.call(e, &call.func_name, call.target.as_deref(), &call.args),
             Expr::List(list) => {
-                let items = list.elements.iter().map(|el| self.expr(el)).collect::<Vec<_>>();
+                let items = list
+                    .elements
+                    .iter()
+                    .map(|el| self.expr(el))
+                    .collect::<Vec<_>>();
                 let elem = common_elem(items.iter().map(|(_, t)| *t));
-                (Node::MakeList(items.into_iter().map(|(n, _)| n).collect()), Ty::List(elem))
+                (
+                    Node::MakeList(items.into_iter().map(|(n, _)| n).collect()),
+                    Ty::List(elem),
+                )
             }
             Expr::Map(map) => {
                 let mut entries = Vec::new();
@@ -367,7 +408,10 @@ impl Compiler<'_> {
             Expr::Comprehension(comp) => {
                 let (range, range_ty) = self.expr(&comp.iter_range);
                 if !range_ty.can_be(Ty::List(Elem::Dyn)) && !range_ty.can_be(Ty::Map) {
-                    return self.bad(&comp.iter_range, format!("cannot iterate over a {}", range_ty.name()));
+                    return self.bad(
+                        &comp.iter_range,
+                        format!("cannot iterate over a {}", range_ty.name()),
+                    );
                 }
                 let (init, _) = self.expr(&comp.accu_init);
                 let accu = self.push_local(&comp.accu_var);
@@ -382,10 +426,22 @@ impl Compiler<'_> {
                 // The result sees the accumulator but not the iteration variables.
                 let (result, result_ty) = self.expr(&comp.result);
                 self.locals.pop();
-                let node = Comprehension { range, iter, iter2, accu, init, cond, step, result };
+                let node = Comprehension {
+                    range,
+                    iter,
+                    iter2,
+                    accu,
+                    init,
+                    cond,
+                    step,
+                    result,
+                };
                 (Node::Comprehension(Box::new(node)), result_ty)
             }
-            Expr::Struct(_) => self.bad(e, "message construction is not supported in conditions".to_owned()),
+            Expr::Struct(_) => self.bad(
+                e,
+                "message construction is not supported in conditions".to_owned(),
+            ),
             Expr::Unspecified => self.bad(e, "incomplete expression".to_owned()),
         }
     }
@@ -399,21 +455,24 @@ impl Compiler<'_> {
 
     fn literal(&mut self, e: &IdedExpr, lit: &LiteralValue) -> (Node, Ty) {
         match lit {
-            LiteralValue::Boolean(b) => (Node::Const(Value::Bool(*b.inner())), Ty::Bool),
-            LiteralValue::Int(i) => (Node::Const(Value::Int(*i.inner())), Ty::Number),
+            LiteralValue::Boolean(b) => (Node::Const(Scalar::Bool(*b.inner())), Ty::Bool),
+            LiteralValue::Int(i) => (Node::Const(Scalar::Int(*i.inner())), Ty::Number),
             LiteralValue::UInt(u) => match i64::try_from(*u.inner()) {
-                Ok(i) => (Node::Const(Value::Int(i)), Ty::Number),
+                Ok(i) => (Node::Const(Scalar::Int(i)), Ty::Number),
                 Err(_) => self.bad(e, format!("{} is too large", u.inner())),
             },
             LiteralValue::Double(d) => {
                 let value = *d.inner();
                 match self.double_text(e, value) {
-                    Some(dec) => (Node::Const(Value::Num(dec)), Ty::Number),
-                    None => self.bad(e, format!("{value} cannot be represented as an exact decimal")),
+                    Some(dec) => (Node::Const(Scalar::Num(dec)), Ty::Number),
+                    None => self.bad(
+                        e,
+                        format!("{value} cannot be represented as an exact decimal"),
+                    ),
                 }
             }
-            LiteralValue::String(s) => (Node::Const(Value::Str(Cow::Owned(s.inner().to_owned()))), Ty::Str),
-            LiteralValue::Null => (Node::Const(Value::Null), Ty::Null),
+            LiteralValue::String(s) => (Node::Const(Scalar::Str(s.inner().into())), Ty::Str),
+            LiteralValue::Null => (Node::Const(Scalar::Null), Ty::Null),
             LiteralValue::Bytes(_) => self.bad(e, "bytes literals are not supported".to_owned()),
         }
     }
@@ -421,9 +480,17 @@ impl Compiler<'_> {
     /// A double literal means its decimal text: take the text from the source.
     fn double_text(&self, e: &IdedExpr, value: f64) -> Option<Decimal> {
         let from_source = self.info.offset_for(e.id).and_then(|(start, stop)| {
-            let text: String =
-                self.source.chars().skip(start as usize).take((stop - start + 1) as usize).collect();
-            let text = if value < 0.0 && !text.starts_with('-') { format!("-{text}") } else { text };
+            let text: String = self
+                .source
+                .chars()
+                .skip(start as usize)
+                .take((stop - start + 1) as usize)
+                .collect();
+            let text = if value < 0.0 && !text.starts_with('-') {
+                format!("-{text}")
+            } else {
+                text
+            };
             let dec = if text.contains(['e', 'E']) {
                 Decimal::from_scientific(&text).ok()
             } else {
@@ -461,7 +528,10 @@ impl Compiler<'_> {
         {
             self.error(
                 operand,
-                format!("a counterparty has no field `{field}`; its fields are {}", names_list(COUNTERPARTY_FIELDS.iter())),
+                format!(
+                    "a counterparty has no field `{field}`; its fields are {}",
+                    names_list(COUNTERPARTY_FIELDS.iter())
+                ),
             );
         }
     }
@@ -472,13 +542,19 @@ impl Compiler<'_> {
                 match root.as_str() {
                     "counters" => {
                         let Some(counters) = self.scope.counters else {
-                            return self.bad(e, "a counter's `where` cannot read counters".to_owned());
+                            return self.bad(
+                                operand,
+                                "a counter's `where` cannot read counters".to_owned(),
+                            );
                         };
                         return match counters.iter().position(|(id, _)| id == field) {
                             Some(i) => (Node::Counter(i), counters[i].1),
                             None => self.bad(
-                                e,
-                                format!("unknown counter `{field}`; defined counters: {}", names_list(counters.iter().map(|c| &c.0))),
+                                operand,
+                                format!(
+                                    "unknown counter `{field}`; defined counters: {}",
+                                    names_list(counters.iter().map(|c| &c.0))
+                                ),
                             ),
                         };
                     }
@@ -486,8 +562,11 @@ impl Compiler<'_> {
                         return match self.scope.lists.iter().position(|(id, _)| id == field) {
                             Some(i) => (Node::List(i), Ty::List(self.scope.lists[i].1)),
                             None => self.bad(
-                                e,
-                                format!("unknown list `{field}`; defined lists: {}", names_list(self.scope.lists.iter().map(|l| &l.0))),
+                                operand,
+                                format!(
+                                    "unknown list `{field}`; defined lists: {}",
+                                    names_list(self.scope.lists.iter().map(|l| &l.0))
+                                ),
                             ),
                         };
                     }
@@ -496,7 +575,7 @@ impl Compiler<'_> {
                             Some(i) => (Node::CpField(i), Ty::Str),
                             None => {
                                 self.check_cp_field(operand, field);
-                                (Node::Const(Value::Null), Ty::Dyn)
+                                (Node::Const(Scalar::Null), Ty::Dyn)
                             }
                         };
                     }
@@ -511,7 +590,13 @@ impl Compiler<'_> {
         (Node::Select(Box::new(node), field.to_owned()), Ty::Dyn)
     }
 
-    fn call(&mut self, e: &IdedExpr, func: &str, target: Option<&IdedExpr>, args: &[IdedExpr]) -> (Node, Ty) {
+    fn call(
+        &mut self,
+        e: &IdedExpr,
+        func: &str,
+        target: Option<&IdedExpr>,
+        args: &[IdedExpr],
+    ) -> (Node, Ty) {
         // Operators first: they come as calls with no target.
         let binary = |f: &str| match f {
             op::EQUALS => Some(CmpOp::Eq),
@@ -549,7 +634,10 @@ impl Compiler<'_> {
                     let (r, rt) = self.expr(&args[1]);
                     for (t, arg) in [(lt, &args[0]), (rt, &args[1])] {
                         if !t.can_be(Ty::Bool) {
-                            self.error(arg, format!("`&&` and `||` need true or false, not a {}", t.name()));
+                            self.error(
+                                arg,
+                                format!("`&&` and `||` need true or false, not a {}", t.name()),
+                            );
                         }
                     }
                     let node = if func == op::LOGICAL_AND {
@@ -562,7 +650,10 @@ impl Compiler<'_> {
                 op::LOGICAL_NOT => {
                     let (x, t) = self.expr(&args[0]);
                     if !t.can_be(Ty::Bool) {
-                        self.error(&args[0], format!("`!` needs true or false, not a {}", t.name()));
+                        self.error(
+                            &args[0],
+                            format!("`!` needs true or false, not a {}", t.name()),
+                        );
                     }
                     return (Node::Not(Box::new(x)), Ty::Bool);
                 }
@@ -576,7 +667,13 @@ impl Compiler<'_> {
                 op::CONDITIONAL => {
                     let (c, ct) = self.expr(&args[0]);
                     if !ct.can_be(Ty::Bool) {
-                        self.error(&args[0], format!("the condition of `? :` must be true or false, not a {}", ct.name()));
+                        self.error(
+                            &args[0],
+                            format!(
+                                "the condition of `? :` must be true or false, not a {}",
+                                ct.name()
+                            ),
+                        );
                     }
                     let (a, at) = self.expr(&args[1]);
                     let (b, bt) = self.expr(&args[2]);
@@ -594,11 +691,21 @@ impl Compiler<'_> {
                                 Elem::Dyn => false,
                             };
                             if clash {
-                                self.error(e, format!("a {} is never in a list of {}", xt.name(), elem_name(elem)));
+                                self.error(
+                                    e,
+                                    format!(
+                                        "a {} is never in a list of {}",
+                                        xt.name(),
+                                        elem_name(elem)
+                                    ),
+                                );
                             }
                         }
                         Ty::Map | Ty::Dyn => {}
-                        other => self.error(&args[1], format!("`in` needs a list or a map, not a {}", other.name())),
+                        other => self.error(
+                            &args[1],
+                            format!("`in` needs a list or a map, not a {}", other.name()),
+                        ),
                     }
                     return (Node::In(Box::new(x), Box::new(coll)), Ty::Bool);
                 }
@@ -639,14 +746,25 @@ impl Compiler<'_> {
             ("matches", _, 2) => {
                 let pattern = match &all[1].expr {
                     Expr::Literal(LiteralValue::String(s)) => s.inner().to_owned(),
-                    _ => return self.bad(all[1], "the pattern of matches() must be a string literal".to_owned()),
+                    _ => {
+                        return self.bad(
+                            all[1],
+                            "the pattern of matches() must be a string literal".to_owned(),
+                        )
+                    }
                 };
                 if !tys[0].can_be(Ty::Str) {
-                    return self.bad(all[0], format!("matches() needs a string, not a {}", tys[0].name()));
+                    return self.bad(
+                        all[0],
+                        format!("matches() needs a string, not a {}", tys[0].name()),
+                    );
                 }
                 return match regex::Regex::new(&pattern) {
                     Ok(re) => {
-                        let subject = compiled.into_iter().next().map_or(Node::Const(Value::Null), |(n, _)| n);
+                        let subject = compiled
+                            .into_iter()
+                            .next()
+                            .map_or(Node::Const(Scalar::Null), |(n, _)| n);
                         (Node::Matches(Box::new(subject), Box::new(re)), Ty::Bool)
                     }
                     Err(err) => self.bad(all[1], format!("invalid regular expression: {err}")),
@@ -654,10 +772,18 @@ impl Compiler<'_> {
             }
             (name, true, 1 | 2) if time_part(name).is_some() => {
                 let part = time_part(name).unwrap_or(TimePart::Hours);
-                (Func::TimePart(part), &[Ty::Time, Ty::Str][..tys.len()], Ty::Number)
+                (
+                    Func::TimePart(part),
+                    &[Ty::Time, Ty::Str][..tys.len()],
+                    Ty::Number,
+                )
             }
             _ => {
-                let shape = if method { format!("x.{func}(…)") } else { format!("{func}(…)") };
+                let shape = if method {
+                    format!("x.{func}(…)")
+                } else {
+                    format!("{func}(…)")
+                };
                 return self.bad(
                     e,
                     format!(
@@ -669,22 +795,32 @@ impl Compiler<'_> {
         };
         for ((t, want), arg) in tys.iter().zip(params).zip(&all) {
             if *want != Ty::Dyn && !t.can_be(*want) {
-                self.error(arg, format!("{func}() needs a {} here, not a {}", want.name(), t.name()));
+                self.error(
+                    arg,
+                    format!("{func}() needs a {} here, not a {}", want.name(), t.name()),
+                );
             }
         }
         // Fold constant timestamp / duration literals now, so a bad one is a load error.
-        if let (Func::Timestamp | Func::Duration, Expr::Literal(LiteralValue::String(s))) = (f, &all[0].expr) {
+        if let (Func::Timestamp | Func::Duration, Expr::Literal(LiteralValue::String(s))) =
+            (f, &all[0].expr)
+        {
             let folded = if f == Func::Timestamp {
-                parse_timestamp(s.inner()).map(Value::Time)
+                parse_timestamp(s.inner()).map(Scalar::Time)
             } else {
-                parse_duration(s.inner()).map(Value::Dur).map_err(EvalError::new)
+                parse_duration(s.inner())
+                    .map(Scalar::Dur)
+                    .map_err(EvalError::new)
             };
             return match folded {
                 Ok(v) => (Node::Const(v), ret),
                 Err(err) => self.bad(all[0], err.0.into_owned()),
             };
         }
-        (Node::Call(f, compiled.into_iter().map(|(n, _)| n).collect()), ret)
+        (
+            Node::Call(f, compiled.into_iter().map(|(n, _)| n).collect()),
+            ret,
+        )
     }
 
     fn check_cmp(&mut self, e: &IdedExpr, cmp: CmpOp, l: Ty, r: Ty) {
@@ -696,12 +832,22 @@ impl Compiler<'_> {
         match cmp {
             CmpOp::Eq | CmpOp::Ne => {
                 if !same_kind && l != Ty::Null && r != Ty::Null {
-                    self.error(e, format!("comparing a {} with a {} is always unequal", l.name(), r.name()));
+                    self.error(
+                        e,
+                        format!(
+                            "comparing a {} with a {} is always unequal",
+                            l.name(),
+                            r.name()
+                        ),
+                    );
                 }
             }
             _ => {
                 if !same_kind || !ordered {
-                    self.error(e, format!("cannot order a {} against a {}", l.name(), r.name()));
+                    self.error(
+                        e,
+                        format!("cannot order a {} against a {}", l.name(), r.name()),
+                    );
                 }
             }
         }
@@ -714,12 +860,22 @@ impl Compiler<'_> {
             (_, Number, Number) => Some(Number),
             (ArithOp::Add, Str, Str) => Some(Str),
             (ArithOp::Add, List(_), List(_)) => Some(List(Elem::Dyn)),
-            (ArithOp::Add, Time, Dur) | (ArithOp::Add, Dur, Time) | (ArithOp::Sub, Time, Dur) => Some(Time),
+            (ArithOp::Add, Time, Dur) | (ArithOp::Add, Dur, Time) | (ArithOp::Sub, Time, Dur) => {
+                Some(Time)
+            }
             (ArithOp::Sub, Time, Time) | (ArithOp::Add | ArithOp::Sub, Dur, Dur) => Some(Dur),
             _ => None,
         };
         result.unwrap_or_else(|| {
-            self.error(e, format!("cannot apply `{}` to a {} and a {}", arith_symbol(a), l.name(), r.name()));
+            self.error(
+                e,
+                format!(
+                    "cannot apply `{}` to a {} and a {}",
+                    arith_symbol(a),
+                    l.name(),
+                    r.name()
+                ),
+            );
             Dyn
         })
     }
@@ -777,7 +933,11 @@ fn time_part(name: &str) -> Option<TimePart> {
 /// Parses a duration: one or more `<number><unit>` with units `ns`, `us`, `ms`, `s`, `m`,
 /// `h`, `d`, `w` (`1h30m`, `1.5h`, `100ms`, `30d`), optionally signed.
 pub fn parse_duration(text: &str) -> Result<TimeDelta, String> {
-    let bad = || format!("`{text}` is not a duration; write e.g. `100ms`, `30s`, `10m`, `1h30m`, `24h` or `30d`");
+    let bad = || {
+        format!(
+            "`{text}` is not a duration; write e.g. `100ms`, `30s`, `10m`, `1h30m`, `24h` or `30d`"
+        )
+    };
     let (negative, mut rest) = match text.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, text.strip_prefix('+').unwrap_or(text)),
@@ -787,13 +947,17 @@ pub fn parse_duration(text: &str) -> Result<TimeDelta, String> {
     }
     let mut total = Decimal::ZERO;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let number = Decimal::from_str(&rest[..digits]).map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let nanos_per: i64 = match &rest[..unit_len] {
             "ns" => 1,
             "us" | "µs" => 1_000,
@@ -826,7 +990,11 @@ fn parse_offset(text: &str) -> Result<FixedOffset, EvalError> {
     if text == "UTC" || text == "Z" {
         return FixedOffset::east_opt(0).ok_or_else(|| EvalError::new("bad offset"));
     }
-    let bad = || EvalError::new(format!("`{text}` is not a time zone offset; write e.g. `+02:00` or `UTC`"));
+    let bad = || {
+        EvalError::new(format!(
+            "`{text}` is not a time zone offset; write e.g. `+02:00` or `UTC`"
+        ))
+    };
     let (sign, rest) = match text.as_bytes().first() {
         Some(b'+') => (1, &text[1..]),
         Some(b'-') => (-1, &text[1..]),
@@ -845,13 +1013,22 @@ fn err<'a>(message: impl Into<Cow<'static, str>>) -> EvalResult<'a> {
     Err(EvalError::new(message))
 }
 
-fn eval<'a>(node: &'a Node, act: &Activation<'a>, locals: &mut Vec<EvalResult<'a>>) -> EvalResult<'a> {
+fn eval<'a>(
+    node: &'a Node,
+    act: &Activation<'a>,
+    locals: &mut Vec<EvalResult<'a>>,
+) -> EvalResult<'a> {
     match node {
-        Node::Const(v) => Ok(v.borrowed()),
+        Node::Const(v) => Ok(v.value()),
         Node::Name(name) => Ok(read_name(*name, act)?),
         Node::CpField(i) => {
             let field = COUNTERPARTY_FIELDS[*i];
-            match act.intent.counterparty.as_ref().and_then(|cp| cp.field(field).flatten()) {
+            match act
+                .intent
+                .counterparty
+                .as_ref()
+                .and_then(|cp| cp.field(field).flatten())
+            {
                 Some(s) => Ok(Value::Str(Cow::Borrowed(s))),
                 None => err(format!("the intent has no `counterparty.{field}`")),
             }
@@ -861,16 +1038,24 @@ fn eval<'a>(node: &'a Node, act: &Activation<'a>, locals: &mut Vec<EvalResult<'a
             Err(why) => err(why.to_string()),
         },
         Node::List(i) => Ok(Value::List(List::Const(&act.lists[*i]))),
-        Node::Local(slot) => locals.get(*slot).cloned().unwrap_or_else(|| err("comprehension variable out of scope")),
+        Node::Local(slot) => locals
+            .get(*slot)
+            .cloned()
+            .unwrap_or_else(|| err("comprehension variable out of scope")),
         Node::Select(inner, field) => match eval(inner, act, locals)? {
             Value::Map(m) => match m.get(&Value::Str(Cow::Borrowed(field)))? {
                 Some(v) => Ok(v),
                 None => err(format!("no field `{field}`")),
             },
-            other => err(format!("cannot read field `{field}` of a {}", other.type_name())),
+            other => err(format!(
+                "cannot read field `{field}` of a {}",
+                other.type_name()
+            )),
         },
         Node::Has(inner, field) => match eval(inner, act, locals)? {
-            Value::Map(m) => Ok(Value::Bool(m.get(&Value::Str(Cow::Borrowed(field)))?.is_some())),
+            Value::Map(m) => Ok(Value::Bool(
+                m.get(&Value::Str(Cow::Borrowed(field)))?.is_some(),
+            )),
             other => err(format!("has() needs a map, not a {}", other.type_name())),
         },
         Node::Index(inner, index) => {
@@ -881,19 +1066,34 @@ fn eval<'a>(node: &'a Node, act: &Activation<'a>, locals: &mut Vec<EvalResult<'a
                     Some(v) => Ok(v),
                     None => err(format!("no key `{key}`")),
                 },
-                (Value::List(l), Value::Int(i)) => match usize::try_from(*i).ok().and_then(|i| l.get(i)) {
-                    Some(v) => v,
-                    None => err(format!("index {i} is out of range for a list of {}", l.len())),
-                },
-                _ => err(format!("cannot index a {} with a {}", coll.type_name(), key.type_name())),
+                (Value::List(l), Value::Int(i)) => {
+                    match usize::try_from(*i).ok().and_then(|i| l.get(i)) {
+                        Some(v) => v,
+                        None => err(format!(
+                            "index {i} is out of range for a list of {}",
+                            l.len()
+                        )),
+                    }
+                }
+                _ => err(format!(
+                    "cannot index a {} with a {}",
+                    coll.type_name(),
+                    key.type_name()
+                )),
             }
         }
         Node::Not(x) => match eval(x, act, locals)? {
             Value::Bool(b) => Ok(Value::Bool(!b)),
-            other => err(format!("`!` needs true or false, not a {}", other.type_name())),
+            other => err(format!(
+                "`!` needs true or false, not a {}",
+                other.type_name()
+            )),
         },
         Node::Neg(x) => match eval(x, act, locals)? {
-            Value::Int(i) => i.checked_neg().map(Value::Int).ok_or_else(|| EvalError::new("integer overflow")),
+            Value::Int(i) => i
+                .checked_neg()
+                .map(Value::Int)
+                .ok_or_else(|| EvalError::new("integer overflow")),
             Value::Num(n) => Ok(Value::Num(-n)),
             Value::Dur(d) => Ok(Value::Dur(-d)),
             other => err(format!("cannot negate a {}", other.type_name())),
@@ -903,7 +1103,10 @@ fn eval<'a>(node: &'a Node, act: &Activation<'a>, locals: &mut Vec<EvalResult<'a
         Node::Cond(parts) => match eval(&parts.0, act, locals)? {
             Value::Bool(true) => eval(&parts.1, act, locals),
             Value::Bool(false) => eval(&parts.2, act, locals),
-            other => err(format!("the condition of `? :` must be true or false, not a {}", other.type_name())),
+            other => err(format!(
+                "the condition of `? :` must be true or false, not a {}",
+                other.type_name()
+            )),
         },
         Node::Cmp(cmp, l, r) => {
             let a = eval(l, act, locals)?;
@@ -927,7 +1130,10 @@ fn eval<'a>(node: &'a Node, act: &Activation<'a>, locals: &mut Vec<EvalResult<'a
             match eval(coll, act, locals)? {
                 Value::List(l) => Ok(Value::Bool(l.contains(&needle))),
                 Value::Map(m) => Ok(Value::Bool(m.get(&needle)?.is_some())),
-                other => err(format!("`in` needs a list or a map, not a {}", other.type_name())),
+                other => err(format!(
+                    "`in` needs a list or a map, not a {}",
+                    other.type_name()
+                )),
             }
         }
         Node::Call(f, args) => {
@@ -939,7 +1145,10 @@ fn eval<'a>(node: &'a Node, act: &Activation<'a>, locals: &mut Vec<EvalResult<'a
         }
         Node::Matches(x, re) => match eval(x, act, locals)? {
             Value::Str(s) => Ok(Value::Bool(re.is_match(&s))),
-            other => err(format!("matches() needs a string, not a {}", other.type_name())),
+            other => err(format!(
+                "matches() needs a string, not a {}",
+                other.type_name()
+            )),
         },
         Node::MakeList(items) => {
             let mut values = Vec::with_capacity(items.len());
@@ -955,7 +1164,10 @@ fn eval<'a>(node: &'a Node, act: &Activation<'a>, locals: &mut Vec<EvalResult<'a
             }
             Ok(Value::Map(MapValue::Owned(Rc::new(values))))
         }
-        Node::NotStrictlyFalse(x) => Ok(Value::Bool(!matches!(eval(x, act, locals), Ok(Value::Bool(false))))),
+        Node::NotStrictlyFalse(x) => Ok(Value::Bool(!matches!(
+            eval(x, act, locals),
+            Ok(Value::Bool(false))
+        ))),
         Node::Comprehension(c) => comprehension(c, act, locals),
     }
 }
@@ -985,12 +1197,21 @@ fn read_name<'a>(name: Name, act: &Activation<'a>) -> EvalResult<'a> {
 
 /// `&&` and `||` with CEL's error absorption: `false && error` is `false`, `true || error`
 /// is `true`, in either order.
-fn logic<'a>(l: &'a Node, r: &'a Node, or: bool, act: &Activation<'a>, locals: &mut Vec<EvalResult<'a>>) -> EvalResult<'a> {
+fn logic<'a>(
+    l: &'a Node,
+    r: &'a Node,
+    or: bool,
+    act: &Activation<'a>,
+    locals: &mut Vec<EvalResult<'a>>,
+) -> EvalResult<'a> {
     let decisive = |v: &EvalResult<'_>| matches!(v, Ok(Value::Bool(b)) if *b == or);
     let check = |v: EvalResult<'a>| -> EvalResult<'a> {
         match v {
             Ok(Value::Bool(b)) => Ok(Value::Bool(b)),
-            Ok(other) => err(format!("`&&` and `||` need true or false, not a {}", other.type_name())),
+            Ok(other) => err(format!(
+                "`&&` and `||` need true or false, not a {}",
+                other.type_name()
+            )),
             Err(e) => Err(e),
         }
     };
@@ -1021,7 +1242,10 @@ fn arith<'a>(a: ArithOp, x: Value<'a>, y: Value<'a>) -> EvalResult<'a> {
             r.map(Value::Int).ok_or_else(overflow)
         }
         (x @ (Value::Int(_) | Value::Num(_)), y @ (Value::Int(_) | Value::Num(_))) => {
-            let (p, q) = (x.as_decimal().unwrap_or_default(), y.as_decimal().unwrap_or_default());
+            let (p, q) = (
+                x.as_decimal().unwrap_or_default(),
+                y.as_decimal().unwrap_or_default(),
+            );
             if matches!(a, ArithOp::Div | ArithOp::Rem) && q.is_zero() {
                 return err("division by zero");
             }
@@ -1034,7 +1258,9 @@ fn arith<'a>(a: ArithOp, x: Value<'a>, y: Value<'a>) -> EvalResult<'a> {
             };
             r.map(Value::Num).ok_or_else(overflow)
         }
-        (Value::Str(p), Value::Str(q)) if a == ArithOp::Add => Ok(Value::Str(Cow::Owned(format!("{p}{q}")))),
+        (Value::Str(p), Value::Str(q)) if a == ArithOp::Add => {
+            Ok(Value::Str(Cow::Owned(format!("{p}{q}"))))
+        }
         (Value::List(p), Value::List(q)) if a == ArithOp::Add => {
             let mut items = Vec::with_capacity(p.len() + q.len());
             for l in [&p, &q] {
@@ -1046,14 +1272,27 @@ fn arith<'a>(a: ArithOp, x: Value<'a>, y: Value<'a>) -> EvalResult<'a> {
             }
             Ok(Value::List(List::Owned(Rc::new(items))))
         }
-        (Value::Time(t), Value::Dur(d)) | (Value::Dur(d), Value::Time(t)) if a == ArithOp::Add => {
-            t.checked_add_signed(d).map(Value::Time).ok_or_else(overflow)
-        }
-        (Value::Time(t), Value::Dur(d)) if a == ArithOp::Sub => t.checked_sub_signed(d).map(Value::Time).ok_or_else(overflow),
+        (Value::Time(t), Value::Dur(d)) | (Value::Dur(d), Value::Time(t)) if a == ArithOp::Add => t
+            .checked_add_signed(d)
+            .map(Value::Time)
+            .ok_or_else(overflow),
+        (Value::Time(t), Value::Dur(d)) if a == ArithOp::Sub => t
+            .checked_sub_signed(d)
+            .map(Value::Time)
+            .ok_or_else(overflow),
         (Value::Time(t), Value::Time(u)) if a == ArithOp::Sub => Ok(Value::Dur(t - u)),
-        (Value::Dur(d), Value::Dur(e)) if a == ArithOp::Add => d.checked_add(&e).map(Value::Dur).ok_or_else(overflow),
-        (Value::Dur(d), Value::Dur(e)) if a == ArithOp::Sub => d.checked_sub(&e).map(Value::Dur).ok_or_else(overflow),
-        (x, y) => err(format!("cannot apply `{}` to a {} and a {}", arith_symbol(a), x.type_name(), y.type_name())),
+        (Value::Dur(d), Value::Dur(e)) if a == ArithOp::Add => {
+            d.checked_add(&e).map(Value::Dur).ok_or_else(overflow)
+        }
+        (Value::Dur(d), Value::Dur(e)) if a == ArithOp::Sub => {
+            d.checked_sub(&e).map(Value::Dur).ok_or_else(overflow)
+        }
+        (x, y) => err(format!(
+            "cannot apply `{}` to a {} and a {}",
+            arith_symbol(a),
+            x.type_name(),
+            y.type_name()
+        )),
     }
 }
 
@@ -1063,29 +1302,55 @@ fn call<'a>(f: Func, args: Vec<Value<'a>>) -> EvalResult<'a> {
     let second = args.next();
     let str_arg = |v: Option<Value<'a>>| match v {
         Some(Value::Str(s)) => Ok(s),
-        Some(other) => Err(EvalError::new(format!("expected a string argument, not a {}", other.type_name()))),
+        Some(other) => Err(EvalError::new(format!(
+            "expected a string argument, not a {}",
+            other.type_name()
+        ))),
         None => Err(EvalError::new("missing argument")),
     };
     let recv_str = |v: Value<'a>| match v {
         Value::Str(s) => Ok(s),
-        other => Err(EvalError::new(format!("expected a string, not a {}", other.type_name()))),
+        other => Err(EvalError::new(format!(
+            "expected a string, not a {}",
+            other.type_name()
+        ))),
     };
     match f {
         Func::Size => match first {
             Value::Str(s) => Ok(Value::Int(s.chars().count() as i64)),
             Value::List(l) => Ok(Value::Int(l.len() as i64)),
             Value::Map(m) => Ok(Value::Int(m.len() as i64)),
-            other => err(format!("size() needs a string, list or map, not a {}", other.type_name())),
+            other => err(format!(
+                "size() needs a string, list or map, not a {}",
+                other.type_name()
+            )),
         },
-        Func::StartsWith => Ok(Value::Bool(recv_str(first)?.starts_with(str_arg(second)?.as_ref()))),
-        Func::EndsWith => Ok(Value::Bool(recv_str(first)?.ends_with(str_arg(second)?.as_ref()))),
-        Func::Contains => Ok(Value::Bool(recv_str(first)?.contains(str_arg(second)?.as_ref()))),
-        Func::LowerAscii => Ok(Value::Str(Cow::Owned(recv_str(first)?.to_ascii_lowercase()))),
-        Func::UpperAscii => Ok(Value::Str(Cow::Owned(recv_str(first)?.to_ascii_uppercase()))),
+        Func::StartsWith => Ok(Value::Bool(
+            recv_str(first)?.starts_with(str_arg(second)?.as_ref()),
+        )),
+        Func::EndsWith => Ok(Value::Bool(
+            recv_str(first)?.ends_with(str_arg(second)?.as_ref()),
+        )),
+        Func::Contains => Ok(Value::Bool(
+            recv_str(first)?.contains(str_arg(second)?.as_ref()),
+        )),
+        Func::LowerAscii => Ok(Value::Str(Cow::Owned(
+            recv_str(first)?.to_ascii_lowercase(),
+        ))),
+        Func::UpperAscii => Ok(Value::Str(Cow::Owned(
+            recv_str(first)?.to_ascii_uppercase(),
+        ))),
         Func::Int => match first {
             Value::Int(i) => Ok(Value::Int(i)),
-            Value::Num(n) => n.trunc().to_i64().map(Value::Int).ok_or_else(|| EvalError::new(format!("{n} is out of the int range"))),
-            Value::Str(s) => s.parse::<i64>().map(Value::Int).map_err(|_| EvalError::new(format!("`{s}` is not an integer"))),
+            Value::Num(n) => n
+                .trunc()
+                .to_i64()
+                .map(Value::Int)
+                .ok_or_else(|| EvalError::new(format!("{n} is out of the int range"))),
+            Value::Str(s) => s
+                .parse::<i64>()
+                .map(Value::Int)
+                .map_err(|_| EvalError::new(format!("`{s}` is not an integer"))),
             Value::Time(t) => Ok(Value::Int(t.timestamp())),
             other => err(format!("int() cannot convert a {}", other.type_name())),
         },
@@ -1104,12 +1369,18 @@ fn call<'a>(f: Func, args: Vec<Value<'a>>) -> EvalResult<'a> {
         Func::Timestamp => match first {
             Value::Str(s) => parse_timestamp(&s).map(Value::Time),
             Value::Time(t) => Ok(Value::Time(t)),
-            other => err(format!("timestamp() needs a string, not a {}", other.type_name())),
+            other => err(format!(
+                "timestamp() needs a string, not a {}",
+                other.type_name()
+            )),
         },
         Func::Duration => match first {
             Value::Str(s) => parse_duration(&s).map(Value::Dur).map_err(EvalError::new),
             Value::Dur(d) => Ok(Value::Dur(d)),
-            other => err(format!("duration() needs a string, not a {}", other.type_name())),
+            other => err(format!(
+                "duration() needs a string, not a {}",
+                other.type_name()
+            )),
         },
         Func::Dyn => Ok(first),
         Func::TimePart(part) => {
@@ -1118,7 +1389,12 @@ fn call<'a>(f: Func, args: Vec<Value<'a>>) -> EvalResult<'a> {
             };
             let offset = match second {
                 Some(Value::Str(tz)) => parse_offset(&tz)?,
-                Some(other) => return err(format!("a time zone must be a string, not a {}", other.type_name())),
+                Some(other) => {
+                    return err(format!(
+                        "a time zone must be a string, not a {}",
+                        other.type_name()
+                    ))
+                }
                 None => FixedOffset::east_opt(0).ok_or_else(|| EvalError::new("bad offset"))?,
             };
             let local = t.with_timezone(&offset);
@@ -1138,13 +1414,21 @@ fn call<'a>(f: Func, args: Vec<Value<'a>>) -> EvalResult<'a> {
     }
 }
 
-fn comprehension<'a>(c: &'a Comprehension, act: &Activation<'a>, locals: &mut Vec<EvalResult<'a>>) -> EvalResult<'a> {
+fn comprehension<'a>(
+    c: &'a Comprehension,
+    act: &Activation<'a>,
+    locals: &mut Vec<EvalResult<'a>>,
+) -> EvalResult<'a> {
     let items: Vec<(Value<'a>, Option<Value<'a>>)> = match eval(&c.range, act, locals)? {
         Value::List(l) => {
             let mut items = Vec::with_capacity(l.len());
             for i in 0..l.len() {
                 let v = l.get(i).unwrap_or(Ok(Value::Null))?;
-                items.push(if c.iter2.is_some() { (Value::Int(i as i64), Some(v)) } else { (v, None) });
+                items.push(if c.iter2.is_some() {
+                    (Value::Int(i as i64), Some(v))
+                } else {
+                    (v, None)
+                });
             }
             items
         }
@@ -1158,7 +1442,12 @@ fn comprehension<'a>(c: &'a Comprehension, act: &Activation<'a>, locals: &mut Ve
         }
         other => return err(format!("cannot iterate over a {}", other.type_name())),
     };
-    let needed = [Some(c.accu), Some(c.iter), c.iter2].into_iter().flatten().max().unwrap_or(0) + 1;
+    let needed = [Some(c.accu), Some(c.iter), c.iter2]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
+        + 1;
     if locals.len() < needed {
         locals.resize_with(needed, || Ok(Value::Null));
     }
@@ -1178,3 +1467,10 @@ fn comprehension<'a>(c: &'a Comprehension, act: &Activation<'a>, locals: &mut Ve
 
 #[cfg(test)]
 mod tests;
+
+/// Compiled programs are shared by every thread that decides.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Program>();
+    shareable::<ConstList>();
+};

@@ -6,7 +6,11 @@ const INTENT: &str = r#"{"intent_id":"i-1","agent_id":"procurement-bot","account
   "created_at":"2026-11-28T22:30:00Z","attributes":{"records":1500,"tags":["a","b"],"rate":0.1,"env":"production"}}"#;
 
 fn scope_counters() -> Vec<(String, Ty)> {
-    vec![("n_1h".into(), Ty::Number), ("sum_1h".into(), Ty::Number), ("missing".into(), Ty::Number)]
+    vec![
+        ("n_1h".into(), Ty::Number),
+        ("sum_1h".into(), Ty::Number),
+        ("missing".into(), Ty::Number),
+    ]
 }
 
 fn scope_lists() -> Vec<(String, Elem)> {
@@ -17,7 +21,10 @@ fn scope_lists() -> Vec<(String, Elem)> {
 fn run(src: &str) -> Result<String, String> {
     let counters = scope_counters();
     let lists = scope_lists();
-    let scope = Scope { counters: Some(&counters), lists: &lists };
+    let scope = Scope {
+        counters: Some(&counters),
+        lists: &lists,
+    };
     let program = compile(src, &scope, false).map_err(|e| format!("load: {}", e[0].message))?;
     let intent = parse_intent(INTENT.as_bytes(), 1 << 16).unwrap();
     let counter_values = [
@@ -25,14 +32,20 @@ fn run(src: &str) -> Result<String, String> {
         Ok(Value::Num(Decimal::new(100, 2))),
         Err("counter `missing` is unavailable: the intent has no `counterparty.account`"),
     ];
-    let list_values = [ConstList::new(vec![Value::Str("KP".into()), Value::Str("IR".into())])];
+    let list_values = [ConstList::new(vec![
+        Scalar::Str("KP".into()),
+        Scalar::Str("IR".into()),
+    ])];
     let act = Activation {
         intent: &intent,
         amount_base: Ok(Decimal::new(1000001, 2)),
         counters: &counter_values,
         lists: &list_values,
     };
-    program.eval(&act).map(|v| v.to_string()).map_err(|e| e.0.into_owned())
+    program
+        .eval(&act)
+        .map(|v| v.to_string())
+        .map_err(|e| e.0.into_owned())
 }
 
 fn check(src: &str, expected: &str) {
@@ -116,7 +129,10 @@ fn time_and_durations() {
     check("created_at.getHours(\"+02:00\")", "0");
     check("created_at.getDayOfWeek()", "6");
     check("created_at > timestamp(\"2026-11-28T00:00:00Z\")", "true");
-    check("created_at - timestamp(\"2026-11-28T22:00:00Z\") == duration(\"30m\")", "true");
+    check(
+        "created_at - timestamp(\"2026-11-28T22:00:00Z\") == duration(\"30m\")",
+        "true",
+    );
     check("duration(\"1h30m\") > duration(\"90m\")", "false");
 }
 
@@ -136,22 +152,43 @@ fn load_errors_name_the_problem() {
     let cases = [
         ("amount >", "mismatched input"),
         ("amout > 1", "unknown name `amout`"),
-        ("counters.n_2h > 1", "unknown counter `n_2h`; defined counters: `n_1h`, `sum_1h`, `missing`"),
+        (
+            "counters.n_2h > 1",
+            "unknown counter `n_2h`; defined counters: `n_1h`, `sum_1h`, `missing`",
+        ),
         ("lists.trusted", "unknown list `trusted`"),
-        ("counterparty.iban == \"x\"", "a counterparty has no field `iban`"),
+        (
+            "counterparty.iban == \"x\"",
+            "a counterparty has no field `iban`",
+        ),
         ("action > 5", "cannot order a string against a number"),
         ("amount == \"5\"", "always unequal"),
-        ("amount in lists.sanctioned", "a number is never in a list of strings"),
+        (
+            "amount in lists.sanctioned",
+            "a number is never in a list of strings",
+        ),
         ("action.frobnicate()", "unknown function `x.frobnicate(…)`"),
         ("agent_id.matches(\"(\")", "invalid regular expression"),
-        ("timestamp(\"yesterday\") < created_at", "not an RFC 3339 timestamp"),
-        ("duration(\"5 parsecs\") < duration(\"1h\")", "not a duration"),
-        ("action + 1 == 2", "cannot apply `+` to a string and a number"),
+        (
+            "timestamp(\"yesterday\") < created_at",
+            "not an RFC 3339 timestamp",
+        ),
+        (
+            "duration(\"5 parsecs\") < duration(\"1h\")",
+            "not a duration",
+        ),
+        (
+            "action + 1 == 2",
+            "cannot apply `+` to a string and a number",
+        ),
         ("!amount", "`!` needs true or false"),
     ];
     for (src, needle) in cases {
         match run(src) {
-            Err(e) => assert!(e.starts_with("load: ") && e.contains(needle), "{src}: `{e}` lacks `{needle}`"),
+            Err(e) => assert!(
+                e.starts_with("load: ") && e.contains(needle),
+                "{src}: `{e}` lacks `{needle}`"
+            ),
             Ok(v) => panic!("{src} compiled and gave {v}"),
         }
     }
@@ -160,22 +197,34 @@ fn load_errors_name_the_problem() {
 #[test]
 fn conditions_must_be_boolean() {
     let counters = scope_counters();
-    let scope = Scope { counters: Some(&counters), lists: &[] };
+    let scope = Scope {
+        counters: Some(&counters),
+        lists: &[],
+    };
     let e = compile("amount + 1", &scope, true).unwrap_err();
     assert!(e[0].message.contains("must be true or false"), "{e:?}");
-    assert!(compile("attributes.flag", &scope, true).is_ok(), "dyn may be bool at run time");
+    assert!(
+        compile("attributes.flag", &scope, true).is_ok(),
+        "dyn may be bool at run time"
+    );
 }
 
 #[test]
 fn where_clauses_cannot_read_counters() {
-    let scope = Scope { counters: None, lists: &[] };
+    let scope = Scope {
+        counters: None,
+        lists: &[],
+    };
     let e = compile("counters.n_1h > 1", &scope, true).unwrap_err();
     assert!(e[0].message.contains("cannot read counters"), "{e:?}");
 }
 
 #[test]
 fn error_offsets_point_into_the_expression() {
-    let scope = Scope { counters: Some(&[]), lists: &[] };
+    let scope = Scope {
+        counters: Some(&[]),
+        lists: &[],
+    };
     let e = compile("action == \"x\" && amout > 1", &scope, true).unwrap_err();
     assert_eq!(e[0].offset, Some(17), "{e:?}");
     let e = compile("action ==", &scope, true).unwrap_err();
@@ -185,7 +234,10 @@ fn error_offsets_point_into_the_expression() {
 #[test]
 fn durations_parse() {
     assert_eq!(parse_duration("1h30m").unwrap(), TimeDelta::minutes(90));
-    assert_eq!(parse_duration("100ms").unwrap(), TimeDelta::milliseconds(100));
+    assert_eq!(
+        parse_duration("100ms").unwrap(),
+        TimeDelta::milliseconds(100)
+    );
     assert_eq!(parse_duration("30d").unwrap(), TimeDelta::days(30));
     assert_eq!(parse_duration("1.5h").unwrap(), TimeDelta::minutes(90));
     assert_eq!(parse_duration("-2s").unwrap(), TimeDelta::seconds(-2));

@@ -61,19 +61,46 @@ pub enum MapValue<'a> {
     Owned(Rc<Vec<(Value<'a>, Value<'a>)>>),
 }
 
+/// A constant held by a compiled ruleset (literals, list items): `Send + Sync`, unlike
+/// [`Value`], which may borrow from an intent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Num(Decimal),
+    Str(Box<str>),
+    Time(DateTime<Utc>),
+    Dur(TimeDelta),
+}
+
+impl Scalar {
+    pub fn value(&self) -> Value<'_> {
+        match self {
+            Scalar::Null => Value::Null,
+            Scalar::Bool(b) => Value::Bool(*b),
+            Scalar::Int(i) => Value::Int(*i),
+            Scalar::Num(n) => Value::Num(*n),
+            Scalar::Str(s) => Value::Str(Cow::Borrowed(s)),
+            Scalar::Time(t) => Value::Time(*t),
+            Scalar::Dur(d) => Value::Dur(*d),
+        }
+    }
+}
+
 /// A `[lists]` entry, with a hash set for fast membership of strings.
 #[derive(Debug, Clone)]
 pub struct ConstList {
-    pub items: Vec<Value<'static>>,
+    pub items: Vec<Scalar>,
     strings: HashSet<Box<str>>,
 }
 
 impl ConstList {
-    pub fn new(items: Vec<Value<'static>>) -> Self {
+    pub fn new(items: Vec<Scalar>) -> Self {
         let strings = items
             .iter()
             .filter_map(|v| match v {
-                Value::Str(s) => Some(Box::from(s.as_ref())),
+                Scalar::Str(s) => Some(s.clone()),
                 _ => None,
             })
             .collect();
@@ -83,7 +110,7 @@ impl ConstList {
     pub fn contains(&self, needle: &Value<'_>) -> bool {
         match needle {
             Value::Str(s) => self.strings.contains(s.as_ref()),
-            other => self.items.iter().any(|item| equals(item, other)),
+            other => self.items.iter().any(|item| equals(&item.value(), other)),
         }
     }
 }
@@ -121,7 +148,9 @@ impl<'a> Value<'a> {
                 MapValue::Json(j) => MapValue::Json(j),
                 MapValue::Counterparty(c) => MapValue::Counterparty(*c),
                 MapValue::Owned(o) => MapValue::Owned(Rc::new(
-                    o.iter().map(|(k, v)| (k.borrowed(), v.borrowed())).collect(),
+                    o.iter()
+                        .map(|(k, v)| (k.borrowed(), v.borrowed()))
+                        .collect(),
                 )),
             }),
         }
@@ -132,21 +161,14 @@ impl<'a> Value<'a> {
         Ok(match json {
             Json::Null => Value::Null,
             Json::Bool(b) => Value::Bool(*b),
-            Json::Number(n) => {
-                if let Some(i) = n.as_i64() {
-                    Value::Int(i)
-                } else {
-                    let text = n.as_str();
-                    let parsed = if text.contains(['e', 'E']) {
-                        Decimal::from_scientific(text)
-                    } else {
-                        Decimal::from_str_exact(text)
-                    };
-                    Value::Num(parsed.map_err(|_| {
-                        EvalError::new(format!("number `{text}` cannot be represented as an exact decimal"))
-                    })?)
-                }
-            }
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Num(json_decimal(n).ok_or_else(|| {
+                    EvalError::new(format!(
+                        "number `{n}` cannot be represented as an exact decimal"
+                    ))
+                })?),
+            },
             Json::String(s) => Value::Str(Cow::Borrowed(s)),
             Json::Array(a) => Value::List(List::Json(a)),
             Json::Object(o) => Value::Map(MapValue::Json(o)),
@@ -178,7 +200,7 @@ impl<'a> List<'a> {
     pub fn get(&self, index: usize) -> Option<EvalResult<'a>> {
         match self {
             List::Json(j) => j.get(index).map(Value::from_json),
-            List::Const(c) => c.items.get(index).map(|v| Ok(v.borrowed())),
+            List::Const(c) => c.items.get(index).map(|v| Ok(v.value())),
             List::Owned(o) => o.get(index).cloned().map(Ok),
         }
     }
@@ -205,9 +227,10 @@ impl<'a> MapValue<'a> {
                     .map(|s| Value::Str(Cow::Borrowed(s)))),
                 _ => Ok(None),
             },
-            MapValue::Owned(entries) => {
-                Ok(entries.iter().find(|(k, _)| equals(k, key)).map(|(_, v)| v.clone()))
-            }
+            MapValue::Owned(entries) => Ok(entries
+                .iter()
+                .find(|(k, _)| equals(k, key))
+                .map(|(_, v)| v.clone())),
         }
     }
 
@@ -231,7 +254,10 @@ impl<'a> MapValue<'a> {
     /// The keys, for comprehensions over a map.
     pub fn keys(&self) -> Vec<Value<'a>> {
         match self {
-            MapValue::Json(o) => o.keys().map(|k| Value::Str(Cow::Borrowed(k.as_str()))).collect(),
+            MapValue::Json(o) => o
+                .keys()
+                .map(|k| Value::Str(Cow::Borrowed(k.as_str())))
+                .collect(),
             MapValue::Counterparty(cp) => crate::intent::COUNTERPARTY_FIELDS
                 .iter()
                 .filter(|f| cp.is_some_and(|cp| cp.field(f).flatten().is_some()))
@@ -239,6 +265,16 @@ impl<'a> MapValue<'a> {
                 .collect(),
             MapValue::Owned(o) => o.iter().map(|(k, _)| k.clone()).collect(),
         }
+    }
+}
+
+/// The exact decimal a JSON number's text spells, if it fits.
+pub fn json_decimal(n: &serde_json::Number) -> Option<Decimal> {
+    let text = n.as_str();
+    if text.contains(['e', 'E']) {
+        Decimal::from_scientific(text).ok()
+    } else {
+        Decimal::from_str_exact(text).ok()
     }
 }
 
@@ -252,7 +288,9 @@ pub fn equals(a: &Value<'_>, b: &Value<'_>) -> bool {
         (Value::Str(x), Value::Str(y)) => x == y,
         (Value::Time(x), Value::Time(y)) => x == y,
         (Value::Dur(x), Value::Dur(y)) => x == y,
-        (Value::Int(_) | Value::Num(_), Value::Int(_) | Value::Num(_)) => a.as_decimal() == b.as_decimal(),
+        (Value::Int(_) | Value::Num(_), Value::Int(_) | Value::Num(_)) => {
+            a.as_decimal() == b.as_decimal()
+        }
         (Value::List(x), Value::List(y)) => {
             x.len() == y.len()
                 && (0..x.len()).all(|i| match (x.get(i), y.get(i)) {
@@ -303,7 +341,11 @@ impl fmt::Display for Value<'_> {
             Value::Num(n) => write!(f, "{n}"),
             Value::Str(s) => f.write_str(s),
             Value::Time(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-            Value::Dur(d) => write!(f, "{}s", Decimal::from(d.num_milliseconds()) / Decimal::from(1000)),
+            Value::Dur(d) => write!(
+                f,
+                "{}s",
+                Decimal::from(d.num_milliseconds()) / Decimal::from(1000)
+            ),
             Value::List(l) => {
                 f.write_str("[")?;
                 for i in 0..l.len() {
@@ -345,8 +387,14 @@ mod tests {
 
     #[test]
     fn numbers_compare_exactly_across_int_and_decimal() {
-        assert_eq!(compare(&num("10000.00"), &Value::Int(10000)).unwrap(), Ordering::Equal);
-        assert_eq!(compare(&num("10000.01"), &Value::Int(10000)).unwrap(), Ordering::Greater);
+        assert_eq!(
+            compare(&num("10000.00"), &Value::Int(10000)).unwrap(),
+            Ordering::Equal
+        );
+        assert_eq!(
+            compare(&num("10000.01"), &Value::Int(10000)).unwrap(),
+            Ordering::Greater
+        );
         assert!(equals(&num("1.10"), &num("1.1")));
         assert!(!equals(&Value::Str("1".into()), &Value::Int(1)));
     }
@@ -359,7 +407,10 @@ mod tests {
 
     #[test]
     fn const_lists_find_strings_and_numbers() {
-        let list = ConstList::new(vec![Value::Str("KP".into()), num("5.0")]);
+        let list = ConstList::new(vec![
+            Scalar::Str("KP".into()),
+            Scalar::Num(Decimal::new(50, 1)),
+        ]);
         assert!(list.contains(&Value::Str("KP".into())));
         assert!(!list.contains(&Value::Str("DE".into())));
         assert!(list.contains(&Value::Int(5)));

@@ -1,0 +1,316 @@
+//! The decision engine: one intent in, one explained decision out (DESIGN section 3).
+//!
+//! [`Engine::decide`] is pure apart from the partition state it is given: the clock comes in
+//! as an argument, nothing is read from the environment, nothing is logged, and bad data
+//! never makes it fail: a rule that cannot be evaluated becomes an entry in `errors`.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use dashmap::DashMap;
+use rust_decimal::Decimal;
+
+use crate::decision::{Decision, Reason, RuleFailure, Source};
+use crate::expr::{Activation, Value};
+use crate::intent::Intent;
+use crate::rules::{Aggregate, CounterDef, FieldPath, OnError, Outcome, RuleAction, Ruleset};
+use crate::window::{Contribution, CounterValue, StateSize, Velocity};
+
+/// Engine settings that are not part of the ruleset.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// A repeated `intent_id` within this much event time is a duplicate.
+    pub duplicate_horizon: TimeDelta,
+    /// The watermark never runs further ahead of the clock than this, so an intent dated far
+    /// in the future cannot expire everyone's velocity state.
+    pub max_future_skew: TimeDelta,
+    /// Expired buckets, keys and duplicate entries are swept every this many decisions.
+    pub sweep_every: u64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            duplicate_horizon: TimeDelta::hours(24),
+            max_future_skew: TimeDelta::minutes(5),
+            sweep_every: 65_536,
+        }
+    }
+}
+
+/// Sizes of a partition's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSize {
+    pub velocity: StateSize,
+    pub remembered_intents: usize,
+}
+
+struct Remembered {
+    created_at_ns: i64,
+    decision: Arc<Decision>,
+}
+
+/// A ruleset with the velocity and duplicate state of one partition.
+pub struct Engine {
+    ruleset: Arc<Ruleset>,
+    options: EngineOptions,
+    velocity: Velocity,
+    remembered: DashMap<Box<str>, Remembered>,
+    watermark_ns: AtomicI64,
+    decided: AtomicU64,
+}
+
+const KEY_SEPARATOR: char = '\u{1f}';
+
+impl Engine {
+    pub fn new(ruleset: Arc<Ruleset>, options: EngineOptions) -> Engine {
+        Engine {
+            velocity: Velocity::new(&ruleset.counters),
+            ruleset,
+            options,
+            remembered: DashMap::new(),
+            watermark_ns: AtomicI64::new(i64::MIN),
+            decided: AtomicU64::new(0),
+        }
+    }
+
+    pub fn ruleset(&self) -> &Arc<Ruleset> {
+        &self.ruleset
+    }
+
+    /// Decides `intent` at `now`, then lets it contribute to the counters.
+    pub fn decide(&self, intent: Intent, source: Source, now: DateTime<Utc>) -> Arc<Decision> {
+        let rs = &*self.ruleset;
+        let at_ns = intent.created_at.timestamp_nanos_opt().unwrap_or(0);
+        if let Some(original) = self.duplicate_of(&intent.intent_id, at_ns) {
+            let mut again = (*original).clone();
+            again.source = source;
+            again.duplicate = true;
+            return Arc::new(again);
+        }
+        let watermark = self.advance_watermark(at_ns, now);
+
+        let amount_base = match (intent.amount, &rs.fx) {
+            (None, _) => Ok(Decimal::ZERO),
+            (Some(a), None) => Ok(a),
+            (Some(a), Some(fx)) => fx.convert(a, intent.currency.as_deref().unwrap_or("")),
+        };
+        let keys: Vec<Result<String, usize>> = rs
+            .counters
+            .iter()
+            .map(|c| counter_key(c, &intent))
+            .collect();
+        let values: Vec<Result<Value<'static>, &str>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| match key {
+                Ok(k) => Ok(match self.velocity.value(i, k, at_ns) {
+                    CounterValue::Int(n) => Value::Int(n),
+                    CounterValue::Num(n) => Value::Num(n),
+                }),
+                Err(path) => Err(rs.counters[i].unavailable[*path].as_str()),
+            })
+            .collect();
+        let act = Activation {
+            intent: &intent,
+            amount_base: amount_base.as_ref().copied().map_err(String::as_str),
+            counters: &values,
+            lists: &rs.list_values,
+        };
+
+        let mut contributed = [false; 3];
+        let mut mark = |o: Outcome| contributed[o as usize] = true;
+        let mut score: i64 = 0;
+        let mut reasons = Vec::new();
+        let mut errors = Vec::new();
+        for rule in &rs.rules {
+            match rule.when.eval_bool(&act) {
+                Ok(false) => {}
+                Ok(true) => {
+                    match rule.action.outcome() {
+                        Some(o) => mark(o),
+                        None => score = score.saturating_add(rule.score),
+                    }
+                    let message = match &rule.message {
+                        Some(t) => Some(t.render(&act)),
+                        None => rule.description.clone(),
+                    };
+                    reasons.push(Reason {
+                        rule: rule.id.clone(),
+                        action: rule.action,
+                        score: (rule.action == RuleAction::Score).then_some(rule.score),
+                        message,
+                    });
+                }
+                Err(e) => {
+                    match rs.on_error {
+                        OnError::Hold => mark(Outcome::Hold),
+                        OnError::Deny => mark(Outcome::Deny),
+                        OnError::Ignore => {}
+                    }
+                    errors.push(RuleFailure {
+                        rule: rule.id.clone(),
+                        message: e.0.into_owned(),
+                    });
+                }
+            }
+        }
+        if let Some(scoring) = rs.scoring {
+            if scoring.hold_at.is_some_and(|h| score >= h) {
+                mark(Outcome::Hold);
+            }
+            if scoring.deny_at.is_some_and(|d| score >= d) {
+                mark(Outcome::Deny);
+            }
+        }
+        let outcome = rs
+            .precedence
+            .into_iter()
+            .find(|o| contributed[*o as usize])
+            .unwrap_or(Outcome::Allow);
+
+        // Contribute after deciding: the intent never counts towards its own decision.
+        for (i, c) in rs.counters.iter().enumerate() {
+            let Ok(key) = &keys[i] else { continue };
+            if !c.contributes.admits(outcome) {
+                continue;
+            }
+            if let Some(filter) = &c.filter {
+                if filter.eval_bool(&act) != Ok(true) {
+                    continue;
+                }
+            }
+            if let Some(contribution) = contribution(c, &intent, &amount_base) {
+                self.velocity.add(i, key, at_ns, contribution, watermark);
+            }
+        }
+
+        let counters = values
+            .iter()
+            .zip(&rs.counters)
+            .filter_map(|(v, c)| match v {
+                Ok(Value::Int(n)) => Some((Arc::from(c.id.as_str()), CounterValue::Int(*n))),
+                Ok(Value::Num(n)) => Some((Arc::from(c.id.as_str()), CounterValue::Num(*n))),
+                _ => None,
+            })
+            .collect();
+        let decision = Arc::new(Decision {
+            intent_id: intent.intent_id,
+            agent_id: intent.agent_id,
+            account_id: intent.account_id,
+            action: intent.action,
+            amount: intent.amount,
+            currency: intent.currency,
+            created_at: intent.created_at,
+            outcome,
+            score,
+            reasons,
+            errors,
+            counters,
+            ruleset: rs.version.clone(),
+            decided_at: now,
+            source,
+            duplicate: false,
+        });
+        self.remembered.insert(
+            Box::from(decision.intent_id.as_str()),
+            Remembered {
+                created_at_ns: at_ns,
+                decision: decision.clone(),
+            },
+        );
+        if self.decided.fetch_add(1, Ordering::Relaxed) % self.options.sweep_every
+            == self.options.sweep_every - 1
+        {
+            self.sweep();
+        }
+        decision
+    }
+
+    fn duplicate_of(&self, intent_id: &str, at_ns: i64) -> Option<Arc<Decision>> {
+        let horizon = self
+            .options
+            .duplicate_horizon
+            .num_nanoseconds()
+            .unwrap_or(i64::MAX);
+        let entry = self.remembered.get(intent_id)?;
+        (entry.created_at_ns.abs_diff(at_ns) <= horizon.unsigned_abs())
+            .then(|| entry.decision.clone())
+    }
+
+    fn advance_watermark(&self, at_ns: i64, now: DateTime<Utc>) -> i64 {
+        let limit = (now + self.options.max_future_skew)
+            .timestamp_nanos_opt()
+            .unwrap_or(i64::MAX);
+        let candidate = at_ns.min(limit);
+        let previous = self.watermark_ns.fetch_max(candidate, Ordering::Relaxed);
+        previous.max(candidate)
+    }
+
+    /// Drops expired buckets, idle keys and intents past the duplicate horizon.
+    pub fn sweep(&self) {
+        let watermark = self.watermark_ns.load(Ordering::Relaxed);
+        if watermark == i64::MIN {
+            return;
+        }
+        self.velocity.sweep(watermark);
+        let horizon = self
+            .options
+            .duplicate_horizon
+            .num_nanoseconds()
+            .unwrap_or(i64::MAX);
+        let floor = watermark.saturating_sub(horizon);
+        self.remembered.retain(|_, r| r.created_at_ns >= floor);
+    }
+
+    pub fn size(&self) -> EngineSize {
+        EngineSize {
+            velocity: self.velocity.size(),
+            remembered_intents: self.remembered.len(),
+        }
+    }
+}
+
+/// The key of `counter` for `intent`, or the index of the key path the intent lacks.
+fn counter_key(counter: &CounterDef, intent: &Intent) -> Result<String, usize> {
+    let mut key = String::new();
+    for (i, path) in counter.key.iter().enumerate() {
+        let part = path.text(intent).ok_or(i)?;
+        if i > 0 {
+            key.push(KEY_SEPARATOR);
+        }
+        key.push_str(&part);
+    }
+    Ok(key)
+}
+
+/// What `intent` adds to `counter`, if anything.
+fn contribution(
+    counter: &CounterDef,
+    intent: &Intent,
+    amount_base: &Result<Decimal, String>,
+) -> Option<Contribution> {
+    match counter.aggregate {
+        Aggregate::Count => Some(Contribution::One),
+        Aggregate::Sum | Aggregate::Max => {
+            let amount = match counter.field.as_ref()? {
+                // Amounts add up in the base currency, so mixed currencies sum correctly.
+                FieldPath::Amount => amount_base.as_ref().ok().copied()?,
+                path => match path.json(intent)? {
+                    serde_json::Value::Number(n) => crate::expr::json_decimal(n)?,
+                    serde_json::Value::String(s) => Decimal::from_str_exact(s).ok()?,
+                    _ => return None,
+                },
+            };
+            Some(Contribution::Amount(amount))
+        }
+        Aggregate::Distinct => {
+            let item = counter.field.as_ref()?.text(intent)?;
+            Some(Contribution::Item(Box::from(item.as_ref())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,560 @@
+use super::*;
+use crate::intent::parse_intent;
+use std::path::PathBuf;
+
+fn engine(rules: &str) -> Engine {
+    let rs = Ruleset::load_sources(&[(PathBuf::from("test.toml"), rules.to_owned())])
+        .unwrap_or_else(|e| panic!("ruleset did not load:\n{e}"));
+    Engine::new(Arc::new(rs), EngineOptions::default())
+}
+
+fn now() -> DateTime<Utc> {
+    "2026-11-28T12:00:00Z".parse().unwrap()
+}
+
+/// An intent with sensible defaults; `extra` is spliced into the JSON object.
+fn intent(id: &str, extra: &str) -> Intent {
+    let mut fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&format!(
+        r#"{{"intent_id":"{id}","agent_id":"bot","account_id":"acct-1","action":"transfer","amount":"100.00","currency":"EUR","created_at":"2026-11-28T10:00:00Z"}}"#
+    ))
+    .unwrap();
+    let extra: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&format!("{{{extra}}}")).unwrap();
+    for (k, v) in extra {
+        if v.is_null() {
+            fields.remove(&k);
+        } else {
+            fields.insert(k, v);
+        }
+    }
+    parse_intent(serde_json::to_string(&fields).unwrap().as_bytes(), 1 << 16).unwrap()
+}
+
+fn source(line: u64) -> Source {
+    Source::File {
+        file: Arc::from("test"),
+        line,
+    }
+}
+
+fn decide(e: &Engine, id: &str, extra: &str) -> Arc<Decision> {
+    e.decide(intent(id, extra), source(0), now())
+}
+
+fn matched(d: &Decision) -> Vec<&str> {
+    d.reasons.iter().map(|r| &*r.rule).collect()
+}
+
+const PRECEDENCE_RULES: &str = r#"
+[[rule]]
+id = "big"
+when = 'amount > 1000'
+action = "hold"
+
+[[rule]]
+id = "trusted"
+when = 'has(counterparty.id) && counterparty.id == "cp-trusted"'
+action = "allow"
+
+[[rule]]
+id = "sanctioned"
+when = 'has(counterparty.country) && counterparty.country == "KP"'
+action = "deny"
+"#;
+
+#[test]
+fn nothing_matched_is_allow() {
+    let e = engine(PRECEDENCE_RULES);
+    let d = decide(&e, "a", "");
+    assert_eq!((d.outcome, d.score), (Outcome::Allow, 0));
+    assert!(d.reasons.is_empty() && d.errors.is_empty());
+}
+
+#[test]
+fn default_precedence_is_deny_then_allow_then_hold() {
+    let e = engine(PRECEDENCE_RULES);
+    let d = decide(
+        &e,
+        "a",
+        r#""amount":"5000","counterparty":{"id":"cp-trusted"}"#,
+    );
+    assert_eq!(d.outcome, Outcome::Allow, "allow beats hold");
+    assert_eq!(
+        matched(&d),
+        ["big", "trusted"],
+        "every matched rule is listed, in ruleset order"
+    );
+    let d = decide(
+        &e,
+        "b",
+        r#""amount":"5000","counterparty":{"id":"cp-trusted","country":"KP"}"#,
+    );
+    assert_eq!(d.outcome, Outcome::Deny, "deny beats allow");
+    assert_eq!(matched(&d), ["big", "trusted", "sanctioned"]);
+}
+
+#[test]
+fn precedence_can_be_changed() {
+    let e = engine(&format!(
+        "[decision]\nprecedence = [\"deny\", \"hold\", \"allow\"]\n{PRECEDENCE_RULES}"
+    ));
+    let d = decide(
+        &e,
+        "a",
+        r#""amount":"5000","counterparty":{"id":"cp-trusted"}"#,
+    );
+    assert_eq!(d.outcome, Outcome::Hold);
+}
+
+const SCORING_RULES: &str = r#"
+[scoring]
+hold_at = 50
+deny_at = 90
+
+[[rule]]
+id = "forty"
+when = 'amount >= 100'
+action = "score"
+score = 40
+
+[[rule]]
+id = "ten"
+when = 'amount >= 200'
+action = "score"
+score = 10
+
+[[rule]]
+id = "forty-more"
+when = 'amount >= 300'
+action = "score"
+score = 40
+
+[[rule]]
+id = "minus"
+when = 'action == "refund"'
+action = "score"
+score = -45
+"#;
+
+#[test]
+fn thresholds_turn_scores_into_decisions() {
+    let e = engine(SCORING_RULES);
+    let cases = [
+        ("99.99", "transfer", 0, Outcome::Allow),
+        ("100", "transfer", 40, Outcome::Allow),
+        ("200", "transfer", 50, Outcome::Hold),
+        ("300", "transfer", 90, Outcome::Deny),
+        ("300", "refund", 45, Outcome::Allow),
+    ];
+    for (i, (amount, action, score, outcome)) in cases.into_iter().enumerate() {
+        let d = decide(
+            &e,
+            &format!("s{i}"),
+            &format!(r#""amount":"{amount}","action":"{action}""#),
+        );
+        assert_eq!((d.score, d.outcome), (score, outcome), "{amount} {action}");
+        assert!(d
+            .reasons
+            .iter()
+            .all(|r| r.action == RuleAction::Score && r.score.is_some()));
+    }
+}
+
+const ERROR_RULES: &str = r#"
+[[counter]]
+id = "per_cp"
+key = ["counterparty.id"]
+aggregate = "count"
+window = "1h"
+
+[[rule]]
+id = "reads-counter"
+when = 'counters.per_cp > 5'
+action = "deny"
+
+[[rule]]
+id = "guarded"
+when = 'has(counterparty.id) && counters.per_cp > 5'
+action = "deny"
+"#;
+
+#[test]
+fn a_failing_rule_contributes_on_error() {
+    let e = engine(ERROR_RULES);
+    let d = decide(&e, "a", "");
+    assert_eq!(d.outcome, Outcome::Hold, "default on_error is hold");
+    assert_eq!(d.errors.len(), 1);
+    assert_eq!(&*d.errors[0].rule, "reads-counter");
+    assert!(
+        d.errors[0]
+            .message
+            .contains("the intent has no `counterparty.id`"),
+        "{}",
+        d.errors[0].message
+    );
+    assert!(
+        d.counters.is_empty(),
+        "an unavailable counter is not listed"
+    );
+
+    for (setting, outcome) in [("deny", Outcome::Deny), ("ignore", Outcome::Allow)] {
+        let e = engine(&format!(
+            "[decision]\non_error = \"{setting}\"\n{ERROR_RULES}"
+        ));
+        assert_eq!(decide(&e, "a", "").outcome, outcome, "{setting}");
+    }
+    // With the key present, the counter is available and nothing fails.
+    let d = decide(&e, "b", r#""counterparty":{"id":"cp-1"}"#);
+    assert_eq!((d.outcome, d.errors.len()), (Outcome::Allow, 0));
+    assert_eq!(
+        d.counters,
+        vec![(Arc::from("per_cp"), CounterValue::Int(0))]
+    );
+}
+
+const VELOCITY_RULES: &str = r#"
+[[counter]]
+id = "transfers_1h"
+key = ["account_id"]
+aggregate = "count"
+window = "1h"
+where = 'action == "transfer"'
+
+[[counter]]
+id = "sum_1h"
+key = ["account_id"]
+aggregate = "sum"
+field = "amount"
+window = "1h"
+
+[[counter]]
+id = "approved_1h"
+key = ["account_id"]
+aggregate = "count"
+window = "1h"
+contributes = "allowed"
+
+[[rule]]
+id = "velocity"
+when = 'counters.transfers_1h >= 3'
+action = "hold"
+
+[[rule]]
+id = "too-much"
+when = 'counters.sum_1h + amount > 1.00'
+action = "deny"
+message = "{counters.sum_1h} + {amount} {currency} is over 1.00"
+"#;
+
+#[test]
+fn counters_see_earlier_intents_only_and_respect_where_and_contributes() {
+    let e = engine(VELOCITY_RULES);
+    let at = |m: u32| format!(r#""amount":"0.10","created_at":"2026-11-28T10:{m:02}:00Z""#);
+    let outcomes: Vec<_> = (0..5)
+        .map(|i| decide(&e, &format!("v{i}"), &at(i)).outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Allow,
+            Outcome::Allow,
+            Outcome::Allow,
+            Outcome::Hold,
+            Outcome::Hold
+        ]
+    );
+    let d = decide(&e, "v5", &at(5));
+    let value = |id: &str| d.counters.iter().find(|(c, _)| &**c == id).map(|(_, v)| *v);
+    assert_eq!(value("transfers_1h"), Some(CounterValue::Int(5)));
+    assert_eq!(
+        value("sum_1h"),
+        Some(CounterValue::Num(Decimal::new(50, 2)))
+    );
+    assert_eq!(
+        value("approved_1h"),
+        Some(CounterValue::Int(3)),
+        "held intents do not count as allowed"
+    );
+
+    // `where` filters contributions: payments do not count as transfers.
+    let e = engine(VELOCITY_RULES);
+    for i in 0..5 {
+        decide(
+            &e,
+            &format!("p{i}"),
+            r#""action":"payment","amount":"0.01""#,
+        );
+    }
+    assert_eq!(
+        decide(&e, "t", r#""amount":"0.01""#).outcome,
+        Outcome::Allow
+    );
+}
+
+#[test]
+fn ten_times_ten_cents_is_exactly_one_euro() {
+    let e = engine(
+        VELOCITY_RULES
+            .replace("counters.transfers_1h >= 3", "false")
+            .as_str(),
+    );
+    for i in 0..10 {
+        let d = decide(
+            &e,
+            &format!("c{i}"),
+            r#""action":"payment","amount":"0.10""#,
+        );
+        assert_eq!(d.outcome, Outcome::Allow, "payment {i}");
+    }
+    let d = decide(&e, "over", r#""action":"payment","amount":"0.01""#);
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(
+        d.reasons[0].message.as_deref(),
+        Some("1.00 + 0.01 EUR is over 1.00")
+    );
+}
+
+#[test]
+fn windows_slide_in_event_time() {
+    let e = engine(VELOCITY_RULES);
+    for i in 0..3 {
+        decide(
+            &e,
+            &format!("w{i}"),
+            &format!(r#""amount":"0.01","created_at":"2026-11-28T10:0{i}:00Z""#),
+        );
+    }
+    let d = decide(
+        &e,
+        "late",
+        r#""amount":"0.01","created_at":"2026-11-28T11:00:30Z""#,
+    );
+    assert_eq!(
+        d.outcome,
+        Outcome::Allow,
+        "the 10:00 transfer has left the window: {:?}",
+        d.counters
+    );
+    let d = decide(
+        &e,
+        "in",
+        r#""amount":"0.01","created_at":"2026-11-28T10:59:00Z""#,
+    );
+    assert_eq!(d.outcome, Outcome::Hold, "{:?}", d.counters);
+}
+
+#[test]
+fn denied_intents_do_not_count_by_default() {
+    let e = engine(VELOCITY_RULES);
+    for i in 0..5 {
+        let d = decide(&e, &format!("d{i}"), r#""amount":"5""#);
+        assert_eq!(d.outcome, Outcome::Deny);
+    }
+    assert_eq!(
+        decide(&e, "ok", r#""amount":"0.5""#).outcome,
+        Outcome::Allow
+    );
+}
+
+#[test]
+fn duplicates_repeat_the_original_and_move_no_counter() {
+    let e = engine(VELOCITY_RULES);
+    let first = e.decide(intent("dup", r#""amount":"0.40""#), source(1), now());
+    let again = e.decide(
+        intent("dup", r#""amount":"999","account_id":"other""#),
+        source(2),
+        now(),
+    );
+    assert!(again.duplicate && !first.duplicate);
+    assert_eq!(again.source, source(2));
+    assert_eq!(
+        (again.outcome, &again.reasons, &again.amount),
+        (first.outcome, &first.reasons, &first.amount)
+    );
+    let d = decide(&e, "next", r#""amount":"0.10""#);
+    assert_eq!(
+        d.counters[0],
+        (Arc::from("transfers_1h"), CounterValue::Int(1)),
+        "the duplicate did not count"
+    );
+    // Beyond the horizon the same id is a new intent.
+    let later = decide(
+        &e,
+        "dup",
+        r#""amount":"0.10","created_at":"2026-11-29T10:00:01Z""#,
+    );
+    assert!(!later.duplicate);
+}
+
+#[test]
+fn fx_converts_exactly_and_fails_closed_without_a_rate() {
+    let rules = r#"
+[fx]
+base = "EUR"
+rates = { USD = "0.92", GBP = 1.17 }
+
+[[counter]]
+id = "sum_1h"
+key = ["account_id"]
+aggregate = "sum"
+field = "amount"
+window = "1h"
+
+[[rule]]
+id = "big"
+when = 'amount_base > 10000'
+action = "hold"
+message = "{amount} {currency} is {amount_base} EUR"
+"#;
+    let e = engine(rules);
+    let d = decide(&e, "usd-under", r#""amount":"10869","currency":"USD""#);
+    assert_eq!(d.outcome, Outcome::Allow, "10869 USD is 9999.48 EUR");
+    let d = decide(&e, "usd-over", r#""amount":"10870","currency":"USD""#);
+    assert_eq!(d.outcome, Outcome::Hold);
+    assert_eq!(
+        d.reasons[0].message.as_deref(),
+        Some("10870 USD is 10000.40 EUR")
+    );
+    let d = decide(&e, "gbp", r#""amount":"100.00","currency":"GBP""#);
+    assert_eq!(
+        d.counters[0].1,
+        CounterValue::Num(Decimal::new(1999988, 2)),
+        "sums add in EUR: 9999.48 + 10000.40"
+    );
+    let d = decide(&e, "jpy", r#""amount":"1","currency":"JPY""#);
+    assert_eq!(d.outcome, Outcome::Hold, "no rate: the rule fails closed");
+    assert!(
+        d.errors[0].message.contains("no rate for `JPY`"),
+        "{:?}",
+        d.errors
+    );
+    assert_eq!(
+        d.counters[0].1,
+        CounterValue::Num(Decimal::new(2011688, 2)),
+        "a float rate means its text: 100 GBP is 117.00 EUR"
+    );
+    let d = decide(&e, "after-jpy", r#""amount":"1","currency":"EUR""#);
+    assert_eq!(
+        d.counters[0].1,
+        CounterValue::Num(Decimal::new(2011688, 2)),
+        "an amount without a base value does not add"
+    );
+}
+
+#[test]
+fn non_monetary_intents_read_zero_and_empty_currency() {
+    let e = engine("[[rule]]\nid = \"r\"\nwhen = 'amount == 0 && amount_base == 0 && currency == \"\"'\naction = \"hold\"\n");
+    let d = decide(
+        &e,
+        "deploy",
+        r#""action":"deploy","amount":null,"currency":null"#,
+    );
+    assert_eq!(d.outcome, Outcome::Hold);
+    assert_eq!((d.amount, d.currency.as_deref()), (None, None));
+}
+
+#[test]
+fn decisions_serialize_per_the_contract() {
+    let e = engine(VELOCITY_RULES);
+    let d = e.decide(
+        intent("ser", r#""amount":"12000.00""#),
+        Source::Kafka {
+            topic: Arc::from("intents"),
+            partition: 3,
+            offset: 1042,
+        },
+        now(),
+    );
+    let mut line = Vec::new();
+    d.write_json_line(&mut line);
+    assert_eq!(line.last(), Some(&b'\n'));
+    let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(v["intent_id"], "ser");
+    assert_eq!(v["amount"], "12000.00", "amounts are exact strings");
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["reasons"][0]["rule"], "too-much");
+    assert_eq!(v["reasons"][0]["action"], "deny");
+    assert_eq!(v["counters"]["transfers_1h"], 0);
+    assert_eq!(v["counters"]["sum_1h"], "0");
+    assert_eq!(v["ruleset"].as_str().map(str::len), Some(12));
+    assert_eq!(v["decided_at"], "2026-11-28T12:00:00.000Z");
+    assert_eq!(
+        v["source"],
+        serde_json::json!({"topic":"intents","partition":3,"offset":1042})
+    );
+    assert!(v.get("duplicate").is_none());
+}
+
+#[test]
+fn far_future_intents_cannot_expire_the_state() {
+    let e = Engine::new(
+        Arc::new(
+            Ruleset::load_sources(&[(PathBuf::from("t.toml"), VELOCITY_RULES.to_owned())]).unwrap(),
+        ),
+        EngineOptions {
+            sweep_every: 1,
+            ..EngineOptions::default()
+        },
+    );
+    // The clock reads the intents' own time, as it does live.
+    let clock: DateTime<Utc> = "2026-11-28T10:00:30Z".parse().unwrap();
+    for i in 0..3 {
+        e.decide(
+            intent(&format!("f{i}"), r#""amount":"0.01""#),
+            source(0),
+            clock,
+        );
+    }
+    e.decide(
+        intent(
+            "future",
+            r#""amount":"0.01","created_at":"2099-01-01T00:00:00Z""#,
+        ),
+        source(0),
+        clock,
+    );
+    let d = e.decide(intent("now", r#""amount":"0.01""#), source(0), clock);
+    assert_eq!(
+        d.outcome,
+        Outcome::Hold,
+        "the velocity limit survived: {:?}",
+        d.counters
+    );
+}
+
+#[test]
+fn state_is_swept_as_time_moves_on() {
+    let e = Engine::new(
+        Arc::new(
+            Ruleset::load_sources(&[(PathBuf::from("t.toml"), VELOCITY_RULES.to_owned())]).unwrap(),
+        ),
+        EngineOptions {
+            sweep_every: 1,
+            ..EngineOptions::default()
+        },
+    );
+    for i in 0..50 {
+        decide(
+            &e,
+            &format!("k{i}"),
+            &format!(r#""account_id":"acct-{i}","amount":"0.01""#),
+        );
+    }
+    assert_eq!(e.size().velocity.keys, 150);
+    assert_eq!(e.size().remembered_intents, 50);
+    let later: DateTime<Utc> = "2026-11-30T10:00:00Z".parse().unwrap();
+    e.decide(
+        intent(
+            "two-days-later",
+            r#""amount":"0.01","created_at":"2026-11-30T10:00:00Z""#,
+        ),
+        source(0),
+        later,
+    );
+    assert_eq!(
+        e.size().velocity.keys,
+        3,
+        "only the new intent's keys remain"
+    );
+    assert_eq!(e.size().remembered_intents, 1);
+}
