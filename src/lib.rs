@@ -9,5 +9,7 @@ pub mod decision;
 pub mod engine;
 pub mod expr;
 pub mod intent;
+pub mod replay;
 pub mod rules;
+pub mod testing;
 pub mod window;

@@ -1,1 +1,274 @@
-fn main() {}
+//! The `riskgate` command line: parses arguments, calls the library, maps errors to exit codes.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::{TimeDelta, Utc};
+use clap::{Parser, Subcommand};
+
+use riskgate::engine::{Engine, EngineOptions};
+use riskgate::expr::parse_duration;
+use riskgate::intent::{InvalidKind, DEFAULT_MAX_BYTES};
+use riskgate::replay::{replay, Summary};
+use riskgate::rules::{Outcome, Ruleset};
+use riskgate::testing;
+
+/// riskgate: decides whether an AI agent or service account may perform a proposed
+/// financial action now (allow / hold / deny, with every reason).
+#[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a ruleset and print its version; every error is listed with file, line,
+    /// column and rule.
+    Check {
+        /// The rules directory: every `*.toml` directly in it.
+        #[arg(default_value = "rules")]
+        rules_dir: PathBuf,
+    },
+    /// Run the rule tests in RULES_DIR/tests/*.toml; a failing case shows expected vs actual.
+    Test {
+        /// The rules directory; its tests are in `tests/` below it.
+        #[arg(default_value = "rules")]
+        rules_dir: PathBuf,
+    },
+    /// Decide a JSON-lines stream of intents offline, with the same engine as the service:
+    /// one decision line per valid intent, in input order.
+    Replay {
+        /// The rules directory.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// Intents, one JSON object per line; `-` reads standard input. Blank lines are skipped.
+        #[arg(long, default_value = "-")]
+        input: String,
+        /// Where decisions go; `-` is standard output.
+        #[arg(long, default_value = "-")]
+        output: String,
+        /// Where dead letters (invalid lines, with the error and the original payload) go;
+        /// standard error when not given.
+        #[arg(long)]
+        dlq: Option<PathBuf>,
+        /// Largest accepted intent, in bytes; larger lines are dead letters of kind `too_large`.
+        #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
+        max_intent_bytes: usize,
+        /// A repeated `intent_id` within this much event time is a duplicate.
+        #[arg(long, default_value = "24h", value_parser = duration_arg)]
+        duplicate_horizon: TimeDelta,
+        /// Print no summary on standard error.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+fn duration_arg(s: &str) -> Result<TimeDelta, String> {
+    parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { rules_dir } => check(&rules_dir),
+        Command::Test { rules_dir } => test(&rules_dir),
+        Command::Replay {
+            rules,
+            input,
+            output,
+            dlq,
+            max_intent_bytes,
+            duplicate_horizon,
+            quiet,
+        } => {
+            let options = EngineOptions {
+                duplicate_horizon,
+                ..EngineOptions::default()
+            };
+            run_replay(
+                &rules,
+                &input,
+                &output,
+                dlq.as_deref(),
+                max_intent_bytes,
+                options,
+                quiet,
+            )
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS; // The reader went away (`| head`): not an error.
+            }
+            eprintln!("riskgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads a ruleset, printing every load error; `None` when it does not load.
+fn load(dir: &Path) -> Option<Arc<Ruleset>> {
+    match Ruleset::load_dir(dir) {
+        Ok(rs) => Some(Arc::new(rs)),
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            let n = errors.0.len();
+            eprintln!(
+                "riskgate: error: the ruleset in `{}` has {n} problem{}; fix {} and run `riskgate check` again",
+                dir.display(),
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "it" } else { "them" },
+            );
+            None
+        }
+    }
+}
+
+fn check(dir: &Path) -> Result<ExitCode> {
+    let Some(rs) = load(dir) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    println!(
+        "ruleset {} is valid: {} file{}, {} rules, {} counters, {} lists",
+        rs.version,
+        rs.files.len(),
+        if rs.files.len() == 1 { "" } else { "s" },
+        rs.rules.len(),
+        rs.counters.len(),
+        rs.lists.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(dir: &Path) -> Result<ExitCode> {
+    let Some(rs) = load(dir) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let report = testing::run_dir(dir, rs);
+    let mut current = None;
+    for case in &report.cases {
+        if current != Some(&case.file) {
+            println!("{}", case.file.display());
+            current = Some(&case.file);
+        }
+        if case.passed() {
+            println!("  ok    {}", case.name);
+        } else {
+            println!("  FAIL  {}", case.name);
+            for f in &case.failures {
+                println!("        {f}");
+            }
+        }
+    }
+    for broken in &report.broken_files {
+        println!("FAIL  {broken}");
+    }
+    if !report.uncovered.is_empty() {
+        println!(
+            "note: no passing case expects these rules to match: {}",
+            report.uncovered.join(", ")
+        );
+    }
+    println!(
+        "ruleset {}: {} passed, {} failed",
+        report.ruleset,
+        report.passed(),
+        report.failed()
+    );
+    Ok(if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_replay(
+    rules: &Path,
+    input: &str,
+    output: &str,
+    dlq: Option<&Path>,
+    max_bytes: usize,
+    options: EngineOptions,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let Some(rs) = load(rules) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let version = rs.version.clone();
+    let engine = Engine::new(rs, options);
+    let reader: Box<dyn BufRead> = if input == "-" {
+        Box::new(BufReader::with_capacity(1 << 16, io::stdin().lock()))
+    } else {
+        let f = File::open(input).with_context(|| format!("cannot open the input `{input}`"))?;
+        Box::new(BufReader::with_capacity(1 << 16, f))
+    };
+    let writer: Box<dyn Write> = if output == "-" {
+        Box::new(BufWriter::with_capacity(1 << 16, io::stdout().lock()))
+    } else {
+        let f =
+            File::create(output).with_context(|| format!("cannot create the output `{output}`"))?;
+        Box::new(BufWriter::with_capacity(1 << 16, f))
+    };
+    let dead: Box<dyn Write> = match dlq {
+        None => Box::new(io::stderr().lock()),
+        Some(p) => {
+            let f = File::create(p)
+                .with_context(|| format!("cannot create the dead-letter file `{}`", p.display()))?;
+            Box::new(BufWriter::new(f))
+        }
+    };
+    let label = if input == "-" { "<stdin>" } else { input };
+    let started = std::time::Instant::now();
+    let summary = replay(&engine, reader, writer, dead, label, max_bytes, Utc::now)?;
+    if !quiet {
+        eprintln!("{}", describe(&summary, &version, started.elapsed()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(s: &Summary, version: &str, elapsed: std::time::Duration) -> String {
+    let mut text = format!(
+        "riskgate: ruleset {version}: {} decisions ({} allow, {} hold, {} deny; {} duplicates), {} invalid",
+        s.decisions,
+        s.count(Outcome::Allow),
+        s.count(Outcome::Hold),
+        s.count(Outcome::Deny),
+        s.duplicates,
+        s.invalid
+    );
+    let kinds: Vec<String> = InvalidKind::ALL
+        .iter()
+        .zip(s.invalid_by_kind)
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{n} {}", k.as_str()))
+        .collect();
+    if !kinds.is_empty() {
+        text.push_str(&format!(" ({})", kinds.join(", ")));
+    }
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        text.push_str(&format!(
+            " in {secs:.2} s ({:.0} lines/s)",
+            s.lines as f64 / secs
+        ));
+    }
+    if let Some(state) = s.state {
+        text.push_str(&format!(
+            "; state: {} counter keys, {} buckets, {} remembered intents",
+            state.velocity.keys, state.velocity.buckets, state.remembered_intents
+        ));
+    }
+    text
+}

@@ -415,11 +415,7 @@ struct Source<'s> {
 
 impl Source<'_> {
     fn position(&self, byte: usize) -> (usize, usize) {
-        let byte = byte.min(self.text.len());
-        let before = &self.text[..byte];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        (line, before[line_start..].chars().count() + 1)
+        line_column(self.text, byte)
     }
 
     fn error(&self, span: Range<usize>, item: Option<String>, message: String) -> LoadError {
@@ -453,6 +449,18 @@ impl Source<'_> {
         let start = span.start + skip + within;
         start..start
     }
+}
+
+/// The 1-based line and column (in characters) of byte offset `byte` of `text`.
+pub fn line_column(text: &str, byte: usize) -> (usize, usize) {
+    let mut byte = byte.min(text.len());
+    while !text.is_char_boundary(byte) {
+        byte -= 1;
+    }
+    let before = &text[..byte];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
 
 fn item(kind: &str, id: &str) -> Option<String> {
