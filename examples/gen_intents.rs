@@ -357,10 +357,10 @@ fn convert(eur_cents: u64, cur: Cur) -> u64 {
 /// A currency for an ordinary payment: mostly EUR.
 fn pick_currency(rng: &mut Rng) -> Cur {
     match rng.below(100) {
-        0..=81 => Cur::Eur,
-        82..=89 => Cur::Usd,
-        90..=95 => Cur::Gbp,
-        96..=98 => Cur::Chf,
+        0..=79 => Cur::Eur,
+        80..=88 => Cur::Usd,
+        89..=94 => Cur::Gbp,
+        95..=97 => Cur::Chf,
         _ => Cur::Jpy,
     }
 }
@@ -615,7 +615,7 @@ enum Episode {
     RogueDeploy,
     /// A support bot exporting many records (support-bulk-export).
     BulkExport,
-    /// A large purchase by the procurement agent (procurement-large-purchase).
+    /// A large purchase by the procurement agent, in JPY or USD (procurement-large-purchase).
     BigPurchase,
     /// A payment to a review-list country (review-country).
     ReviewCountry,
@@ -763,7 +763,8 @@ impl Running {
             Episode::BigPurchase => {
                 let vendor = rng.range(VENDORS.0 as u64, VENDORS.1 as u64) as u32;
                 let mut it = Intent::new("procurement-bot-1", a, "purchase").to(vendor);
-                let cur = if rng.pct(50) { Cur::Eur } else { Cur::Usd };
+                // Invoiced in yen or dollars: the limit applies to the EUR value.
+                let cur = if rng.pct(50) { Cur::Jpy } else { Cur::Usd };
                 it.amount = Some((convert(euros(rng, 6_000, 25_000), cur), cur));
                 it
             }

@@ -1,7 +1,7 @@
 //! The `riskgate` command line: parses arguments, calls the library, maps errors to exit codes.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -208,11 +208,10 @@ fn run_replay(
     };
     let version = rs.version.clone();
     let engine = Engine::new(rs, options);
-    let reader: Box<dyn BufRead> = if input == "-" {
-        Box::new(BufReader::with_capacity(1 << 16, io::stdin().lock()))
+    let reader: Box<dyn Read> = if input == "-" {
+        Box::new(io::stdin().lock())
     } else {
-        let f = File::open(input).with_context(|| format!("cannot open the input `{input}`"))?;
-        Box::new(BufReader::with_capacity(1 << 16, f))
+        Box::new(File::open(input).with_context(|| format!("cannot open the input `{input}`"))?)
     };
     let writer: Box<dyn Write> = if output == "-" {
         Box::new(BufWriter::with_capacity(1 << 16, io::stdout().lock()))

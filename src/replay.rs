@@ -2,7 +2,7 @@
 //! in input order; invalid lines go to the dead-letter output. Streaming: memory does not
 //! grow with the input (only with the engine's state).
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -32,16 +32,19 @@ impl Summary {
 
 /// Decides every line of `input`, writing decisions to `output` and dead letters to `dlq`.
 /// `label` names the input in each decision's `source`; `clock` gives `decided_at`.
+///
+/// The outputs are flushed whenever the input has nothing more buffered, so a consumer on a
+/// pipe sees each decision as soon as its intent has been read.
 pub fn replay(
     engine: &Engine,
-    input: impl BufRead,
+    input: impl Read,
     output: impl Write,
     dlq: impl Write,
     label: &str,
     max_bytes: usize,
     clock: impl Fn() -> DateTime<Utc>,
 ) -> io::Result<Summary> {
-    let mut input = input;
+    let mut input = BufReader::with_capacity(1 << 16, input);
     let mut output = output;
     let mut dlq = dlq;
     let label: Arc<str> = Arc::from(label);
@@ -51,6 +54,10 @@ pub fn replay(
     let mut line_no = 0u64;
     loop {
         line.clear();
+        if input.buffer().is_empty() {
+            output.flush()?;
+            dlq.flush()?;
+        }
         if input.read_until(b'\n', &mut line)? == 0 {
             break;
         }

@@ -603,20 +603,24 @@ impl Ruleset {
 
 /// For a TOML error at `offset`, the `[[rule]]` / `[[counter]]` it falls in, by its `id`.
 fn enclosing_item(text: &str, offset: usize) -> Option<String> {
-    let before = &text[..offset.min(text.len())];
-    let header_at = before.rfind("\n[")?;
-    let header = before[header_at + 1..].lines().next()?.trim();
-    let kind = match header {
+    let offset = offset.min(text.len());
+    let is_header = |l: &str| l.trim_start().starts_with('[');
+    // The last table header at or before the error's line.
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let header_at = text[..line_start]
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .chain(std::iter::once(0))
+        .filter(|&i| is_header(&text[i..]))
+        .max()
+        .or_else(|| is_header(&text[line_start..]).then_some(line_start))?;
+    let mut lines = text[header_at..].lines();
+    let kind = match lines.next()?.trim() {
         "[[rule]]" => "rule",
         "[[counter]]" => "counter",
         _ => return None,
     };
-    let table = &text[header_at + 1..];
-    let table = match table[1..].find("\n[") {
-        Some(end) => &table[..end + 1],
-        None => table,
-    };
-    let id = table.lines().find_map(|l| {
+    let id = lines.take_while(|l| !is_header(l)).find_map(|l| {
         let (k, v) = l.split_once('=')?;
         (k.trim() == "id").then(|| v.trim().trim_matches(['"', '\'']).to_owned())
     })?;
@@ -1041,9 +1045,13 @@ impl Builder {
             for r in &raw.rule {
                 let id = r.id.get_ref();
                 let it = item("rule", id);
+                // A duplicate is still checked, so that every problem shows at once.
                 if let Some(msg) = seen.again(id, src, &r.id.span()) {
-                    errors.push(src.error(r.id.span(), it, format!("duplicate rule id; {msg}")));
-                    continue;
+                    errors.push(src.error(
+                        r.id.span(),
+                        it.clone(),
+                        format!("duplicate rule id; {msg}"),
+                    ));
                 }
                 if !is_rule_id(id) {
                     errors.push(src.error(

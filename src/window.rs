@@ -3,9 +3,11 @@
 //! A counter with window `W` and resolution `R` keeps, per key, one bucket per `R`-wide slice
 //! of event time that saw a contribution (buckets are aligned to the Unix epoch). The value
 //! seen by an intent created at `t` aggregates the buckets whose index lies in
-//! `(bucket(t) - n, bucket(t)]` with `n = ceil(W / R)`: exact up to one bucket at each edge
-//! of the window. Memory is bounded: buckets that fell more than two windows behind the
-//! partition's watermark are dropped, and so are keys left with no bucket.
+//! `[bucket(t) - n, bucket(t)]` with `n = ceil(W / R)`. That span covers the whole window
+//! `(t - W, t]`, so a counter never misses a contribution inside its window: it fails closed,
+//! and may also count contributions up to one resolution older than the window, or later
+//! than `t` within `t`'s own bucket. Memory is bounded: buckets that fell more than two
+//! windows behind the partition's watermark are dropped, and so are keys left with no bucket.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -159,7 +161,7 @@ impl Velocity {
         let w = &self.counters[counter];
         let b = at_ns.div_euclid(w.resolution_ns);
         match w.keys.get(key) {
-            Some(series) => Series::value(&series, w.kind, b - w.buckets, b),
+            Some(series) => Series::value(&series, w.kind, b - w.buckets - 1, b),
             None => Series::default().value(w.kind, 0, 0),
         }
     }
@@ -249,9 +251,15 @@ mod tests {
             CounterValue::Int(0),
             "keys are separate"
         );
-        // At 60 min the bucket of minute 0 has left the window (t - 1h, t].
-        assert_eq!(v.value(0, "a", 60 * MIN), CounterValue::Int(9));
-        assert_eq!(v.value(0, "a", 69 * MIN), CounterValue::Int(0));
+        // At 60 min, minute 0 is exactly one window old: its bucket still counts (fail closed).
+        assert_eq!(v.value(0, "a", 60 * MIN), CounterValue::Int(10));
+        assert_eq!(
+            v.value(0, "a", 60 * MIN + 59_999_999_999),
+            CounterValue::Int(10)
+        );
+        // One bucket later it has left.
+        assert_eq!(v.value(0, "a", 61 * MIN), CounterValue::Int(9));
+        assert_eq!(v.value(0, "a", 70 * MIN), CounterValue::Int(0));
         // An intent earlier than all contributions sees none of them.
         assert_eq!(v.value(0, "a", -MIN), CounterValue::Int(0));
     }
@@ -332,6 +340,6 @@ mod tests {
             v.add(0, "a", i * MIN, Contribution::One, i * MIN);
         }
         assert!(v.size().buckets <= 121, "{:?}", v.size());
-        assert_eq!(v.value(0, "a", 999 * MIN), CounterValue::Int(60));
+        assert_eq!(v.value(0, "a", 999 * MIN), CounterValue::Int(61));
     }
 }

@@ -327,12 +327,12 @@ fn windows_slide_in_event_time() {
     let d = decide(
         &e,
         "late",
-        r#""amount":"0.01","created_at":"2026-11-28T11:00:30Z""#,
+        r#""amount":"0.01","created_at":"2026-11-28T11:01:00Z""#,
     );
     assert_eq!(
         d.outcome,
         Outcome::Allow,
-        "the 10:00 transfer has left the window: {:?}",
+        "the 10:00 transfer and its bucket have left the window: {:?}",
         d.counters
     );
     let d = decide(

@@ -127,6 +127,7 @@ action = "deny"
         "a.toml:27:13: rule `m`: unknown placeholder `{nope}`",
         "a.toml:27:23: rule `m`: unclosed `{` in `message`",
         "b.toml:6:6: rule `dup`: duplicate rule id; already defined at a.toml:13",
+        "b.toml:7:9: rule `dup`: unknown list `nothing`",
     ];
     for want in expected {
         assert!(

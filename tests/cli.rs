@@ -1,0 +1,204 @@
+//! The command line as a user meets it: `riskgate check`, `test`, `replay` and `--help`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests fail loudly.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn riskgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_riskgate"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+const INTENT: &str = r#"{"intent_id":"cli-1","agent_id":"payments-bot","account_id":"acct-1","action":"transfer","amount":"20000.00","currency":"EUR","counterparty":{"id":"cp-0001","country":"DE"},"created_at":"2026-11-28T12:00:00Z"}"#;
+
+#[test]
+fn check_prints_the_ruleset_version() {
+    let out = riskgate().args(["check", "rules"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let version = text.split_whitespace().nth(1).unwrap();
+    assert!(
+        text.starts_with("ruleset ") && text.contains("is valid"),
+        "{text}"
+    );
+    assert!(
+        version.len() == 12 && version.chars().all(|c| c.is_ascii_hexdigit()),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_of_a_missing_directory_says_so() {
+    let out = riskgate().args(["check", "no/such/dir"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("no/such/dir: cannot read the rules directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn test_reports_each_case_and_a_closing_count() {
+    let out = riskgate().args(["test", "rules"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(last.contains(" passed, 0 failed"), "{last}");
+}
+
+#[test]
+fn test_exits_non_zero_on_a_failing_case() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.toml"),
+        "[[rule]]\nid = \"big\"\nwhen = 'amount > 10'\naction = \"hold\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("tests/t.toml"),
+        "[defaults]\nagent_id = \"a\"\naccount_id = \"b\"\naction = \"transfer\"\ncurrency = \"EUR\"\ncreated_at = 2026-11-28T10:00:00Z\n\n[[case]]\nname = \"eleven is big\"\nintent = { amount = \"11\" }\nexpect = { decision = \"allow\" }\n",
+    )
+    .unwrap();
+    let out = riskgate().arg("test").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("FAIL  eleven is big"), "{text}");
+    assert!(
+        text.contains("decision: expected `allow`, got `hold`"),
+        "{text}"
+    );
+    assert!(text.contains("0 passed, 1 failed"), "{text}");
+}
+
+#[test]
+fn replay_of_the_examples_shows_every_outcome() {
+    let out = riskgate()
+        .args([
+            "replay",
+            "--rules",
+            "rules",
+            "--input",
+            "examples/intents.jsonl",
+            "--dlq",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for outcome in ["allow", "hold", "deny"] {
+        assert!(
+            text.contains(&format!("\"decision\":\"{outcome}\"")),
+            "no {outcome}"
+        );
+    }
+    let summary = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        summary.contains("decisions (") && summary.contains("invalid"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn replay_streams_each_decision_as_its_intent_arrives() {
+    let mut child = riskgate()
+        .args(["replay", "--quiet", "--rules", "rules"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Blank lines are skipped; the decision arrives while the input is still open.
+    writeln!(stdin, "\n{INTENT}").unwrap();
+    stdin.flush().unwrap();
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a decision before the input ends");
+    let d: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(d["intent_id"], "cli-1");
+    assert_eq!(
+        d["source"],
+        serde_json::json!({"file": "<stdin>", "line": 2})
+    );
+    // An invalid line goes to the dead letters (standard error), not the decisions.
+    writeln!(stdin, "{{\"intent_id\": 5}}").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(
+        rx.recv_timeout(Duration::from_secs(5)).is_err(),
+        "only one decision"
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let letter: serde_json::Value = serde_json::from_str(err.lines().next().unwrap()).unwrap();
+    assert_eq!(letter["error"]["kind"], "invalid_field");
+    assert_eq!(letter["error"]["field"], "intent_id");
+    assert_eq!(letter["payload"], "{\"intent_id\": 5}");
+    assert_eq!(letter["source"]["line"], 3);
+}
+
+#[test]
+fn replay_writes_to_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, format!("{INTENT}\nnot json\n")).unwrap();
+    let (out, dlq) = (dir.path().join("out.jsonl"), dir.path().join("dlq.jsonl"));
+    let status = riskgate()
+        .args(["replay", "--quiet", "--rules", "rules", "--input"])
+        .args([
+            &input,
+            Path::new("--output"),
+            &out,
+            Path::new("--dlq"),
+            &dlq,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let decision: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(decision["decision"], "allow", "a trusted payee: {decision}");
+    let letter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dlq).unwrap()).unwrap();
+    assert_eq!(letter["error"]["kind"], "invalid_json");
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = riskgate().args(["replay", "--help"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--rules",
+        "--input",
+        "--output",
+        "--dlq",
+        "--max-intent-bytes",
+        "--duplicate-horizon",
+        "--quiet",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+    let out = riskgate().arg("--help").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for command in ["check", "test", "replay"] {
+        assert!(text.contains(command), "{command} missing from:\n{text}");
+    }
+}
