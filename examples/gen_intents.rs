@@ -43,7 +43,7 @@ usage: gen_intents [--count N] [--seed S] [--accounts A] [--valid-only]
 
   --count N      number of lines to print (default 300)
   --seed S       PRNG seed; the same seed gives the same output (default 42)
-  --accounts A   number of accounts acct-0001 .. (default 40, at least 4)
+  --accounts A   number of accounts acct-0001 .. (default 40, 4 to 1000000)
   --valid-only   print only valid intents (no invalid lines), e.g. for benchmarks
   -h, --help     print this help
 ";
@@ -784,11 +784,12 @@ impl Running {
 // ------------------------------------------------------------------------------------------
 // Main loop
 
-struct Args {
-    count: u64,
-    seed: u64,
-    accounts: u32,
-    valid_only: bool,
+/// What to generate (also used by `benches/decide.rs`).
+pub struct Args {
+    pub count: u64,
+    pub seed: u64,
+    pub accounts: u32,
+    pub valid_only: bool,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -819,8 +820,10 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--seed" => args.seed = value("an unsigned integer")?,
             "--accounts" => {
                 let a = value("a number of accounts")?;
-                if !(4..=9999).contains(&a) {
-                    return Err(format!("--accounts must be between 4 and 9999, found {a}"));
+                if !(4..=1_000_000).contains(&a) {
+                    return Err(format!(
+                        "--accounts must be between 4 and 1000000, found {a}"
+                    ));
                 }
                 args.accounts = a as u32;
             }
@@ -856,7 +859,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn generate(args: &Args, out: &mut impl Write) -> io::Result<()> {
+pub fn generate(args: &Args, out: &mut impl Write) -> io::Result<()> {
     let mut rng = Rng::new(args.seed);
     let world = World {
         accounts: args.accounts,

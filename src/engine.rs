@@ -15,16 +15,18 @@ use crate::decision::{Decision, Reason, RuleFailure, Source};
 use crate::expr::{Activation, Value};
 use crate::intent::Intent;
 use crate::rules::{Aggregate, CounterDef, FieldPath, OnError, Outcome, RuleAction, Ruleset};
-use crate::window::{Contribution, CounterValue, StateSize, Velocity};
+use crate::window::{Contribution, CounterValue, Slot, StateSize, Velocity};
 
 /// Engine settings that are not part of the ruleset.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     /// A repeated `intent_id` within this much event time is a duplicate.
     pub duplicate_horizon: TimeDelta,
-    /// The watermark never runs further ahead of the clock than this, so an intent dated far
-    /// in the future cannot expire everyone's velocity state.
-    pub max_future_skew: TimeDelta,
+    /// When set, the watermark never runs further ahead of the clock than this, so an intent
+    /// dated far in the future cannot expire everyone's velocity state. The service sets it;
+    /// offline replay leaves it unset by default so that its decisions depend only on its
+    /// input, never on when it runs.
+    pub max_future_skew: Option<TimeDelta>,
     /// Expired buckets, keys and duplicate entries are swept every this many decisions.
     pub sweep_every: u64,
 }
@@ -33,7 +35,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             duplicate_horizon: TimeDelta::hours(24),
-            max_future_skew: TimeDelta::minutes(5),
+            max_future_skew: Some(TimeDelta::minutes(5)),
             sweep_every: 65_536,
         }
     }
@@ -56,7 +58,7 @@ pub struct Engine {
     ruleset: Arc<Ruleset>,
     options: EngineOptions,
     velocity: Velocity,
-    remembered: DashMap<Box<str>, Remembered>,
+    remembered: DashMap<Box<str>, Remembered, ahash::RandomState>,
     watermark_ns: AtomicI64,
     decided: AtomicU64,
 }
@@ -69,7 +71,7 @@ impl Engine {
             velocity: Velocity::new(&ruleset.counters),
             ruleset,
             options,
-            remembered: DashMap::new(),
+            remembered: DashMap::default(),
             watermark_ns: AtomicI64::new(i64::MIN),
             decided: AtomicU64::new(0),
         }
@@ -96,20 +98,22 @@ impl Engine {
             (Some(a), None) => Ok(a),
             (Some(a), Some(fx)) => fx.convert(a, intent.currency.as_deref().unwrap_or("")),
         };
-        let keys: Vec<Result<String, usize>> = rs
+        // One locked slot per available counter: read now, contributed to after deciding.
+        let mut slots: Vec<Result<Slot<'_>, usize>> = rs
             .counters
             .iter()
-            .map(|c| counter_key(c, &intent))
-            .collect();
-        let values: Vec<Result<Value<'static>, &str>> = keys
-            .iter()
             .enumerate()
-            .map(|(i, key)| match key {
-                Ok(k) => Ok(match self.velocity.value(i, k, at_ns) {
+            .map(|(i, c)| counter_key(c, &intent).map(|key| self.velocity.slot(i, key, at_ns)))
+            .collect();
+        let values: Vec<Result<Value<'static>, &str>> = slots
+            .iter()
+            .zip(&rs.counters)
+            .map(|(slot, c)| match slot {
+                Ok(slot) => Ok(match slot.value() {
                     CounterValue::Int(n) => Value::Int(n),
                     CounterValue::Num(n) => Value::Num(n),
                 }),
-                Err(path) => Err(rs.counters[i].unavailable[*path].as_str()),
+                Err(path) => Err(c.unavailable[*path].as_str()),
             })
             .collect();
         let act = Activation {
@@ -171,8 +175,8 @@ impl Engine {
             .unwrap_or(Outcome::Allow);
 
         // Contribute after deciding: the intent never counts towards its own decision.
-        for (i, c) in rs.counters.iter().enumerate() {
-            let Ok(key) = &keys[i] else { continue };
+        for (slot, c) in slots.iter_mut().zip(&rs.counters) {
+            let Ok(slot) = slot else { continue };
             if !c.contributes.admits(outcome) {
                 continue;
             }
@@ -182,16 +186,17 @@ impl Engine {
                 }
             }
             if let Some(contribution) = contribution(c, &intent, &amount_base) {
-                self.velocity.add(i, key, at_ns, contribution, watermark);
+                slot.add(contribution, watermark);
             }
         }
+        drop(slots);
 
         let counters = values
             .iter()
             .zip(&rs.counters)
             .filter_map(|(v, c)| match v {
-                Ok(Value::Int(n)) => Some((Arc::from(c.id.as_str()), CounterValue::Int(*n))),
-                Ok(Value::Num(n)) => Some((Arc::from(c.id.as_str()), CounterValue::Num(*n))),
+                Ok(Value::Int(n)) => Some((c.id.clone(), CounterValue::Int(*n))),
+                Ok(Value::Num(n)) => Some((c.id.clone(), CounterValue::Num(*n))),
                 _ => None,
             })
             .collect();
@@ -240,10 +245,10 @@ impl Engine {
     }
 
     fn advance_watermark(&self, at_ns: i64, now: DateTime<Utc>) -> i64 {
-        let limit = (now + self.options.max_future_skew)
-            .timestamp_nanos_opt()
-            .unwrap_or(i64::MAX);
-        let candidate = at_ns.min(limit);
+        let candidate = match self.options.max_future_skew {
+            Some(skew) => at_ns.min((now + skew).timestamp_nanos_opt().unwrap_or(i64::MAX)),
+            None => at_ns,
+        };
         let previous = self.watermark_ns.fetch_max(candidate, Ordering::Relaxed);
         previous.max(candidate)
     }

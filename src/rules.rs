@@ -187,7 +187,7 @@ impl FieldPath {
 /// A `[[counter]]`.
 #[derive(Debug)]
 pub struct CounterDef {
-    pub id: String,
+    pub id: Arc<str>,
     pub description: Option<String>,
     pub key: Vec<FieldPath>,
     pub key_text: Vec<String>,
@@ -597,7 +597,7 @@ impl Ruleset {
     }
 
     pub fn counter_index(&self, id: &str) -> Option<usize> {
-        self.counters.iter().position(|c| c.id == id)
+        self.counters.iter().position(|c| &*c.id == id)
     }
 }
 
@@ -872,7 +872,7 @@ impl Builder {
                 }
                 if let Some(def) = self.counter(src, c, errors) {
                     let ty = Ty::Number;
-                    self.counter_types.push((def.id.clone(), ty));
+                    self.counter_types.push((def.id.to_string(), ty));
                     self.counters.push(def);
                 }
             }
@@ -885,7 +885,7 @@ impl Builder {
         c: &RawCounter,
         errors: &mut Vec<LoadError>,
     ) -> Option<CounterDef> {
-        let id = c.id.get_ref().clone();
+        let id: Arc<str> = Arc::from(c.id.get_ref().as_str());
         let it = item("counter", &id);
         let before = errors.len();
         let path = |p: &Spanned<String>, errors: &mut Vec<LoadError>| {

@@ -11,6 +11,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
+use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
 use rust_decimal::Decimal;
 
@@ -68,11 +69,12 @@ struct Series {
 }
 
 impl Series {
-    fn value(&self, kind: Aggregate, from: i64, to: i64) -> CounterValue {
+    fn aggregate(&self, kind: Aggregate, from: i64, to: i64) -> CounterValue {
+        let start = self.buckets.partition_point(|(b, _)| *b <= from);
         let live = self
             .buckets
-            .iter()
-            .filter(|(b, _)| *b > from && *b <= to)
+            .range(start..)
+            .take_while(|(b, _)| *b <= to)
             .map(|(_, a)| a);
         match kind {
             Aggregate::Count => CounterValue::Int(
@@ -100,7 +102,13 @@ impl Series {
     }
 
     fn add(&mut self, kind: Aggregate, bucket: i64, c: Contribution) {
-        let at = self.buckets.partition_point(|(b, _)| *b < bucket);
+        // Usually the newest bucket, or a new one after it.
+        let at = match self.buckets.back_mut() {
+            Some((b, agg)) if *b == bucket => return agg.add(c),
+            Some((b, _)) if *b < bucket => self.buckets.len(),
+            None => 0,
+            Some(_) => self.buckets.partition_point(|(b, _)| *b < bucket),
+        };
         match self.buckets.get_mut(at) {
             Some((b, agg)) if *b == bucket => agg.add(c),
             _ => {
@@ -125,7 +133,7 @@ struct Windows {
     kind: Aggregate,
     resolution_ns: i64,
     buckets: i64,
-    keys: DashMap<Box<str>, Series>,
+    keys: DashMap<Box<str>, Series, ahash::RandomState>,
 }
 
 /// Sizes of the velocity state, for reporting.
@@ -133,6 +141,32 @@ struct Windows {
 pub struct StateSize {
     pub keys: usize,
     pub buckets: usize,
+}
+
+/// One key of one counter, held while one intent is decided.
+pub struct Slot<'v> {
+    window: &'v Windows,
+    series: RefMut<'v, Box<str>, Series>,
+    bucket: i64,
+}
+
+impl Slot<'_> {
+    /// The value the intent sees: contributions before it, in its window.
+    pub fn value(&self) -> CounterValue {
+        let w = self.window;
+        self.series
+            .aggregate(w.kind, self.bucket - w.buckets - 1, self.bucket)
+    }
+
+    /// Adds the intent's contribution; buckets behind the retention floor of `watermark_ns`
+    /// are dropped on the way.
+    pub fn add(&mut self, c: Contribution, watermark_ns: i64) {
+        let floor = self.window.floor(watermark_ns);
+        if self.bucket > floor {
+            self.series.add(self.window.kind, self.bucket, c);
+        }
+        self.series.prune(floor);
+    }
 }
 
 /// The velocity state of one partition: every counter's windows.
@@ -150,9 +184,24 @@ impl Velocity {
                     kind: d.aggregate,
                     resolution_ns: d.resolution.num_nanoseconds().unwrap_or(i64::MAX).max(1),
                     buckets: d.buckets,
-                    keys: DashMap::new(),
+                    keys: DashMap::default(),
                 })
                 .collect(),
+        }
+    }
+
+    /// The series of `counter` for `key`, locked for one intent created at `at_ns`: read it
+    /// before deciding, contribute to it after, with one map lookup.
+    pub fn slot(&self, counter: usize, key: String, at_ns: i64) -> Slot<'_> {
+        let window = &self.counters[counter];
+        let series = match window.keys.get_mut(key.as_str()) {
+            Some(s) => s,
+            None => window.keys.entry(key.into_boxed_str()).or_default(),
+        };
+        Slot {
+            window,
+            series,
+            bucket: at_ns.div_euclid(window.resolution_ns),
         }
     }
 
@@ -161,8 +210,8 @@ impl Velocity {
         let w = &self.counters[counter];
         let b = at_ns.div_euclid(w.resolution_ns);
         match w.keys.get(key) {
-            Some(series) => Series::value(&series, w.kind, b - w.buckets - 1, b),
-            None => Series::default().value(w.kind, 0, 0),
+            Some(series) => series.aggregate(w.kind, b - w.buckets - 1, b),
+            None => Series::default().aggregate(w.kind, 0, 0),
         }
     }
 

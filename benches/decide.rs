@@ -1,0 +1,220 @@
+//! Raw intent bytes in, decision bytes out, with the sample ruleset and velocity state for
+//! 10,000 accounts warmed up; plus the cost split (parse, counters, rules, serialize).
+//!
+//! Run: `cargo bench --bench decide`. Throughput is reported in decisions per second.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // A benchmark fails loudly.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+use riskgate::decision::Source;
+use riskgate::engine::{Engine, EngineOptions};
+use riskgate::intent::{parse_intent, Intent, DEFAULT_MAX_BYTES};
+use riskgate::rules::Ruleset;
+
+#[path = "../examples/gen_intents.rs"]
+#[allow(dead_code)]
+mod gen;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ACCOUNTS: u32 = 10_000;
+const WARM: usize = 100_000;
+const MEASURED: usize = 200_000;
+
+fn intents() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let args = gen::Args {
+        count: (WARM + MEASURED) as u64,
+        seed: 7,
+        accounts: ACCOUNTS,
+        valid_only: true,
+    };
+    gen::generate(&args, &mut out).unwrap();
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+fn ruleset(counters_only: bool) -> Arc<Ruleset> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    if !counters_only {
+        return Arc::new(Ruleset::load_dir(&dir).unwrap());
+    }
+    // The same counters and lists, no rules: what the velocity state alone costs.
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let kept: Vec<&str> = text
+                .split("\n[[")
+                .filter(|t| !t.starts_with("rule]]"))
+                .collect();
+            files.push((path, kept.join("\n[[")));
+        }
+    }
+    files.sort();
+    Arc::new(Ruleset::load_sources(&files).unwrap())
+}
+
+fn now() -> DateTime<Utc> {
+    "2026-11-28T00:00:00Z".parse().unwrap()
+}
+
+/// A fresh engine that has decided the first `WARM` intents.
+fn warmed(rs: &Arc<Ruleset>, parsed: &[Intent]) -> Engine {
+    let engine = Engine::new(
+        rs.clone(),
+        EngineOptions {
+            max_future_skew: None,
+            ..EngineOptions::default()
+        },
+    );
+    for (i, intent) in parsed[..WARM].iter().enumerate() {
+        engine.decide(intent.clone(), source(i), now());
+    }
+    engine
+}
+
+fn source(i: usize) -> Source {
+    Source::Kafka {
+        topic: Arc::from("intents"),
+        partition: 0,
+        offset: i as i64,
+    }
+}
+
+/// Times `run` over `iters` measured intents, continuing where the last sample stopped and
+/// starting over on a freshly warmed engine (untimed) when the measured intents run out.
+struct Cursor {
+    next: usize,
+    engine: Option<Engine>,
+}
+
+impl Cursor {
+    fn time(
+        &mut self,
+        iters: u64,
+        rs: &Arc<Ruleset>,
+        parsed: &[Intent],
+        mut run: impl FnMut(&Engine, usize),
+    ) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut left = iters as usize;
+        while left > 0 {
+            if self.engine.is_none() || self.next == parsed.len() {
+                self.engine = Some(warmed(rs, parsed));
+                self.next = WARM;
+            }
+            let engine = self.engine.as_ref().unwrap();
+            let n = left.min(parsed.len() - self.next);
+            let start = Instant::now();
+            for i in self.next..self.next + n {
+                run(engine, i);
+            }
+            total += start.elapsed();
+            self.next += n;
+            left -= n;
+        }
+        total
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let raw = intents();
+    let parsed: Vec<Intent> = raw
+        .iter()
+        .map(|b| parse_intent(b, DEFAULT_MAX_BYTES).unwrap())
+        .collect();
+    let full = ruleset(false);
+    let counters_only = ruleset(true);
+    assert!(counters_only.rules.is_empty() && counters_only.counters.len() == full.counters.len());
+
+    let mut group = c.benchmark_group("decide");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(8));
+
+    // The whole path: bytes in, parse, decide, serialize, bytes out.
+    let mut cursor = Cursor {
+        next: 0,
+        engine: None,
+    };
+    let mut out = Vec::with_capacity(4096);
+    group.bench_function("pipeline", |b| {
+        b.iter_custom(|iters| {
+            cursor.time(iters, &full, &parsed, |engine, i| {
+                let intent = parse_intent(&raw[i], DEFAULT_MAX_BYTES).unwrap();
+                let d = engine.decide(intent, source(i), now());
+                out.clear();
+                d.write_json_line(&mut out);
+            })
+        })
+    });
+
+    // The split. Parsing alone (no state).
+    let mut i = 0;
+    group.bench_function("parse", |b| {
+        b.iter(|| {
+            i = (i + 1) % raw.len();
+            parse_intent(&raw[i], DEFAULT_MAX_BYTES).unwrap()
+        })
+    });
+
+    // Counters alone: read every counter, contribute, remember the intent; no rules.
+    // (Cloning the parsed intent is part of this figure, as small as parsing's allocation.)
+    let mut cursor = Cursor {
+        next: 0,
+        engine: None,
+    };
+    group.bench_function("counters", |b| {
+        b.iter_custom(|iters| {
+            cursor.time(iters, &counters_only, &parsed, |engine, i| {
+                engine.decide(parsed[i].clone(), source(i), now());
+            })
+        })
+    });
+
+    // Counters and every rule: `rules` minus `counters` is what evaluating the rules costs.
+    let mut cursor = Cursor {
+        next: 0,
+        engine: None,
+    };
+    group.bench_function("rules", |b| {
+        b.iter_custom(|iters| {
+            cursor.time(iters, &full, &parsed, |engine, i| {
+                engine.decide(parsed[i].clone(), source(i), now());
+            })
+        })
+    });
+
+    // Serializing a decision.
+    let engine = warmed(&full, &parsed);
+    let decisions: Vec<_> = parsed[WARM..WARM + 10_000]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| engine.decide(p.clone(), source(i), now()))
+        .collect();
+    let mut i = 0;
+    group.bench_function("serialize", |b| {
+        b.iter_batched_ref(
+            || Vec::with_capacity(4096),
+            |buf| {
+                i = (i + 1) % decisions.len();
+                decisions[i].write_json_line(buf);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
