@@ -33,7 +33,10 @@ fn intents() -> Vec<Vec<u8>> {
     let args = gen::Args {
         count: (WARM + MEASURED) as u64,
         seed: 7,
-        accounts: ACCOUNTS,
+        accounts: std::env::var("BENCH_ACCOUNTS")
+            .ok()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(ACCOUNTS),
         valid_only: true,
     };
     gen::generate(&args, &mut out).unwrap();
@@ -43,12 +46,9 @@ fn intents() -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn ruleset(counters_only: bool) -> Arc<Ruleset> {
+/// The sample ruleset, or a part of it: `keep` says which `[[...]]` tables stay.
+fn ruleset(keep: impl Fn(&str) -> bool) -> Arc<Ruleset> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    if !counters_only {
-        return Arc::new(Ruleset::load_dir(&dir).unwrap());
-    }
-    // The same counters and lists, no rules: what the velocity state alone costs.
     let mut files = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -56,7 +56,9 @@ fn ruleset(counters_only: bool) -> Arc<Ruleset> {
             let text = std::fs::read_to_string(&path).unwrap();
             let kept: Vec<&str> = text
                 .split("\n[[")
-                .filter(|t| !t.starts_with("rule]]"))
+                .enumerate()
+                .filter(|(i, t)| *i == 0 || keep(t))
+                .map(|(_, t)| t)
                 .collect();
             files.push((path, kept.join("\n[[")));
         }
@@ -134,9 +136,11 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|b| parse_intent(b, DEFAULT_MAX_BYTES).unwrap())
         .collect();
-    let full = ruleset(false);
-    let counters_only = ruleset(true);
+    let full = ruleset(|_| true);
+    let counters_only = ruleset(|table| table.starts_with("counter]]"));
+    let nothing = ruleset(|_| false);
     assert!(counters_only.rules.is_empty() && counters_only.counters.len() == full.counters.len());
+    assert!(nothing.rules.is_empty() && nothing.counters.is_empty());
 
     let mut group = c.benchmark_group("decide");
     group.throughput(Throughput::Elements(1));
@@ -168,8 +172,21 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // The engine with no counters and no rules: clone the parsed intent, build and remember
+    // the decision. The other figures include this.
+    let mut cursor = Cursor {
+        next: 0,
+        engine: None,
+    };
+    group.bench_function("baseline", |b| {
+        b.iter_custom(|iters| {
+            cursor.time(iters, &nothing, &parsed, |engine, i| {
+                engine.decide(parsed[i].clone(), source(i), now());
+            })
+        })
+    });
+
     // Counters alone: read every counter, contribute, remember the intent; no rules.
-    // (Cloning the parsed intent is part of this figure, as small as parsing's allocation.)
     let mut cursor = Cursor {
         next: 0,
         engine: None,

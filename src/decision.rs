@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{Datelike, Timelike};
 use rust_decimal::Decimal;
-use serde::ser::{SerializeMap, SerializeStruct};
+use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
 use crate::intent::InvalidIntent;
@@ -50,18 +51,16 @@ impl Serialize for Source {
 }
 
 /// A matched rule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reason {
     pub rule: Arc<str>,
     pub action: RuleAction,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
 /// A rule that failed to evaluate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuleFailure {
     pub rule: Arc<str>,
     pub message: String,
@@ -93,57 +92,211 @@ fn timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-struct Counters<'a>(&'a [(Arc<str>, CounterValue)]);
+/// A small JSON writer for the hot path: one decision is written per intent, so it avoids
+/// serde's generic machinery and temporary strings.
+struct Writer<'b> {
+    out: &'b mut Vec<u8>,
+    first: bool,
+}
 
-impl Serialize for Counters<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (id, value) in self.0 {
-            match value {
-                CounterValue::Int(i) => map.serialize_entry(&**id, i)?,
-                // Sums and maxima are exact decimals: strings, like amounts.
-                CounterValue::Num(n) => map.serialize_entry(&**id, &n.to_string())?,
-            }
+impl<'b> Writer<'b> {
+    fn object(out: &'b mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Writer { out, first: true }
+    }
+
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
         }
-        map.end()
+        self.first = false;
+        string(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    fn str(&mut self, key: &str, value: &str) {
+        let out = self.key(key);
+        string(out, value);
+    }
+
+    fn int(&mut self, key: &str, value: i64) {
+        let out = self.key(key);
+        integer(out, value);
+    }
+
+    /// An exact decimal, as a string.
+    fn decimal(&mut self, key: &str, value: &Decimal) {
+        let out = self.key(key);
+        out.push(b'"');
+        decimal(out, value);
+        out.push(b'"');
+    }
+
+    fn time(&mut self, key: &str, t: &DateTime<Utc>) {
+        let out = self.key(key);
+        out.push(b'"');
+        let year = t.year();
+        if (0..=9999).contains(&year) {
+            // `YYYY-MM-DDTHH:MM:SS.mmmZ`, digit by digit.
+            let fields = [
+                (year as u32, 4, b'-'),
+                (t.month(), 2, b'-'),
+                (t.day(), 2, b'T'),
+                (t.hour(), 2, b':'),
+                (t.minute(), 2, b':'),
+                (t.second(), 2, b'.'),
+                (t.timestamp_subsec_millis().min(999), 3, b'Z'),
+            ];
+            for (value, width, after) in fields {
+                let mut digits = [b'0'; 4];
+                let mut v = value;
+                for d in digits[..width].iter_mut().rev() {
+                    *d = b'0' + (v % 10) as u8;
+                    v /= 10;
+                }
+                out.extend_from_slice(&digits[..width]);
+                out.push(after);
+            }
+        } else {
+            out.extend_from_slice(timestamp(t).as_bytes());
+        }
+        out.push(b'"');
+    }
+
+    fn end(self) -> &'b mut Vec<u8> {
+        self.out.push(b'}');
+        self.out
     }
 }
 
-impl Serialize for Decision {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Decision", 17)?;
-        st.serialize_field("intent_id", &self.intent_id)?;
-        st.serialize_field("agent_id", &self.agent_id)?;
-        st.serialize_field("account_id", &self.account_id)?;
-        st.serialize_field("action", &self.action)?;
-        if let Some(amount) = &self.amount {
-            st.serialize_field("amount", &amount.to_string())?;
+/// Writes an integer in decimal.
+fn integer(out: &mut Vec<u8>, value: i64) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    digits(out, value.unsigned_abs() as u128, 0);
+}
+
+/// Writes `magnitude` in decimal with a point before its last `scale` digits.
+fn digits(out: &mut Vec<u8>, magnitude: u128, scale: u32) {
+    let mut buf = [b'0'; 40];
+    let mut at = buf.len();
+    let mut v = magnitude;
+    let mut written = 0;
+    while v > 0 || written <= scale {
+        if written == scale && scale > 0 {
+            at -= 1;
+            buf[at] = b'.';
         }
-        if let Some(currency) = &self.currency {
-            st.serialize_field("currency", currency)?;
-        }
-        st.serialize_field("created_at", &timestamp(&self.created_at))?;
-        st.serialize_field("decision", &self.outcome)?;
-        st.serialize_field("score", &self.score)?;
-        st.serialize_field("reasons", &self.reasons)?;
-        st.serialize_field("errors", &self.errors)?;
-        st.serialize_field("counters", &Counters(&self.counters))?;
-        st.serialize_field("ruleset", &*self.ruleset)?;
-        st.serialize_field("decided_at", &timestamp(&self.decided_at))?;
-        st.serialize_field("source", &self.source)?;
-        if self.duplicate {
-            st.serialize_field("duplicate", &true)?;
-        }
-        st.end()
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        written += 1;
+    }
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// Writes an exact decimal as `Decimal`'s `Display` does (`12000.50`, `0.001`, `-3`).
+fn decimal(out: &mut Vec<u8>, value: &Decimal) {
+    if value.is_sign_negative() && !value.is_zero() {
+        out.push(b'-');
+    }
+    digits(out, value.mantissa().unsigned_abs(), value.scale());
+}
+
+/// Writes a JSON string: copied as is when nothing needs escaping, the usual case.
+fn string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
 impl Decision {
     /// Appends the decision as one JSON line.
     pub fn write_json_line(&self, out: &mut Vec<u8>) {
-        // Serializing plain strings and numbers into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, self);
-        out.push(b'\n');
+        let mut w = Writer::object(out);
+        w.str("intent_id", &self.intent_id);
+        w.str("agent_id", &self.agent_id);
+        w.str("account_id", &self.account_id);
+        w.str("action", &self.action);
+        if let Some(amount) = &self.amount {
+            w.decimal("amount", amount);
+        }
+        if let Some(currency) = &self.currency {
+            w.str("currency", currency);
+        }
+        w.time("created_at", &self.created_at);
+        w.str("decision", self.outcome.as_str());
+        w.int("score", self.score);
+        let out = w.key("reasons");
+        out.push(b'[');
+        for (i, r) in self.reasons.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let mut o = Writer::object(out);
+            o.str("rule", &r.rule);
+            o.str("action", r.action.as_str());
+            if let Some(score) = r.score {
+                o.int("score", score);
+            }
+            if let Some(message) = &r.message {
+                o.str("message", message);
+            }
+            let _ = o.end();
+        }
+        out.push(b']');
+        let out = w.key("errors");
+        out.push(b'[');
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let mut o = Writer::object(out);
+            o.str("rule", &e.rule);
+            o.str("message", &e.message);
+            let _ = o.end();
+        }
+        out.push(b']');
+        let out = w.key("counters");
+        let mut o = Writer::object(out);
+        for (id, value) in &self.counters {
+            match value {
+                CounterValue::Int(i) => o.int(id, *i),
+                // Sums and maxima are exact decimals: strings, like amounts.
+                CounterValue::Num(n) => o.decimal(id, n),
+            }
+        }
+        let _ = o.end();
+        w.str("ruleset", &self.ruleset);
+        w.time("decided_at", &self.decided_at);
+        let out = w.key("source");
+        let mut o = Writer::object(out);
+        match &self.source {
+            Source::Kafka {
+                topic,
+                partition,
+                offset,
+            } => {
+                o.str("topic", topic);
+                o.int("partition", i64::from(*partition));
+                o.int("offset", *offset);
+            }
+            Source::File { file, line } => {
+                o.str("file", file);
+                o.int("line", i64::try_from(*line).unwrap_or(i64::MAX));
+            }
+        }
+        let _ = o.end();
+        if self.duplicate {
+            w.key("duplicate").extend_from_slice(b"true");
+        }
+        w.end().push(b'\n');
     }
 }
 
@@ -178,5 +331,65 @@ impl DeadLetter {
     pub fn write_json_line(&self, out: &mut Vec<u8>) {
         let _ = serde_json::to_writer(&mut *out, self);
         out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn numbers_are_written_as_display_writes_them() {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "12000.50",
+            "0.001",
+            "-0.5",
+            "10.0000",
+            "79228162514264337593543950335",
+            "0.0000000000000000000000000001",
+        ] {
+            let d = Decimal::from_str(text).unwrap();
+            let mut out = Vec::new();
+            decimal(&mut out, &d);
+            assert_eq!(String::from_utf8(out).unwrap(), d.to_string(), "{text}");
+        }
+        for i in [0i64, 7, -7, 1042, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            integer(&mut out, i);
+            assert_eq!(String::from_utf8(out).unwrap(), i.to_string());
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_when_needed() {
+        for s in [
+            "plain",
+            "quote \" here",
+            "back\\slash",
+            "new\nline",
+            "tab\t",
+            "\u{1}",
+            "émoji 🎉",
+        ] {
+            let mut out = Vec::new();
+            string(&mut out, s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn timestamps_have_milliseconds_and_z() {
+        let mut out = Vec::new();
+        let t: DateTime<Utc> = "2026-01-02T03:04:05.678912Z".parse().unwrap();
+        Writer::object(&mut out).time("t", &t);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"t":"2026-01-02T03:04:05.678Z""#
+        );
     }
 }

@@ -98,22 +98,30 @@ impl Engine {
             (Some(a), None) => Ok(a),
             (Some(a), Some(fx)) => fx.convert(a, intent.currency.as_deref().unwrap_or("")),
         };
-        // One locked slot per available counter: read now, contributed to after deciding.
-        let mut slots: Vec<Result<Slot<'_>, usize>> = rs
+        // One locked slot per group of counters sharing a key: read now, contributed to after
+        // deciding. A key path the intent lacks makes the group's counters unavailable.
+        let mut key = String::with_capacity(64);
+        let mut slots: Vec<Result<Slot<'_>, usize>> =
+            Vec::with_capacity(self.velocity.groups().len());
+        for (g, group) in self.velocity.groups().iter().enumerate() {
+            let paths = &rs.counters[group.counters[0]].key;
+            slots.push(counter_key(paths, &intent, &mut key).map(|()| self.velocity.slot(g, &key)));
+        }
+        let values: Vec<Result<Value<'static>, &str>> = rs
             .counters
             .iter()
             .enumerate()
-            .map(|(i, c)| counter_key(c, &intent).map(|key| self.velocity.slot(i, key, at_ns)))
-            .collect();
-        let values: Vec<Result<Value<'static>, &str>> = slots
-            .iter()
-            .zip(&rs.counters)
-            .map(|(slot, c)| match slot {
-                Ok(slot) => Ok(match slot.value() {
-                    CounterValue::Int(n) => Value::Int(n),
-                    CounterValue::Num(n) => Value::Num(n),
-                }),
-                Err(path) => Err(c.unavailable[*path].as_str()),
+            .map(|(i, c)| {
+                let (g, m) = self.velocity.place(i);
+                match &slots[g] {
+                    // Fail closed: a backdated intent must not see a window already dropped.
+                    Ok(_) if !self.velocity.answers(i, at_ns, watermark) => Err(c.too_old.as_str()),
+                    Ok(slot) => Ok(match slot.value(m, at_ns) {
+                        CounterValue::Int(n) => Value::Int(n),
+                        CounterValue::Num(n) => Value::Num(n),
+                    }),
+                    Err(path) => Err(c.unavailable[*path].as_str()),
+                }
             })
             .collect();
         let act = Activation {
@@ -175,8 +183,9 @@ impl Engine {
             .unwrap_or(Outcome::Allow);
 
         // Contribute after deciding: the intent never counts towards its own decision.
-        for (slot, c) in slots.iter_mut().zip(&rs.counters) {
-            let Ok(slot) = slot else { continue };
+        for (i, c) in rs.counters.iter().enumerate() {
+            let (g, m) = self.velocity.place(i);
+            let Ok(slot) = &mut slots[g] else { continue };
             if !c.contributes.admits(outcome) {
                 continue;
             }
@@ -186,7 +195,7 @@ impl Engine {
                 }
             }
             if let Some(contribution) = contribution(c, &intent, &amount_base) {
-                slot.add(contribution, watermark);
+                slot.add(m, at_ns, contribution, watermark);
             }
         }
         drop(slots);
@@ -277,17 +286,17 @@ impl Engine {
     }
 }
 
-/// The key of `counter` for `intent`, or the index of the key path the intent lacks.
-fn counter_key(counter: &CounterDef, intent: &Intent) -> Result<String, usize> {
-    let mut key = String::new();
-    for (i, path) in counter.key.iter().enumerate() {
+/// Writes the key made of `paths` for `intent` into `key`, or says which path the intent lacks.
+fn counter_key(paths: &[FieldPath], intent: &Intent, key: &mut String) -> Result<(), usize> {
+    key.clear();
+    for (i, path) in paths.iter().enumerate() {
         let part = path.text(intent).ok_or(i)?;
         if i > 0 {
             key.push(KEY_SEPARATOR);
         }
         key.push_str(&part);
     }
-    Ok(key)
+    Ok(())
 }
 
 /// What `intent` adds to `counter`, if anything.

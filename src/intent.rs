@@ -69,6 +69,14 @@ impl Counterparty {
 /// The names of a counterparty's fields, in documentation order.
 pub const COUNTERPARTY_FIELDS: [&str; 4] = ["id", "name", "country", "account"];
 
+/// The dotted paths of a counterparty's fields, in the order of [`COUNTERPARTY_FIELDS`].
+const COUNTERPARTY_PATHS: [&str; 4] = [
+    "counterparty.id",
+    "counterparty.name",
+    "counterparty.country",
+    "counterparty.account",
+];
+
 /// The top-level fields of an intent, in documentation order.
 pub const INTENT_FIELDS: [&str; 9] = [
     "intent_id",
@@ -245,7 +253,21 @@ enum Field {
     DuplicateKey(String),
 }
 
-struct StrictValue;
+/// Reads a JSON value. In `scalar` mode (every top-level field but `attributes`), arrays and
+/// objects are skipped and stand only for their type: such fields never hold them.
+#[derive(Clone, Copy)]
+struct StrictValue {
+    scalar: bool,
+}
+
+#[allow(non_upper_case_globals)]
+const StrictValue: StrictValue = StrictValue { scalar: false };
+
+impl StrictValue {
+    fn scalar() -> StrictValue {
+        StrictValue { scalar: true }
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for StrictValue {
     type Value = Field;
@@ -288,10 +310,14 @@ impl<'de> Visitor<'de> for StrictValue {
         d.deserialize_any(self)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+        if self.scalar {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(Field::Value(Json::Array(Vec::new())));
+        }
         let mut items = Vec::new();
         let mut dup = None;
         let mut index = 0usize;
-        while let Some(item) = seq.next_element_seed(StrictValue)? {
+        while let Some(item) = seq.next_element_seed(self)? {
             match item {
                 Field::Value(v) => items.push(v),
                 Field::DuplicateKey(path) => {
@@ -307,14 +333,20 @@ impl<'de> Visitor<'de> for StrictValue {
         // private key; `Json` knows how to read that back, so hand such maps over to it.
         let mut object = Map::new();
         let mut dup: Option<String> = None;
-        while let Some(key) = map.next_key::<String>()? {
-            if key == "$serde_json::private::Number" {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == NUMBER_TOKEN {
                 let text: String = map.next_value()?;
                 return Ok(Field::Value(Json::Number(
                     serde_json::Number::from_string_unchecked(text),
                 )));
             }
-            match map.next_value_seed(StrictValue)? {
+            if self.scalar {
+                map.next_value::<IgnoredAny>()?;
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                return Ok(Field::Value(Json::Object(Map::new())));
+            }
+            let key = key.into_owned();
+            match map.next_value_seed(self)? {
                 Field::Value(v) => {
                     if object.contains_key(&key) {
                         dup.get_or_insert(key);
@@ -379,7 +411,19 @@ impl<'de> Visitor<'de> for IntentVisitor {
                 error = Some(InvalidIntent::field(&key, format!("duplicate key `{key}`")));
                 continue;
             }
-            let value = match map.next_value_seed(StrictValue)? {
+            if key == "counterparty" {
+                match map.next_value_seed(CounterpartySeed)? {
+                    Ok(cp) => raw.counterparty = cp,
+                    Err(e) => error = Some(e),
+                }
+                continue;
+            }
+            let seed = if key == "attributes" {
+                StrictValue
+            } else {
+                StrictValue::scalar()
+            };
+            let value = match map.next_value_seed(seed)? {
                 Field::Value(v) => v,
                 Field::DuplicateKey(path) => {
                     error = Some(InvalidIntent::field(
@@ -495,21 +539,7 @@ impl Raw {
                 }
                 self.currency = currency;
             }
-            "counterparty" => {
-                self.counterparty = match value {
-                    Json::Null => None,
-                    Json::Object(o) => Some(parse_counterparty(o)?),
-                    other => {
-                        return Err(InvalidIntent::field(
-                            field,
-                            format!(
-                                "`counterparty` must be an object, found {}",
-                                json_type(&other)
-                            ),
-                        ))
-                    }
-                }
-            }
+            // `counterparty` is read by `CounterpartySeed`, never through `set`.
             "created_at" => {
                 let text = match value {
                     Json::String(s) => s,
@@ -600,28 +630,101 @@ impl Raw {
     }
 }
 
-fn parse_counterparty(object: Map<String, Json>) -> Result<Counterparty, InvalidIntent> {
-    let mut cp = Counterparty::default();
-    for (key, value) in object {
-        let path = format!("counterparty.{key}");
-        let slot = match key.as_str() {
-            "id" => &mut cp.id,
-            "name" => &mut cp.name,
-            "country" => &mut cp.country,
-            "account" => &mut cp.account,
-            _ => {
-                return Err(InvalidIntent::new(
+/// Reads `counterparty` straight into a [`Counterparty`]: `Ok(Err(..))` when it is invalid.
+struct CounterpartySeed;
+
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+impl<'de> DeserializeSeed<'de> for CounterpartySeed {
+    type Value = Result<Option<Counterparty>, InvalidIntent>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+fn not_an_object(found: &str) -> Result<Option<Counterparty>, InvalidIntent> {
+    Err(InvalidIntent::field(
+        "counterparty",
+        format!("`counterparty` must be an object, found {found}"),
+    ))
+}
+
+impl<'de> Visitor<'de> for CounterpartySeed {
+    type Value = Result<Option<Counterparty>, InvalidIntent>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a counterparty object")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Ok(None))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(not_an_object("a boolean"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(not_an_object("a string"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(not_an_object("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut cp = Counterparty::default();
+        let mut seen = [false; COUNTERPARTY_FIELDS.len()];
+        let mut error = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == NUMBER_TOKEN {
+                map.next_value::<IgnoredAny>()?;
+                return Ok(not_an_object("a number"));
+            }
+            if error.is_some() {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let Some(index) = COUNTERPARTY_FIELDS.iter().position(|f| *f == key) else {
+                map.next_value::<IgnoredAny>()?;
+                let path = format!("counterparty.{key}");
+                error = Some(InvalidIntent::new(
                     InvalidKind::UnknownField,
                     Some(&path),
                     format!(
                         "unknown field `{path}`; a counterparty has only {}",
                         backticked(&COUNTERPARTY_FIELDS)
                     ),
-                ))
+                ));
+                continue;
+            };
+            let path = COUNTERPARTY_PATHS[index];
+            if std::mem::replace(&mut seen[index], true) {
+                map.next_value::<IgnoredAny>()?;
+                error = Some(InvalidIntent::field(
+                    path,
+                    format!("duplicate key `{path}`"),
+                ));
+                continue;
             }
-        };
-        *slot = optional_string(&path, value)?;
+            let Field::Value(value) = map.next_value_seed(StrictValue::scalar())? else {
+                continue; // Scalar mode reports no nested duplicates.
+            };
+            let slot = match index {
+                0 => &mut cp.id,
+                1 => &mut cp.name,
+                2 => &mut cp.country,
+                _ => &mut cp.account,
+            };
+            match optional_string(path, value) {
+                Ok(v) => *slot = v,
+                Err(e) => error = Some(e),
+            }
+        }
+        Ok(match error {
+            Some(e) => Err(e),
+            None => validate_counterparty(cp).map(Some),
+        })
     }
+}
+
+fn validate_counterparty(cp: Counterparty) -> Result<Counterparty, InvalidIntent> {
     if cp.id.as_deref() == Some("") {
         return Err(InvalidIntent::field(
             "counterparty.id",

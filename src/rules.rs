@@ -62,6 +62,15 @@ pub enum RuleAction {
 }
 
 impl RuleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Allow => "allow",
+            RuleAction::Hold => "hold",
+            RuleAction::Deny => "deny",
+            RuleAction::Score => "score",
+        }
+    }
+
     pub fn outcome(self) -> Option<Outcome> {
         match self {
             RuleAction::Allow => Some(Outcome::Allow),
@@ -201,6 +210,8 @@ pub struct CounterDef {
     pub contributes: Contributes,
     /// Per key path: why the counter is unavailable when the intent lacks that path.
     pub unavailable: Vec<String>,
+    /// Why the counter is unavailable to an intent dated before the state it keeps.
+    pub too_old: String,
 }
 
 /// A message template: text with `{name}` placeholders.
@@ -870,9 +881,10 @@ impl Builder {
                         "a counter id must be an identifier (letters, digits, `_`)".to_owned(),
                     ));
                 }
+                // A counter with errors is still known to rules, so that they do not also
+                // report it as unknown.
+                self.counter_types.push((id.clone(), Ty::Number));
                 if let Some(def) = self.counter(src, c, errors) {
-                    let ty = Ty::Number;
-                    self.counter_types.push((def.id.to_string(), ty));
                     self.counters.push(def);
                 }
             }
@@ -1021,6 +1033,10 @@ impl Builder {
             .map(|p| p.get_ref().clone())
             .collect();
         Some(CounterDef {
+            too_old: format!(
+                "counter `{id}` is unavailable: the intent is dated more than one window ({}) before the newest intent, and that part of the state is no longer kept",
+                c.window.get_ref()
+            ),
             unavailable: key_text
                 .iter()
                 .map(|k| format!("counter `{id}` is unavailable: the intent has no `{k}`"))

@@ -318,6 +318,7 @@ fn compare(expect: &Expect, result: Result<Arc<Decision>, String>, failures: &mu
             let got = d.counters.iter().find(|(c, _)| &**c == id).map(|(_, v)| *v);
             let want_dec = match value {
                 toml::Value::Integer(i) => Some(Decimal::from(*i)),
+                toml::Value::Float(f) => Decimal::from_str_exact(&f.to_string()).ok(),
                 toml::Value::String(s) => Decimal::from_str_exact(s).ok(),
                 _ => None,
             };

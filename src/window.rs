@@ -32,6 +32,9 @@ pub enum CounterValue {
     Num(Decimal),
 }
 
+/// What a bucket holds. Counts and sums are running totals over the retained buckets of the
+/// series up to and including this one, so a window's value is one subtraction; maxima and
+/// distinct items are per bucket.
 #[derive(Debug, Clone)]
 enum Agg {
     Count(u64),
@@ -41,21 +44,14 @@ enum Agg {
 }
 
 impl Agg {
-    fn empty(kind: Aggregate) -> Agg {
-        match kind {
-            Aggregate::Count => Agg::Count(0),
-            Aggregate::Sum => Agg::Sum(Decimal::ZERO),
-            Aggregate::Max => Agg::Max(Decimal::ZERO),
-            Aggregate::Distinct => Agg::Distinct(Vec::new()),
-        }
-    }
-
-    fn add(&mut self, c: Contribution) {
+    fn add(&mut self, c: &Contribution) {
         match (self, c) {
             (Agg::Count(n), _) => *n += 1,
-            (Agg::Sum(s), Contribution::Amount(a)) => *s = s.saturating_add(a),
-            (Agg::Max(m), Contribution::Amount(a)) => *m = (*m).max(a),
-            (Agg::Distinct(items), Contribution::Item(i)) if !items.contains(&i) => items.push(i),
+            (Agg::Sum(s), Contribution::Amount(a)) => *s = s.saturating_add(*a),
+            (Agg::Max(m), Contribution::Amount(a)) => *m = (*m).max(*a),
+            (Agg::Distinct(items), Contribution::Item(i)) if !items.contains(i) => {
+                items.push(i.clone())
+            }
             // A contribution of the wrong shape is never built by the engine.
             _ => {}
         }
@@ -71,20 +67,32 @@ struct Series {
 impl Series {
     fn aggregate(&self, kind: Aggregate, from: i64, to: i64) -> CounterValue {
         let start = self.buckets.partition_point(|(b, _)| *b <= from);
-        let live = self
-            .buckets
-            .range(start..)
-            .take_while(|(b, _)| *b <= to)
-            .map(|(_, a)| a);
+        let end = self.buckets.partition_point(|(b, _)| *b <= to);
+        let live = self.buckets.range(start..end.max(start)).map(|(_, a)| a);
         match kind {
-            Aggregate::Count => CounterValue::Int(
-                live.map(|a| if let Agg::Count(n) = a { *n as i64 } else { 0 })
-                    .sum(),
-            ),
-            Aggregate::Sum => CounterValue::Num(live.fold(Decimal::ZERO, |acc, a| match a {
-                Agg::Sum(s) => acc.saturating_add(*s),
-                _ => acc,
-            })),
+            Aggregate::Count | Aggregate::Sum => {
+                let total = |i: usize| match self.buckets.get(i).map(|(_, a)| a) {
+                    Some(Agg::Count(n)) => (*n, Decimal::ZERO),
+                    Some(Agg::Sum(s)) => (0, *s),
+                    _ => (0, Decimal::ZERO),
+                };
+                let (hi_n, hi_s) = if end > start {
+                    total(end - 1)
+                } else {
+                    (0, Decimal::ZERO)
+                };
+                let (lo_n, lo_s) = if end > start {
+                    total(start.wrapping_sub(1))
+                } else {
+                    (0, Decimal::ZERO)
+                };
+                if kind == Aggregate::Count {
+                    CounterValue::Int(hi_n.saturating_sub(lo_n) as i64)
+                } else {
+                    // A difference too large to hold fails closed, as the largest value.
+                    CounterValue::Num(hi_s.checked_sub(lo_s).unwrap_or(Decimal::MAX))
+                }
+            }
             Aggregate::Max => CounterValue::Num(live.fold(Decimal::ZERO, |acc, a| match a {
                 Agg::Max(m) => acc.max(*m),
                 _ => acc,
@@ -103,163 +111,250 @@ impl Series {
 
     fn add(&mut self, kind: Aggregate, bucket: i64, c: Contribution) {
         // Usually the newest bucket, or a new one after it.
-        let at = match self.buckets.back_mut() {
-            Some((b, agg)) if *b == bucket => return agg.add(c),
+        let at = match self.buckets.back() {
+            Some((b, _)) if *b == bucket => self.buckets.len() - 1,
             Some((b, _)) if *b < bucket => self.buckets.len(),
             None => 0,
             Some(_) => self.buckets.partition_point(|(b, _)| *b < bucket),
         };
-        match self.buckets.get_mut(at) {
-            Some((b, agg)) if *b == bucket => agg.add(c),
-            _ => {
-                let mut agg = Agg::empty(kind);
-                agg.add(c);
-                self.buckets.insert(at, (bucket, agg));
-            }
+        if !matches!(self.buckets.get(at), Some((b, _)) if *b == bucket) {
+            // A new bucket starts from the running total before it.
+            let empty = match kind {
+                Aggregate::Count | Aggregate::Sum => {
+                    match at.checked_sub(1).and_then(|i| self.buckets.get(i)) {
+                        Some((_, prev)) => prev.clone(),
+                        None if kind == Aggregate::Count => Agg::Count(0),
+                        None => Agg::Sum(Decimal::ZERO),
+                    }
+                }
+                Aggregate::Max => Agg::Max(Decimal::ZERO),
+                Aggregate::Distinct => Agg::Distinct(Vec::new()),
+            };
+            self.buckets.insert(at, (bucket, empty));
+        }
+        let running = matches!(kind, Aggregate::Count | Aggregate::Sum);
+        let last = if running { self.buckets.len() } else { at + 1 };
+        for (_, agg) in self.buckets.range_mut(at..last) {
+            agg.add(&c);
         }
     }
 
     /// Drops buckets at or below `floor`.
     fn prune(&mut self, floor: i64) {
+        let mut dropped = None;
         while self.buckets.front().is_some_and(|(b, _)| *b <= floor) {
-            self.buckets.pop_front();
+            dropped = self.buckets.pop_front().map(|(_, a)| a);
+        }
+        // Rebase the running totals on what is left, so they span the retained buckets only
+        // and stay as small (and as exact) as a window's sum.
+        match dropped {
+            Some(Agg::Count(base)) => {
+                for (_, a) in self.buckets.iter_mut() {
+                    if let Agg::Count(n) = a {
+                        *n -= base.min(*n);
+                    }
+                }
+            }
+            Some(Agg::Sum(base)) => {
+                for (_, a) in self.buckets.iter_mut() {
+                    if let Agg::Sum(s) = a {
+                        *s = s.checked_sub(base).unwrap_or(Decimal::MAX);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
 
-/// The windows of one counter.
-#[derive(Debug)]
-struct Windows {
+/// The window settings of one counter.
+#[derive(Debug, Clone, Copy)]
+struct Window {
     kind: Aggregate,
     resolution_ns: i64,
     buckets: i64,
-    keys: DashMap<Box<str>, Series, ahash::RandomState>,
+}
+
+impl Window {
+    fn bucket(&self, at_ns: i64) -> i64 {
+        at_ns.div_euclid(self.resolution_ns)
+    }
+
+    /// The value seen at bucket `b`: buckets `[b - n, b]` (fails closed, see the module doc).
+    fn value(&self, series: &Series, b: i64) -> CounterValue {
+        series.aggregate(self.kind, b - self.buckets - 1, b)
+    }
+
+    /// Buckets at or below this index can no longer matter: they are more than two windows
+    /// behind the watermark (one window of history for intents up to one window late).
+    fn floor(&self, watermark_ns: i64) -> i64 {
+        self.bucket(watermark_ns).saturating_sub(2 * self.buckets)
+    }
+
+    fn add(&self, series: &mut Series, at_ns: i64, c: Contribution, watermark_ns: i64) {
+        let (b, floor) = (self.bucket(at_ns), self.floor(watermark_ns));
+        if b > floor {
+            series.add(self.kind, b, c);
+        }
+        series.prune(floor);
+    }
+}
+
+/// Counters that share a key (the same key paths) share one map entry per key, so an intent
+/// costs one lookup per distinct key, not one per counter.
+#[derive(Debug)]
+pub struct Group {
+    /// The counters in this group, by ruleset index.
+    pub counters: Vec<usize>,
+    windows: Vec<Window>,
+    keys: DashMap<Box<str>, Vec<Series>, ahash::RandomState>,
 }
 
 /// Sizes of the velocity state, for reporting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateSize {
+    /// Map entries: one per key of each group of counters sharing key paths.
     pub keys: usize,
     pub buckets: usize,
 }
 
-/// One key of one counter, held while one intent is decided.
+/// One key of one group of counters, held while one intent is decided: read before
+/// deciding, contributed to after, with a single map lookup.
 pub struct Slot<'v> {
-    window: &'v Windows,
-    series: RefMut<'v, Box<str>, Series>,
-    bucket: i64,
+    group: &'v Group,
+    series: RefMut<'v, Box<str>, Vec<Series>>,
 }
 
 impl Slot<'_> {
-    /// The value the intent sees: contributions before it, in its window.
-    pub fn value(&self) -> CounterValue {
-        let w = self.window;
-        self.series
-            .aggregate(w.kind, self.bucket - w.buckets - 1, self.bucket)
+    /// The value member `m` of the group shows an intent created at `at_ns`.
+    pub fn value(&self, m: usize, at_ns: i64) -> CounterValue {
+        let w = &self.group.windows[m];
+        w.value(&self.series[m], w.bucket(at_ns))
     }
 
-    /// Adds the intent's contribution; buckets behind the retention floor of `watermark_ns`
-    /// are dropped on the way.
-    pub fn add(&mut self, c: Contribution, watermark_ns: i64) {
-        let floor = self.window.floor(watermark_ns);
-        if self.bucket > floor {
-            self.series.add(self.window.kind, self.bucket, c);
-        }
-        self.series.prune(floor);
+    /// Adds the intent's contribution to member `m`; buckets behind the retention floor of
+    /// `watermark_ns` are dropped on the way.
+    pub fn add(&mut self, m: usize, at_ns: i64, c: Contribution, watermark_ns: i64) {
+        self.group.windows[m].add(&mut self.series[m], at_ns, c, watermark_ns);
     }
 }
 
 /// The velocity state of one partition: every counter's windows.
 #[derive(Debug)]
 pub struct Velocity {
-    counters: Vec<Windows>,
+    groups: Vec<Group>,
+    /// Per counter: its group and its place in the group.
+    place: Vec<(usize, usize)>,
 }
 
 impl Velocity {
     pub fn new(defs: &[CounterDef]) -> Velocity {
-        Velocity {
-            counters: defs
-                .iter()
-                .map(|d| Windows {
-                    kind: d.aggregate,
-                    resolution_ns: d.resolution.num_nanoseconds().unwrap_or(i64::MAX).max(1),
-                    buckets: d.buckets,
-                    keys: DashMap::default(),
-                })
-                .collect(),
+        let mut groups: Vec<Group> = Vec::new();
+        let mut place = Vec::with_capacity(defs.len());
+        for (i, d) in defs.iter().enumerate() {
+            let window = Window {
+                kind: d.aggregate,
+                resolution_ns: d.resolution.num_nanoseconds().unwrap_or(i64::MAX).max(1),
+                buckets: d.buckets,
+            };
+            let g = match groups.iter().position(|g| defs[g.counters[0]].key == d.key) {
+                Some(g) => g,
+                None => {
+                    groups.push(Group {
+                        counters: Vec::new(),
+                        windows: Vec::new(),
+                        keys: DashMap::default(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            place.push((g, groups[g].counters.len()));
+            groups[g].counters.push(i);
+            groups[g].windows.push(window);
         }
+        Velocity { groups, place }
     }
 
-    /// The series of `counter` for `key`, locked for one intent created at `at_ns`: read it
-    /// before deciding, contribute to it after, with one map lookup.
-    pub fn slot(&self, counter: usize, key: String, at_ns: i64) -> Slot<'_> {
-        let window = &self.counters[counter];
-        let series = match window.keys.get_mut(key.as_str()) {
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// Whether the state still holds every bucket the window of an intent created at `at_ns`
+    /// needs: not when the intent is dated more than about one window behind the watermark,
+    /// since older buckets are dropped. Such an intent must not see a reset counter.
+    pub fn answers(&self, counter: usize, at_ns: i64, watermark_ns: i64) -> bool {
+        let (g, m) = self.place[counter];
+        let w = &self.groups[g].windows[m];
+        w.bucket(at_ns) - w.buckets > w.floor(watermark_ns)
+    }
+
+    /// Counter `i`'s group and place in it.
+    pub fn place(&self, counter: usize) -> (usize, usize) {
+        self.place[counter]
+    }
+
+    /// The series of group `g` for `key`, locked for one intent.
+    pub fn slot(&self, g: usize, key: &str) -> Slot<'_> {
+        let group = &self.groups[g];
+        let series = match group.keys.get_mut(key) {
             Some(s) => s,
-            None => window.keys.entry(key.into_boxed_str()).or_default(),
+            None => group.keys.entry(Box::from(key)).or_insert_with(|| {
+                std::iter::repeat_with(Series::default)
+                    .take(group.windows.len())
+                    .collect()
+            }),
         };
-        Slot {
-            window,
-            series,
-            bucket: at_ns.div_euclid(window.resolution_ns),
-        }
+        Slot { group, series }
     }
 
     /// The value of `counter` for `key` as seen by an intent created at `at_ns`.
     pub fn value(&self, counter: usize, key: &str, at_ns: i64) -> CounterValue {
-        let w = &self.counters[counter];
-        let b = at_ns.div_euclid(w.resolution_ns);
-        match w.keys.get(key) {
-            Some(series) => series.aggregate(w.kind, b - w.buckets - 1, b),
-            None => Series::default().aggregate(w.kind, 0, 0),
+        let (g, m) = self.place[counter];
+        let w = &self.groups[g].windows[m];
+        match self.groups[g].keys.get(key) {
+            Some(series) => w.value(&series[m], w.bucket(at_ns)),
+            None => w.value(&Series::default(), 0),
         }
     }
 
-    /// Adds a contribution at `at_ns`; buckets behind the retention floor of
-    /// `watermark_ns` are dropped on the way.
+    /// Adds a contribution at `at_ns`; nothing is stored when it is already behind the
+    /// retention floor of `watermark_ns`.
     pub fn add(&self, counter: usize, key: &str, at_ns: i64, c: Contribution, watermark_ns: i64) {
-        let w = &self.counters[counter];
-        let b = at_ns.div_euclid(w.resolution_ns);
-        let floor = w.floor(watermark_ns);
-        if b <= floor {
-            return; // Too old to be seen by any intent the state still answers for.
+        let (g, m) = self.place[counter];
+        let w = self.groups[g].windows[m];
+        if w.bucket(at_ns) > w.floor(watermark_ns) {
+            self.slot(g, key).add(m, at_ns, c, watermark_ns);
         }
-        let mut series = match w.keys.get_mut(key) {
-            Some(s) => s,
-            None => w.keys.entry(Box::from(key)).or_default(),
-        };
-        series.add(w.kind, b, c);
-        series.prune(floor);
     }
 
     /// Drops every bucket behind the retention floor, and keys left empty.
     pub fn sweep(&self, watermark_ns: i64) {
-        for w in &self.counters {
-            let floor = w.floor(watermark_ns);
-            w.keys.retain(|_, s| {
-                s.prune(floor);
-                !s.buckets.is_empty()
+        for group in &self.groups {
+            let floors: Vec<i64> = group
+                .windows
+                .iter()
+                .map(|w| w.floor(watermark_ns))
+                .collect();
+            group.keys.retain(|_, series| {
+                for (s, floor) in series.iter_mut().zip(&floors) {
+                    s.prune(*floor);
+                }
+                series.iter().any(|s| !s.buckets.is_empty())
             });
         }
     }
 
     pub fn size(&self) -> StateSize {
         let mut size = StateSize::default();
-        for w in &self.counters {
-            size.keys += w.keys.len();
-            size.buckets += w.keys.iter().map(|s| s.buckets.len()).sum::<usize>();
+        for group in &self.groups {
+            size.keys += group.keys.len();
+            size.buckets += group
+                .keys
+                .iter()
+                .map(|s| s.iter().map(|s| s.buckets.len()).sum::<usize>())
+                .sum::<usize>();
         }
         size
-    }
-}
-
-impl Windows {
-    /// Buckets at or below this index can no longer matter: they are more than two windows
-    /// behind the watermark (one window of history for intents up to one window late).
-    fn floor(&self, watermark_ns: i64) -> i64 {
-        watermark_ns
-            .div_euclid(self.resolution_ns)
-            .saturating_sub(2 * self.buckets)
     }
 }
 
@@ -380,6 +475,52 @@ mod tests {
         // Contributions behind the retention floor are not stored at all.
         v.add(0, "old", 0, Contribution::One, 500 * MIN);
         assert_eq!(v.size().keys, 0);
+    }
+
+    #[test]
+    fn running_totals_survive_pruning_and_late_arrivals() {
+        let v = velocity("sum", "field = \"amount\"\n");
+        for i in 0..200 {
+            v.add(0, "a", i * MIN, Contribution::Amount(dec("1.5")), i * MIN);
+        }
+        // Buckets 139..=199 are in the window of minute 199: 61 of them.
+        assert_eq!(v.value(0, "a", 199 * MIN), CounterValue::Num(dec("91.5")));
+        // A late contribution in the middle moves every later running total.
+        v.add(
+            0,
+            "a",
+            150 * MIN,
+            Contribution::Amount(dec("0.25")),
+            199 * MIN,
+        );
+        assert_eq!(v.value(0, "a", 199 * MIN), CounterValue::Num(dec("91.75")));
+        assert_eq!(v.value(0, "a", 149 * MIN), CounterValue::Num(dec("91.5")));
+        assert_eq!(v.value(0, "a", 150 * MIN), CounterValue::Num(dec("91.75")));
+        // A new bucket between two existing ones starts from the total before it.
+        let v = velocity("count", "");
+        v.add(0, "a", 10 * MIN, Contribution::One, 10 * MIN);
+        v.add(0, "a", 30 * MIN, Contribution::One, 30 * MIN);
+        v.add(0, "a", 20 * MIN, Contribution::One, 30 * MIN);
+        assert_eq!(v.value(0, "a", 20 * MIN), CounterValue::Int(2));
+        assert_eq!(v.value(0, "a", 25 * MIN), CounterValue::Int(2));
+        assert_eq!(v.value(0, "a", 30 * MIN), CounterValue::Int(3));
+        assert_eq!(
+            v.value(0, "a", 81 * MIN),
+            CounterValue::Int(1),
+            "only minute 30 is within buckets [21, 81]"
+        );
+    }
+
+    #[test]
+    fn intents_dated_behind_the_kept_state_are_not_answered() {
+        let v = velocity("count", "");
+        let watermark = 200 * MIN;
+        // The state keeps buckets above 200 - 2 * 60 = 80. The window of minute 141 is
+        // buckets 81..=141: kept. That of minute 140 needs bucket 80: dropped.
+        assert!(v.answers(0, 200 * MIN, watermark));
+        assert!(v.answers(0, 141 * MIN, watermark));
+        assert!(!v.answers(0, 140 * MIN, watermark));
+        assert!(!v.answers(0, 0, watermark));
     }
 
     #[test]

@@ -523,6 +523,45 @@ fn far_future_intents_cannot_expire_the_state() {
 }
 
 #[test]
+fn backdated_intents_cannot_escape_velocity_limits() {
+    let e = engine(VELOCITY_RULES);
+    for i in 0..5 {
+        decide(
+            &e,
+            &format!("now{i}"),
+            r#""amount":"0.01","created_at":"2026-11-28T10:00:00Z""#,
+        );
+    }
+    // Dated three hours back, where the state no longer reaches: the counter is unavailable,
+    // the rule reading it fails and the intent is held (on_error), instead of seeing zero.
+    let d = decide(
+        &e,
+        "old",
+        r#""amount":"0.01","created_at":"2026-11-28T07:00:00Z""#,
+    );
+    assert_eq!(d.outcome, Outcome::Hold, "{d:?}");
+    assert!(
+        d.errors
+            .iter()
+            .any(|f| f.message.contains("no longer kept")),
+        "{:?}",
+        d.errors
+    );
+    // Within one window back, the state still answers, and counts the five.
+    let d = decide(
+        &e,
+        "recent",
+        r#""amount":"0.01","created_at":"2026-11-28T09:30:00Z""#,
+    );
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    assert_eq!(
+        d.counters[0].1,
+        CounterValue::Int(0),
+        "the 10:00 transfers are later than 09:30"
+    );
+}
+
+#[test]
 fn state_is_swept_as_time_moves_on() {
     let e = Engine::new(
         Arc::new(
@@ -540,7 +579,11 @@ fn state_is_swept_as_time_moves_on() {
             &format!(r#""account_id":"acct-{i}","amount":"0.01""#),
         );
     }
-    assert_eq!(e.size().velocity.keys, 150);
+    assert_eq!(
+        e.size().velocity.keys,
+        50,
+        "three counters keyed by account share one entry per account"
+    );
     assert_eq!(e.size().remembered_intents, 50);
     let later: DateTime<Utc> = "2026-11-30T10:00:00Z".parse().unwrap();
     e.decide(
@@ -553,8 +596,8 @@ fn state_is_swept_as_time_moves_on() {
     );
     assert_eq!(
         e.size().velocity.keys,
-        3,
-        "only the new intent's keys remain"
+        1,
+        "only the new intent's key remains"
     );
     assert_eq!(e.size().remembered_intents, 1);
 }

@@ -92,7 +92,7 @@ impl Scalar {
 #[derive(Debug, Clone)]
 pub struct ConstList {
     pub items: Vec<Scalar>,
-    strings: HashSet<Box<str>>,
+    strings: HashSet<Box<str>, ahash::RandomState>,
 }
 
 impl ConstList {
