@@ -110,8 +110,10 @@ impl<'b> Writer<'b> {
             self.out.push(b',');
         }
         self.first = false;
-        string(self.out, key);
-        self.out.push(b':');
+        // Keys are field names and counter ids: identifiers that never need escaping.
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
         self.out
     }
 
@@ -182,8 +184,20 @@ fn integer(out: &mut Vec<u8>, value: i64) {
 fn digits(out: &mut Vec<u8>, magnitude: u128, scale: u32) {
     let mut buf = [b'0'; 40];
     let mut at = buf.len();
-    let mut v = magnitude;
     let mut written = 0;
+    // 128-bit division is slow: only the digits above 64 bits take it.
+    let mut v = magnitude;
+    while v > u128::from(u64::MAX) {
+        if written == scale && scale > 0 {
+            at -= 1;
+            buf[at] = b'.';
+        }
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        written += 1;
+    }
+    let mut v = v as u64;
     while v > 0 || written <= scale {
         if written == scale && scale > 0 {
             at -= 1;
@@ -205,9 +219,32 @@ fn decimal(out: &mut Vec<u8>, value: &Decimal) {
     digits(out, value.mantissa().unsigned_abs(), value.scale());
 }
 
+/// Whether any byte is a control character, `"` or `\\`: eight bytes at a time.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero iff the same byte of this is set (no false positives across
+    // bytes for this exact test: `(x - ONES) & !x & HIGHS`).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        if control | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\'))) != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// Writes a JSON string: copied as is when nothing needs escaping, the usual case.
 fn string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -374,10 +411,17 @@ mod tests {
             "tab\t",
             "\u{1}",
             "émoji 🎉",
+            "exactly8",
+            "sixteen bytes ok",
+            "sixteen bytes \"x",
+            "0123456789abcde\u{1f}",
+            "\u{7f}\u{80}",
         ] {
             let mut out = Vec::new();
             string(&mut out, s);
             let back: String = serde_json::from_slice(&out).unwrap();
+            let naive = s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+            assert_eq!(needs_escape(s.as_bytes()), naive, "{s:?}");
             assert_eq!(back, s);
         }
     }

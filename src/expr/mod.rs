@@ -155,13 +155,8 @@ impl Program {
 
     /// Evaluates a condition that must be true or false.
     pub fn eval_bool(&self, act: &Activation<'_>) -> Result<bool, EvalError> {
-        match self.eval(act)? {
-            Value::Bool(b) => Ok(b),
-            other => Err(EvalError::new(format!(
-                "condition gave {}, not a bool",
-                other.type_name()
-            ))),
-        }
+        let mut locals = Vec::with_capacity(self.slots);
+        test(&self.node, act, &mut locals)
     }
 
     /// Whether this program is a plain name path (`counterparty.id`, `counters.x`), as a
@@ -1038,10 +1033,6 @@ fn eval<'a>(
             Err(why) => err(why.to_string()),
         },
         Node::List(i) => Ok(Value::List(List::Const(&act.lists[*i]))),
-        Node::Local(slot) => locals
-            .get(*slot)
-            .cloned()
-            .unwrap_or_else(|| err("comprehension variable out of scope")),
         Node::Select(inner, field) => match eval(inner, act, locals)? {
             Value::Map(m) => match m.get(&Value::Str(Cow::Borrowed(field)))? {
                 Some(v) => Ok(v),
@@ -1058,6 +1049,26 @@ fn eval<'a>(
             )),
             other => err(format!("has() needs a map, not a {}", other.type_name())),
         },
+        Node::Not(_) | Node::And(..) | Node::Or(..) | Node::Cmp(..) | Node::In(..) => {
+            test(node, act, locals).map(Value::Bool)
+        }
+        _ => eval_cold(node, act, locals),
+    }
+}
+
+/// The node kinds conditions use less often, kept out of [`eval`] so that its frame stays
+/// small on the hot path.
+#[inline(never)]
+fn eval_cold<'a>(
+    node: &'a Node,
+    act: &Activation<'a>,
+    locals: &mut Vec<EvalResult<'a>>,
+) -> EvalResult<'a> {
+    match node {
+        Node::Local(slot) => locals
+            .get(*slot)
+            .cloned()
+            .unwrap_or_else(|| err("comprehension variable out of scope")),
         Node::Index(inner, index) => {
             let coll = eval(inner, act, locals)?;
             let key = eval(index, act, locals)?;
@@ -1082,13 +1093,6 @@ fn eval<'a>(
                 )),
             }
         }
-        Node::Not(x) => match eval(x, act, locals)? {
-            Value::Bool(b) => Ok(Value::Bool(!b)),
-            other => err(format!(
-                "`!` needs true or false, not a {}",
-                other.type_name()
-            )),
-        },
         Node::Neg(x) => match eval(x, act, locals)? {
             Value::Int(i) => i
                 .checked_neg()
@@ -1098,8 +1102,6 @@ fn eval<'a>(
             Value::Dur(d) => Ok(Value::Dur(-d)),
             other => err(format!("cannot negate a {}", other.type_name())),
         },
-        Node::And(l, r) => logic(l, r, false, act, locals),
-        Node::Or(l, r) => logic(l, r, true, act, locals),
         Node::Cond(parts) => match eval(&parts.0, act, locals)? {
             Value::Bool(true) => eval(&parts.1, act, locals),
             Value::Bool(false) => eval(&parts.2, act, locals),
@@ -1108,33 +1110,10 @@ fn eval<'a>(
                 other.type_name()
             )),
         },
-        Node::Cmp(cmp, l, r) => {
-            let a = eval(l, act, locals)?;
-            let b = eval(r, act, locals)?;
-            Ok(Value::Bool(match cmp {
-                CmpOp::Eq => equals(&a, &b),
-                CmpOp::Ne => !equals(&a, &b),
-                CmpOp::Lt => compare(&a, &b)?.is_lt(),
-                CmpOp::Le => compare(&a, &b)?.is_le(),
-                CmpOp::Gt => compare(&a, &b)?.is_gt(),
-                CmpOp::Ge => compare(&a, &b)?.is_ge(),
-            }))
-        }
         Node::Arith(a, l, r) => {
             let x = eval(l, act, locals)?;
             let y = eval(r, act, locals)?;
             arith(*a, x, y)
-        }
-        Node::In(x, coll) => {
-            let needle = eval(x, act, locals)?;
-            match eval(coll, act, locals)? {
-                Value::List(l) => Ok(Value::Bool(l.contains(&needle))),
-                Value::Map(m) => Ok(Value::Bool(m.get(&needle)?.is_some())),
-                other => err(format!(
-                    "`in` needs a list or a map, not a {}",
-                    other.type_name()
-                )),
-            }
         }
         Node::Call(f, args) => {
             let mut values = Vec::with_capacity(args.len());
@@ -1169,6 +1148,7 @@ fn eval<'a>(
             Ok(Value::Bool(false))
         ))),
         Node::Comprehension(c) => comprehension(c, act, locals),
+        _ => err("internal error: node evaluated out of place"),
     }
 }
 
@@ -1195,35 +1175,61 @@ fn read_name<'a>(name: Name, act: &Activation<'a>) -> EvalResult<'a> {
     }
 }
 
-/// `&&` and `||` with CEL's error absorption: `false && error` is `false`, `true || error`
+/// Evaluates a node that must give true or false, without building a [`Value`] for the
+/// boolean structure (`&&`, `||`, `!`, comparisons, `in`): the hot path of every rule.
+/// `&&` and `||` keep CEL's error absorption: `false && error` is `false`, `true || error`
 /// is `true`, in either order.
-fn logic<'a>(
-    l: &'a Node,
-    r: &'a Node,
-    or: bool,
+fn test<'a>(
+    node: &'a Node,
     act: &Activation<'a>,
     locals: &mut Vec<EvalResult<'a>>,
-) -> EvalResult<'a> {
-    let decisive = |v: &EvalResult<'_>| matches!(v, Ok(Value::Bool(b)) if *b == or);
-    let check = |v: EvalResult<'a>| -> EvalResult<'a> {
-        match v {
-            Ok(Value::Bool(b)) => Ok(Value::Bool(b)),
-            Ok(other) => err(format!(
-                "`&&` and `||` need true or false, not a {}",
-                other.type_name()
-            )),
-            Err(e) => Err(e),
+) -> Result<bool, EvalError> {
+    match node {
+        Node::And(l, r) | Node::Or(l, r) => {
+            let or = matches!(node, Node::Or(..));
+            let left = test(l, act, locals);
+            if left == Ok(or) {
+                return left;
+            }
+            let right = test(r, act, locals);
+            if right == Ok(or) {
+                return right;
+            }
+            left.and(right)
         }
-    };
-    let left = check(eval(l, act, locals));
-    if decisive(&left) {
-        return left;
+        Node::Not(x) => test(x, act, locals).map(|b| !b),
+        Node::Cmp(cmp, l, r) => {
+            let a = eval(l, act, locals)?;
+            let b = eval(r, act, locals)?;
+            Ok(match cmp {
+                CmpOp::Eq => equals(&a, &b),
+                CmpOp::Ne => !equals(&a, &b),
+                CmpOp::Lt => compare(&a, &b)?.is_lt(),
+                CmpOp::Le => compare(&a, &b)?.is_le(),
+                CmpOp::Gt => compare(&a, &b)?.is_gt(),
+                CmpOp::Ge => compare(&a, &b)?.is_ge(),
+            })
+        }
+        Node::In(x, coll) => {
+            let needle = eval(x, act, locals)?;
+            match eval(coll, act, locals)? {
+                Value::List(l) => Ok(l.contains(&needle)),
+                Value::Map(m) => Ok(m.get(&needle)?.is_some()),
+                other => Err(EvalError::new(format!(
+                    "`in` needs a list or a map, not a {}",
+                    other.type_name()
+                ))),
+            }
+        }
+        Node::Const(Scalar::Bool(b)) => Ok(*b),
+        other => match eval(other, act, locals)? {
+            Value::Bool(b) => Ok(b),
+            v => Err(EvalError::new(format!(
+                "expected true or false, not a {}",
+                v.type_name()
+            ))),
+        },
     }
-    let right = check(eval(r, act, locals));
-    if decisive(&right) {
-        return right;
-    }
-    left.and(right)
 }
 
 fn arith<'a>(a: ArithOp, x: Value<'a>, y: Value<'a>) -> EvalResult<'a> {
@@ -1296,6 +1302,7 @@ fn arith<'a>(a: ArithOp, x: Value<'a>, y: Value<'a>) -> EvalResult<'a> {
     }
 }
 
+#[inline(never)]
 fn call<'a>(f: Func, args: Vec<Value<'a>>) -> EvalResult<'a> {
     let mut args = args.into_iter();
     let first = args.next().unwrap_or(Value::Null);
