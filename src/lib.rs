@@ -1,8 +1,40 @@
 //! riskgate: an action-authorization gate for non-human identities.
 //!
-//! The rules core ([`intent`], [`rules`], [`expr`], [`window`], [`engine`]) is pure and
-//! synchronous: no async runtime, Kafka client, HTTP or metrics inside it. The command-line
-//! front ends ([`replay`], [`testing`]) drive the same [`engine::Engine`] the service uses.
+//! AI agents and service accounts propose financial actions (intents); riskgate decides,
+//! at the moment of use, whether each may happen now: `allow`, `hold` or `deny`, with every
+//! reason. The rules core ([`intent`], [`expr`], [`rules`], [`window`], [`engine`],
+//! [`decision`]) is pure and synchronous: no async runtime, Kafka client, HTTP or metrics
+//! inside it. The command-line front ends ([`replay`], [`testing`]) drive the same
+//! [`engine::Engine`] the service uses.
+//!
+//! ```
+//! use std::path::PathBuf;
+//! use std::sync::Arc;
+//! use riskgate::decision::Source;
+//! use riskgate::engine::{Engine, EngineOptions};
+//! use riskgate::intent::parse_intent;
+//! use riskgate::rules::{Outcome, Ruleset};
+//!
+//! let rules = r#"
+//! [[rule]]
+//! id = "large-transfer"
+//! when = 'action == "transfer" && amount > 10000'
+//! action = "hold"
+//! message = "{amount} {currency} is above 10000"
+//! "#;
+//! let ruleset = Ruleset::load_sources(&[(PathBuf::from("limits.toml"), rules.to_owned())])?;
+//! let engine = Engine::new(Arc::new(ruleset), EngineOptions::default());
+//!
+//! let intent = parse_intent(br#"{"intent_id":"i-1","agent_id":"bot","account_id":"acct-7",
+//!     "action":"transfer","amount":"10000.01","currency":"EUR",
+//!     "created_at":"2026-11-28T10:00:00Z"}"#, 64 * 1024)?;
+//! let source = Source::File { file: Arc::from("example"), line: 1 };
+//! let decision = engine.decide(intent, source, "2026-11-28T10:00:00Z".parse()?);
+//!
+//! assert_eq!(decision.outcome, Outcome::Hold);
+//! assert_eq!(decision.reasons[0].message.as_deref(), Some("10000.01 EUR is above 10000"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod currency;
 pub mod decision;
