@@ -27,7 +27,9 @@ pub struct EngineOptions {
     /// offline replay leaves it unset by default so that its decisions depend only on its
     /// input, never on when it runs.
     pub max_future_skew: Option<TimeDelta>,
-    /// Expired buckets, keys and duplicate entries are swept every this many decisions.
+    /// Expired buckets, keys and duplicate entries are swept after at least this many
+    /// decisions, and never more often than once per entry of state left by the last sweep,
+    /// so that sweeping costs at most about one entry visited per decision.
     pub sweep_every: u64,
 }
 
@@ -61,6 +63,8 @@ pub struct Engine {
     remembered: DashMap<Box<str>, Remembered, ahash::RandomState>,
     watermark_ns: AtomicI64,
     decided: AtomicU64,
+    /// The decision count at which the next sweep runs.
+    next_sweep: AtomicU64,
 }
 
 const KEY_SEPARATOR: char = '\u{1f}';
@@ -74,6 +78,7 @@ impl Engine {
             remembered: DashMap::default(),
             watermark_ns: AtomicI64::new(i64::MIN),
             decided: AtomicU64::new(0),
+            next_sweep: AtomicU64::new(options.sweep_every),
         }
     }
 
@@ -234,10 +239,15 @@ impl Engine {
                 decision: decision.clone(),
             },
         );
-        if self.decided.fetch_add(1, Ordering::Relaxed) % self.options.sweep_every
-            == self.options.sweep_every - 1
-        {
+        let decided = self.decided.fetch_add(1, Ordering::Relaxed) + 1;
+        if decided >= self.next_sweep.load(Ordering::Relaxed) {
             self.sweep();
+            let size = self.size();
+            let entries = (size.velocity.keys + size.remembered_intents) as u64;
+            self.next_sweep.store(
+                decided + self.options.sweep_every.max(entries),
+                Ordering::Relaxed,
+            );
         }
         decision
     }

@@ -590,7 +590,7 @@ impl Ruleset {
         if !errors.is_empty() {
             return Err(LoadErrors(errors));
         }
-        let list_values = b.lists.iter().map(|(_, l)| l.clone()).collect();
+        let list_values = std::mem::take(&mut b.list_values);
         Ok(Ruleset {
             version: version.into(),
             precedence: b
@@ -646,6 +646,7 @@ struct Builder {
     fx: Option<Fx>,
     lists: Vec<(String, ConstList)>,
     list_types: Vec<(String, Elem)>,
+    list_values: Vec<ConstList>,
     counters: Vec<CounterDef>,
     counter_types: Vec<(String, Ty)>,
     rules: Vec<RuleDef>,
@@ -858,7 +859,9 @@ impl Builder {
                     _ => Elem::Dyn,
                 };
                 self.list_types.push((name.clone(), elem));
-                self.lists.push((name.clone(), ConstList::new(values)));
+                self.lists
+                    .push((name.clone(), ConstList::new(values.clone())));
+                self.list_values.push(ConstList::new(values));
             }
         }
     }
@@ -1006,6 +1009,7 @@ impl Builder {
                 lists: &self.list_types,
             };
             compile_at(src, w, &scope, true, &it, errors)
+                .map(|p| p.with_action_guard(&self.list_values))
         });
         let contributes = match c.contributes.as_ref().map(|s| (s, s.get_ref().as_str())) {
             None | Some((_, "not_denied")) => Contributes::NotDenied,
@@ -1080,7 +1084,8 @@ impl Builder {
                     counters: Some(&self.counter_types),
                     lists: &self.list_types,
                 };
-                let when = compile_at(src, &r.when, &scope, true, &it, errors);
+                let when = compile_at(src, &r.when, &scope, true, &it, errors)
+                    .map(|p| p.with_action_guard(&self.list_values));
                 let action = match r.action.get_ref().as_str() {
                     "allow" => Some(RuleAction::Allow),
                     "hold" => Some(RuleAction::Hold),

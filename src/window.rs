@@ -9,11 +9,12 @@
 //! than `t` within `t`'s own bucket. Memory is bounded: buckets that fell more than two
 //! windows behind the partition's watermark are dropped, and so are keys left with no bucket.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 
 use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
 use rust_decimal::Decimal;
+use smallvec::SmallVec;
 
 use crate::rules::{Aggregate, CounterDef};
 
@@ -32,9 +33,9 @@ pub enum CounterValue {
     Num(Decimal),
 }
 
-/// What a bucket holds. Counts and sums are running totals over the retained buckets of the
-/// series up to and including this one, so a window's value is one subtraction; maxima and
-/// distinct items are per bucket.
+/// What a bucket holds. Counts and sums are running totals of the series up to and including
+/// this bucket, so a window's value is one subtraction; maxima and distinct items are per
+/// bucket.
 #[derive(Debug, Clone)]
 enum Agg {
     Count(u64),
@@ -61,20 +62,24 @@ impl Agg {
 /// The buckets of one key, sorted by bucket index.
 #[derive(Debug, Default)]
 struct Series {
-    buckets: VecDeque<(i64, Agg)>,
+    /// Most keys see few contributions: the first bucket lives inline, without a heap block.
+    buckets: SmallVec<[(i64, Agg); 1]>,
+    /// The running totals before the first kept bucket (counts, sums).
+    base_count: u64,
+    base_sum: Decimal,
 }
 
 impl Series {
     fn aggregate(&self, kind: Aggregate, from: i64, to: i64) -> CounterValue {
         let start = self.buckets.partition_point(|(b, _)| *b <= from);
         let end = self.buckets.partition_point(|(b, _)| *b <= to);
-        let live = self.buckets.range(start..end.max(start)).map(|(_, a)| a);
+        let live = self.buckets[start..end.max(start)].iter().map(|(_, a)| a);
         match kind {
             Aggregate::Count | Aggregate::Sum => {
                 let total = |i: usize| match self.buckets.get(i).map(|(_, a)| a) {
                     Some(Agg::Count(n)) => (*n, Decimal::ZERO),
                     Some(Agg::Sum(s)) => (0, *s),
-                    _ => (0, Decimal::ZERO),
+                    _ => (self.base_count, self.base_sum),
                 };
                 let (hi_n, hi_s) = if end > start {
                     total(end - 1)
@@ -98,20 +103,34 @@ impl Series {
                 _ => acc,
             })),
             Aggregate::Distinct => {
-                let mut seen: HashSet<&str> = HashSet::new();
-                for a in live {
+                let mut buckets = live.filter_map(|a| {
                     if let Agg::Distinct(items) = a {
-                        seen.extend(items.iter().map(|i| &**i));
+                        Some(items)
+                    } else {
+                        None
                     }
-                }
-                CounterValue::Int(seen.len() as i64)
+                });
+                let (first, rest) = (buckets.next(), buckets.next());
+                let n = match (first, rest) {
+                    (None, _) => 0,
+                    // Items are distinct within a bucket: one bucket needs no set.
+                    (Some(items), None) => items.len(),
+                    (Some(a), Some(b)) => {
+                        let mut seen: HashSet<&str> = a.iter().chain(b).map(|i| &**i).collect();
+                        for items in buckets {
+                            seen.extend(items.iter().map(|i| &**i));
+                        }
+                        seen.len()
+                    }
+                };
+                CounterValue::Int(n as i64)
             }
         }
     }
 
     fn add(&mut self, kind: Aggregate, bucket: i64, c: Contribution) {
         // Usually the newest bucket, or a new one after it.
-        let at = match self.buckets.back() {
+        let at = match self.buckets.last() {
             Some((b, _)) if *b == bucket => self.buckets.len() - 1,
             Some((b, _)) if *b < bucket => self.buckets.len(),
             None => 0,
@@ -134,35 +153,36 @@ impl Series {
         }
         let running = matches!(kind, Aggregate::Count | Aggregate::Sum);
         let last = if running { self.buckets.len() } else { at + 1 };
-        for (_, agg) in self.buckets.range_mut(at..last) {
+        for (_, agg) in self.buckets[at..last].iter_mut() {
             agg.add(&c);
         }
     }
 
     /// Drops buckets at or below `floor`.
     fn prune(&mut self, floor: i64) {
-        let mut dropped = None;
-        while self.buckets.front().is_some_and(|(b, _)| *b <= floor) {
-            dropped = self.buckets.pop_front().map(|(_, a)| a);
+        let gone = self.buckets.partition_point(|(b, _)| *b <= floor);
+        if gone == 0 {
+            return;
         }
-        // Rebase the running totals on what is left, so they span the retained buckets only
-        // and stay as small (and as exact) as a window's sum.
-        match dropped {
-            Some(Agg::Count(base)) => {
-                for (_, a) in self.buckets.iter_mut() {
-                    if let Agg::Count(n) = a {
-                        *n -= base.min(*n);
-                    }
+        match self.buckets.drain(..gone).next_back() {
+            Some((_, Agg::Count(n))) => self.base_count = n,
+            Some((_, Agg::Sum(s))) => self.base_sum = s,
+            _ => return,
+        }
+        // Rebase the running totals once they grow large, so that they stay as small (and
+        // as exact) as a window's sum; rarely, so that pruning stays cheap.
+        if self.base_count > 1 << 40
+            || self.base_sum.abs() > Decimal::from(1_000_000_000_000_000_i64)
+        {
+            for (_, a) in self.buckets.iter_mut() {
+                match a {
+                    Agg::Count(n) => *n -= self.base_count.min(*n),
+                    Agg::Sum(s) => *s = s.checked_sub(self.base_sum).unwrap_or(Decimal::MAX),
+                    _ => {}
                 }
             }
-            Some(Agg::Sum(base)) => {
-                for (_, a) in self.buckets.iter_mut() {
-                    if let Agg::Sum(s) = a {
-                        *s = s.checked_sub(base).unwrap_or(Decimal::MAX);
-                    }
-                }
-            }
-            _ => {}
+            self.base_count = 0;
+            self.base_sum = Decimal::ZERO;
         }
     }
 }
@@ -207,7 +227,7 @@ pub struct Group {
     /// The counters in this group, by ruleset index.
     pub counters: Vec<usize>,
     windows: Vec<Window>,
-    keys: DashMap<Box<str>, Vec<Series>, ahash::RandomState>,
+    keys: DashMap<Box<str>, SmallVec<[Series; 1]>, ahash::RandomState>,
 }
 
 /// Sizes of the velocity state, for reporting.
@@ -222,7 +242,7 @@ pub struct StateSize {
 /// deciding, contributed to after, with a single map lookup.
 pub struct Slot<'v> {
     group: &'v Group,
-    series: RefMut<'v, Box<str>, Vec<Series>>,
+    series: RefMut<'v, Box<str>, SmallVec<[Series; 1]>>,
 }
 
 impl Slot<'_> {
@@ -508,6 +528,24 @@ mod tests {
             v.value(0, "a", 81 * MIN),
             CounterValue::Int(1),
             "only minute 30 is within buckets [21, 81]"
+        );
+    }
+
+    #[test]
+    fn large_running_totals_are_rebased_without_changing_values() {
+        let v = velocity("sum", "field = \"amount\"\n");
+        let big = dec("100000000000000000.25");
+        for i in 0..300 {
+            v.add(0, "a", i * MIN, Contribution::Amount(big), i * MIN);
+        }
+        // 61 buckets of minute 238..=299 are in the window of minute 299.
+        assert_eq!(
+            v.value(0, "a", 299 * MIN),
+            CounterValue::Num(big * Decimal::from(61))
+        );
+        assert_eq!(
+            v.value(0, "a", 250 * MIN),
+            CounterValue::Num(big * Decimal::from(61))
         );
     }
 

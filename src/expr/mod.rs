@@ -141,6 +141,9 @@ pub struct Program {
     node: Node,
     ty: Ty,
     slots: usize,
+    /// The actions for which the condition can be true, when it says so up front
+    /// (`action == "transfer" && ...`): any other action is `false` without evaluating.
+    guard: Option<Vec<Box<str>>>,
 }
 
 impl Program {
@@ -155,8 +158,66 @@ impl Program {
 
     /// Evaluates a condition that must be true or false.
     pub fn eval_bool(&self, act: &Activation<'_>) -> Result<bool, EvalError> {
+        if let Some(actions) = &self.guard {
+            if !actions.iter().any(|a| **a == *act.intent.action) {
+                return Ok(false);
+            }
+        }
         let mut locals = Vec::with_capacity(self.slots);
         test(&self.node, act, &mut locals)
+    }
+
+    /// Finds the actions this condition is limited to, so that [`Program::eval_bool`] can
+    /// answer `false` for any other action without evaluating. Exact: a conjunct
+    /// `action == "x"` or `action in <list>` that is false makes the whole `&&` chain false
+    /// under CEL's rules, errors in other conjuncts included. `lists` are the ruleset's lists.
+    pub fn with_action_guard(mut self, lists: &[ConstList]) -> Program {
+        fn actions(node: &Node, lists: &[ConstList]) -> Option<Vec<Box<str>>> {
+            let strings = |items: &[Scalar]| -> Vec<Box<str>> {
+                items
+                    .iter()
+                    .filter_map(|i| {
+                        if let Scalar::Str(s) = i {
+                            Some(s.clone())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect()
+            };
+            match node {
+                Node::Cmp(CmpOp::Eq, l, r) => match (&**l, &**r) {
+                    (Node::Name(Name::Action), Node::Const(Scalar::Str(s)))
+                    | (Node::Const(Scalar::Str(s)), Node::Name(Name::Action)) => {
+                        Some(vec![s.clone()])
+                    }
+                    _ => None,
+                },
+                Node::In(x, coll) if matches!(**x, Node::Name(Name::Action)) => match &**coll {
+                    Node::List(i) => lists.get(*i).map(|l| strings(&l.items)),
+                    Node::MakeList(items) => items
+                        .iter()
+                        .map(|i| {
+                            if let Node::Const(Scalar::Str(s)) = i {
+                                Some(s.clone())
+                            } else {
+                                None
+                            }
+                        })
+                        .collect(),
+                    _ => None,
+                },
+                Node::And(l, r) => actions(l, lists).or_else(|| actions(r, lists)),
+                Node::Or(l, r) => {
+                    let mut both = actions(l, lists)?;
+                    both.extend(actions(r, lists)?);
+                    Some(both)
+                }
+                _ => None,
+            }
+        }
+        self.guard = actions(&self.node, lists);
+        self
     }
 
     /// Whether this program is a plain name path (`counterparty.id`, `counters.x`), as a
@@ -213,6 +274,7 @@ pub fn compile(
             node,
             ty,
             slots: c.slots,
+            guard: None,
         })
     } else {
         Err(c.errors)

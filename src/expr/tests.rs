@@ -245,3 +245,59 @@ fn durations_parse() {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn action_guards_answer_exactly_as_evaluation_does() {
+    let counters = scope_counters();
+    let lists = scope_lists();
+    let scope = Scope {
+        counters: Some(&counters),
+        lists: &lists,
+    };
+    let list_values = [ConstList::new(vec![
+        Scalar::Str("payout".into()),
+        Scalar::Str("refund".into()),
+    ])];
+    let conditions = [
+        ("action == \"transfer\" && counters.missing > 1", Some(1)),
+        ("counters.missing > 1 && \"transfer\" == action", Some(1)),
+        ("action in lists.sanctioned && amount > 1", Some(2)),
+        (
+            "action in [\"payout\", \"deploy\"] && counters.missing > 1",
+            Some(2),
+        ),
+        (
+            "(action == \"transfer\" && amount > 1) || (action == \"deploy\" && amount > 1)",
+            Some(2),
+        ),
+        ("action == \"transfer\" || amount > 1", None),
+        ("!(action == \"transfer\")", None),
+    ];
+    for (src, guarded) in conditions {
+        let plain = compile(src, &scope, true).unwrap();
+        let fast = compile(src, &scope, true)
+            .unwrap()
+            .with_action_guard(&list_values);
+        assert_eq!(fast.guard.as_ref().map(Vec::len), guarded, "{src}");
+        for action in ["transfer", "payout", "deploy", "export"] {
+            let json = INTENT.replace("\"transfer\"", &format!("\"{action}\""));
+            let intent = parse_intent(json.as_bytes(), 1 << 16).unwrap();
+            let counter_values = [
+                Ok(Value::Int(10)),
+                Ok(Value::Num(Decimal::ONE)),
+                Err("unavailable"),
+            ];
+            let act = Activation {
+                intent: &intent,
+                amount_base: Ok(Decimal::ONE),
+                counters: &counter_values,
+                lists: &list_values,
+            };
+            assert_eq!(
+                fast.eval_bool(&act),
+                plain.eval_bool(&act),
+                "{src} for {action}"
+            );
+        }
+    }
+}
