@@ -8,14 +8,16 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use compact_str::CompactString;
 use dashmap::DashMap;
 use rust_decimal::Decimal;
+use smallvec::SmallVec;
 
 use crate::decision::{Decision, Reason, RuleFailure, Source};
 use crate::expr::{Activation, Value};
 use crate::intent::Intent;
 use crate::rules::{Aggregate, CounterDef, FieldPath, OnError, Outcome, RuleAction, Ruleset};
-use crate::window::{Contribution, CounterValue, Slot, StateSize, Velocity};
+use crate::window::{Contribution, CounterValue, Position, Slot, StateSize, Velocity};
 
 /// Engine settings that are not part of the ruleset.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +62,7 @@ pub struct Engine {
     ruleset: Arc<Ruleset>,
     options: EngineOptions,
     velocity: Velocity,
-    remembered: DashMap<Box<str>, Remembered, ahash::RandomState>,
+    remembered: DashMap<CompactString, Remembered, ahash::RandomState>,
     watermark_ns: AtomicI64,
     decided: AtomicU64,
     /// The decision count at which the next sweep runs.
@@ -112,6 +114,9 @@ impl Engine {
             let paths = &rs.counters[group.counters[0]].key;
             slots.push(counter_key(paths, &intent, &mut key).map(|()| self.velocity.slot(g, &key)));
         }
+        let positions: SmallVec<[Position; 16]> = (0..rs.counters.len())
+            .map(|i| self.velocity.position(i, at_ns, watermark))
+            .collect();
         let values: Vec<Result<Value<'static>, &str>> = rs
             .counters
             .iter()
@@ -120,8 +125,8 @@ impl Engine {
                 let (g, m) = self.velocity.place(i);
                 match &slots[g] {
                     // Fail closed: a backdated intent must not see a window already dropped.
-                    Ok(_) if !self.velocity.answers(i, at_ns, watermark) => Err(c.too_old.as_str()),
-                    Ok(slot) => Ok(match slot.value(m, at_ns) {
+                    Ok(_) if !self.velocity.answers(i, positions[i]) => Err(c.too_old.as_str()),
+                    Ok(slot) => Ok(match slot.value(m, positions[i]) {
                         CounterValue::Int(n) => Value::Int(n),
                         CounterValue::Num(n) => Value::Num(n),
                     }),
@@ -200,7 +205,7 @@ impl Engine {
                 }
             }
             if let Some(contribution) = contribution(c, &intent, &amount_base) {
-                slot.add(m, at_ns, contribution, watermark);
+                slot.add(m, positions[i], contribution);
             }
         }
         drop(slots);
@@ -233,7 +238,7 @@ impl Engine {
             duplicate: false,
         });
         self.remembered.insert(
-            Box::from(decision.intent_id.as_str()),
+            CompactString::from(decision.intent_id.as_str()),
             Remembered {
                 created_at_ns: at_ns,
                 decision: decision.clone(),
@@ -331,7 +336,7 @@ fn contribution(
         }
         Aggregate::Distinct => {
             let item = counter.field.as_ref()?.text(intent)?;
-            Some(Contribution::Item(Box::from(item.as_ref())))
+            Some(Contribution::Item(CompactString::from(item.as_ref())))
         }
     }
 }

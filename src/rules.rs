@@ -229,11 +229,13 @@ enum Part {
 impl Template {
     /// Renders the template; a placeholder that cannot be read renders as `?`.
     pub fn render(&self, act: &Activation<'_>) -> String {
-        let mut out = String::new();
+        let mut out = String::with_capacity(64);
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
                 Part::Name(p) => match p.eval(act) {
+                    // Strings, the usual placeholder, skip the formatting machinery.
+                    Ok(crate::expr::Value::Str(v)) => out.push_str(&v),
                     Ok(v) => {
                         use std::fmt::Write;
                         let _ = write!(out, "{v}");

@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 
+use compact_str::CompactString;
 use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
 use rust_decimal::Decimal;
@@ -23,7 +24,7 @@ use crate::rules::{Aggregate, CounterDef};
 pub enum Contribution {
     One,
     Amount(Decimal),
-    Item(Box<str>),
+    Item(CompactString),
 }
 
 /// A counter's value as the rules see it.
@@ -41,7 +42,7 @@ enum Agg {
     Count(u64),
     Sum(Decimal),
     Max(Decimal),
-    Distinct(Vec<Box<str>>),
+    Distinct(Vec<CompactString>),
 }
 
 impl Agg {
@@ -211,12 +212,11 @@ impl Window {
         self.bucket(watermark_ns).saturating_sub(2 * self.buckets)
     }
 
-    fn add(&self, series: &mut Series, at_ns: i64, c: Contribution, watermark_ns: i64) {
-        let (b, floor) = (self.bucket(at_ns), self.floor(watermark_ns));
-        if b > floor {
-            series.add(self.kind, b, c);
+    fn add(&self, series: &mut Series, at: Position, c: Contribution) {
+        if at.bucket > at.floor {
+            series.add(self.kind, at.bucket, c);
         }
-        series.prune(floor);
+        series.prune(at.floor);
     }
 }
 
@@ -227,7 +227,8 @@ pub struct Group {
     /// The counters in this group, by ruleset index.
     pub counters: Vec<usize>,
     windows: Vec<Window>,
-    keys: DashMap<Box<str>, SmallVec<[Series; 1]>, ahash::RandomState>,
+    /// Keys up to 24 bytes (most: `acct-1234`, an account and a payee) are stored inline.
+    keys: DashMap<CompactString, SmallVec<[Series; 1]>, ahash::RandomState>,
 }
 
 /// Sizes of the velocity state, for reporting.
@@ -242,21 +243,28 @@ pub struct StateSize {
 /// deciding, contributed to after, with a single map lookup.
 pub struct Slot<'v> {
     group: &'v Group,
-    series: RefMut<'v, Box<str>, SmallVec<[Series; 1]>>,
+    series: RefMut<'v, CompactString, SmallVec<[Series; 1]>>,
 }
 
 impl Slot<'_> {
-    /// The value member `m` of the group shows an intent created at `at_ns`.
-    pub fn value(&self, m: usize, at_ns: i64) -> CounterValue {
-        let w = &self.group.windows[m];
-        w.value(&self.series[m], w.bucket(at_ns))
+    /// The value member `m` of the group shows an intent at `at`.
+    pub fn value(&self, m: usize, at: Position) -> CounterValue {
+        self.group.windows[m].value(&self.series[m], at.bucket)
     }
 
-    /// Adds the intent's contribution to member `m`; buckets behind the retention floor of
-    /// `watermark_ns` are dropped on the way.
-    pub fn add(&mut self, m: usize, at_ns: i64, c: Contribution, watermark_ns: i64) {
-        self.group.windows[m].add(&mut self.series[m], at_ns, c, watermark_ns);
+    /// Adds the intent's contribution to member `m`; buckets behind the retention floor are
+    /// dropped on the way.
+    pub fn add(&mut self, m: usize, at: Position, c: Contribution) {
+        self.group.windows[m].add(&mut self.series[m], at, c);
     }
+}
+
+/// Where an intent falls for one counter: its bucket, and the retention floor of the
+/// watermark (buckets at or below it may be gone). Computed once per counter and intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    bucket: i64,
+    floor: i64,
 }
 
 /// The velocity state of one partition: every counter's windows.
@@ -299,13 +307,23 @@ impl Velocity {
         &self.groups
     }
 
-    /// Whether the state still holds every bucket the window of an intent created at `at_ns`
-    /// needs: not when the intent is dated more than about one window behind the watermark,
-    /// since older buckets are dropped. Such an intent must not see a reset counter.
-    pub fn answers(&self, counter: usize, at_ns: i64, watermark_ns: i64) -> bool {
+    /// Where an intent created at `at_ns` falls for `counter`, with the watermark at
+    /// `watermark_ns`.
+    pub fn position(&self, counter: usize, at_ns: i64, watermark_ns: i64) -> Position {
         let (g, m) = self.place[counter];
         let w = &self.groups[g].windows[m];
-        w.bucket(at_ns) - w.buckets > w.floor(watermark_ns)
+        Position {
+            bucket: w.bucket(at_ns),
+            floor: w.floor(watermark_ns),
+        }
+    }
+
+    /// Whether the state still holds every bucket the window of an intent at `at` needs:
+    /// not when the intent is dated more than about one window behind the watermark, since
+    /// older buckets are dropped. Such an intent must not see a reset counter.
+    pub fn answers(&self, counter: usize, at: Position) -> bool {
+        let (g, m) = self.place[counter];
+        at.bucket - self.groups[g].windows[m].buckets > at.floor
     }
 
     /// Counter `i`'s group and place in it.
@@ -318,11 +336,14 @@ impl Velocity {
         let group = &self.groups[g];
         let series = match group.keys.get_mut(key) {
             Some(s) => s,
-            None => group.keys.entry(Box::from(key)).or_insert_with(|| {
-                std::iter::repeat_with(Series::default)
-                    .take(group.windows.len())
-                    .collect()
-            }),
+            None => group
+                .keys
+                .entry(CompactString::from(key))
+                .or_insert_with(|| {
+                    std::iter::repeat_with(Series::default)
+                        .take(group.windows.len())
+                        .collect()
+                }),
         };
         Slot { group, series }
     }
@@ -341,9 +362,9 @@ impl Velocity {
     /// retention floor of `watermark_ns`.
     pub fn add(&self, counter: usize, key: &str, at_ns: i64, c: Contribution, watermark_ns: i64) {
         let (g, m) = self.place[counter];
-        let w = self.groups[g].windows[m];
-        if w.bucket(at_ns) > w.floor(watermark_ns) {
-            self.slot(g, key).add(m, at_ns, c, watermark_ns);
+        let at = self.position(counter, at_ns, watermark_ns);
+        if at.bucket > at.floor {
+            self.slot(g, key).add(m, at, c);
         }
     }
 
@@ -555,10 +576,11 @@ mod tests {
         let watermark = 200 * MIN;
         // The state keeps buckets above 200 - 2 * 60 = 80. The window of minute 141 is
         // buckets 81..=141: kept. That of minute 140 needs bucket 80: dropped.
-        assert!(v.answers(0, 200 * MIN, watermark));
-        assert!(v.answers(0, 141 * MIN, watermark));
-        assert!(!v.answers(0, 140 * MIN, watermark));
-        assert!(!v.answers(0, 0, watermark));
+        let answers = |t: i64| v.answers(0, v.position(0, t, watermark));
+        assert!(answers(200 * MIN));
+        assert!(answers(141 * MIN));
+        assert!(!answers(140 * MIN));
+        assert!(!answers(0));
     }
 
     #[test]
