@@ -201,27 +201,26 @@ fn digits(out: &mut Vec<u8>, magnitude: u128, scale: u32) {
     let mut buf = [b'0'; 40];
     let mut at = buf.len();
     let mut written = 0;
-    // 128-bit division is slow: only the digits above 64 bits take it.
     let mut v = magnitude;
-    while v > u128::from(u64::MAX) {
-        if written == scale && scale > 0 {
-            at -= 1;
-            buf[at] = b'.';
-        }
-        at -= 1;
-        buf[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        written += 1;
-    }
-    let mut v = v as u64;
     while v > 0 || written <= scale {
         if written == scale && scale > 0 {
             at -= 1;
             buf[at] = b'.';
         }
+        // 128-bit division is slow: only digits of values above 64 bits take it.
+        let digit = match u64::try_from(v) {
+            Ok(small) => {
+                v = u128::from(small / 10);
+                small % 10
+            }
+            Err(_) => {
+                let d = (v % 10) as u64;
+                v /= 10;
+                d
+            }
+        };
         at -= 1;
-        buf[at] = b'0' + (v % 10) as u8;
-        v /= 10;
+        buf[at] = b'0' + digit as u8;
         written += 1;
     }
     out.extend_from_slice(&buf[at..]);

@@ -3,9 +3,13 @@ use crate::intent::parse_intent;
 use std::path::PathBuf;
 
 fn engine(rules: &str) -> Engine {
+    engine_with(rules, EngineOptions::default())
+}
+
+fn engine_with(rules: &str, options: EngineOptions) -> Engine {
     let rs = Ruleset::load_sources(&[(PathBuf::from("test.toml"), rules.to_owned())])
         .unwrap_or_else(|e| panic!("ruleset did not load:\n{e}"));
-    Engine::new(Arc::new(rs), EngineOptions::default())
+    Engine::new(Arc::new(rs), options)
 }
 
 fn now() -> DateTime<Utc> {
@@ -487,10 +491,8 @@ fn decisions_serialize_per_the_contract() {
 
 #[test]
 fn far_future_intents_cannot_expire_the_state() {
-    let e = Engine::new(
-        Arc::new(
-            Ruleset::load_sources(&[(PathBuf::from("t.toml"), VELOCITY_RULES.to_owned())]).unwrap(),
-        ),
+    let e = engine_with(
+        VELOCITY_RULES,
         EngineOptions {
             sweep_every: 1,
             ..EngineOptions::default()
@@ -563,10 +565,8 @@ fn backdated_intents_cannot_escape_velocity_limits() {
 
 #[test]
 fn state_is_swept_as_time_moves_on() {
-    let e = Engine::new(
-        Arc::new(
-            Ruleset::load_sources(&[(PathBuf::from("t.toml"), VELOCITY_RULES.to_owned())]).unwrap(),
-        ),
+    let e = engine_with(
+        VELOCITY_RULES,
         EngineOptions {
             sweep_every: 1,
             ..EngineOptions::default()
