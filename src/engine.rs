@@ -247,8 +247,7 @@ impl Engine {
         let decided = self.decided.fetch_add(1, Ordering::Relaxed) + 1;
         if decided >= self.next_sweep.load(Ordering::Relaxed) {
             self.sweep();
-            let size = self.size();
-            let entries = (size.velocity.keys + size.remembered_intents) as u64;
+            let entries = (self.velocity.keys() + self.remembered.len()) as u64;
             self.next_sweep.store(
                 decided + self.options.sweep_every.max(entries),
                 Ordering::Relaxed,

@@ -260,10 +260,12 @@ struct StrictValue {
     scalar: bool,
 }
 
-#[allow(non_upper_case_globals)]
-const StrictValue: StrictValue = StrictValue { scalar: false };
-
 impl StrictValue {
+    /// Every JSON value, nested ones included.
+    fn full() -> StrictValue {
+        StrictValue { scalar: false }
+    }
+
     fn scalar() -> StrictValue {
         StrictValue { scalar: true }
     }
@@ -419,7 +421,7 @@ impl<'de> Visitor<'de> for IntentVisitor {
                 continue;
             }
             let seed = if key == "attributes" {
-                StrictValue
+                StrictValue::full()
             } else {
                 StrictValue::scalar()
             };

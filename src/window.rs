@@ -385,6 +385,11 @@ impl Velocity {
         }
     }
 
+    /// The number of map entries (cheap: no bucket is visited).
+    pub fn keys(&self) -> usize {
+        self.groups.iter().map(|g| g.keys.len()).sum()
+    }
+
     pub fn size(&self) -> StateSize {
         let mut size = StateSize::default();
         for group in &self.groups {
