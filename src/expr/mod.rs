@@ -17,6 +17,7 @@ use cel::common::ast::{operators as op, EntryExpr, Expr, IdedExpr, LiteralValue,
 use chrono::{DateTime, Datelike, FixedOffset, TimeDelta, Timelike, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
+use smallvec::SmallVec;
 
 pub use value::{
     compare, equals, json_decimal, ConstList, EvalError, EvalResult, List, MapValue, Scalar, Value,
@@ -1178,7 +1179,8 @@ fn eval_cold<'a>(
             arith(*a, x, y)
         }
         Node::Call(f, args) => {
-            let mut values = Vec::with_capacity(args.len());
+            // Functions take at most two arguments (receiver included): no heap needed.
+            let mut values: SmallVec<[Value<'a>; 2]> = SmallVec::new();
             for a in args {
                 values.push(eval(a, act, locals)?);
             }
@@ -1365,7 +1367,7 @@ fn arith<'a>(a: ArithOp, x: Value<'a>, y: Value<'a>) -> EvalResult<'a> {
 }
 
 #[inline(never)]
-fn call<'a>(f: Func, args: Vec<Value<'a>>) -> EvalResult<'a> {
+fn call<'a>(f: Func, args: SmallVec<[Value<'a>; 2]>) -> EvalResult<'a> {
     let mut args = args.into_iter();
     let first = args.next().unwrap_or(Value::Null);
     let second = args.next();
