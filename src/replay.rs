@@ -100,6 +100,8 @@ pub fn replay(
     }
     output.flush()?;
     dlq.flush()?;
+    // Report the live state: drop what has expired since the last periodic sweep.
+    engine.sweep();
     summary.state = Some(engine.size());
     Ok(summary)
 }
