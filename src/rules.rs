@@ -991,17 +991,17 @@ impl Builder {
         };
         let window = duration(&c.window, "window", errors);
         let resolution = match (&c.resolution, window) {
-            (Some(r), Some(w)) => duration(r, "resolution", errors).filter(|r| {
-                let ok = *r <= w;
-                if !ok {
+            (Some(spanned), Some(w)) => match duration(spanned, "resolution", errors) {
+                Some(r) if r > w => {
                     errors.push(src.error(
-                        r_span(c),
+                        spanned.span(),
                         it.clone(),
                         "`resolution` must not be longer than `window`".to_owned(),
                     ));
+                    None
                 }
-                ok
-            }),
+                other => other,
+            },
             (None, Some(w)) => Some(default_resolution(w)),
             _ => None,
         };
@@ -1139,10 +1139,6 @@ impl Builder {
             }
         }
     }
-}
-
-fn r_span(c: &RawCounter) -> Range<usize> {
-    c.resolution.as_ref().map_or(c.window.span(), |r| r.span())
 }
 
 /// The default bucket width: a sixtieth of the window, rounded down to a whole millisecond

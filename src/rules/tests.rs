@@ -211,3 +211,18 @@ fn an_empty_directory_is_an_error() {
     let e = Ruleset::load_dir(dir.path()).unwrap_err();
     assert!(e.to_string().contains("no `*.toml` rules files"), "{e}");
 }
+
+#[test]
+fn resolution_is_checked_against_the_window() {
+    let text = "[[counter]]\nid = \"c\"\nkey = [\"account_id\"]\naggregate = \"count\"\nwindow = \"1h\"\nresolution = \"2h\"\n";
+    assert_eq!(
+        errors(&[("a.toml", text)]),
+        ["a.toml:6:14: counter `c`: `resolution` must not be longer than `window`"]
+    );
+    let fine = text.replace("2h", "30s");
+    let rs = load(&[("a.toml", &fine)]).unwrap();
+    assert_eq!(
+        (rs.counters[0].resolution, rs.counters[0].buckets),
+        (TimeDelta::seconds(30), 120)
+    );
+}
