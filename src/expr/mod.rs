@@ -1078,7 +1078,7 @@ fn eval<'a>(
 ) -> EvalResult<'a> {
     match node {
         Node::Const(v) => Ok(v.value()),
-        Node::Name(name) => Ok(read_name(*name, act)?),
+        Node::Name(name) => read_name(*name, act),
         Node::CpField(i) => {
             let field = COUNTERPARTY_FIELDS[*i];
             match act
