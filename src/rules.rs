@@ -717,19 +717,12 @@ impl Builder {
                     }
                 }
                 if let Some(on_error) = &d.on_error {
-                    self.on_error = match on_error.get_ref().as_str() {
-                        "hold" => Some(OnError::Hold),
-                        "deny" => Some(OnError::Deny),
-                        "ignore" => Some(OnError::Ignore),
-                        other => {
-                            errors.push(src.error(
-                                on_error.span(),
-                                None,
-                                format!("`on_error` must be \"hold\", \"deny\" or \"ignore\", found `{other}`"),
-                            ));
-                            None
-                        }
-                    };
+                    let choices = [
+                        ("hold", OnError::Hold),
+                        ("deny", OnError::Deny),
+                        ("ignore", OnError::Ignore),
+                    ];
+                    self.on_error = keyword(src, on_error, &None, "on_error", &choices, errors);
                 }
             }
             if let Some(scoring) = &raw.scoring {
@@ -927,20 +920,13 @@ impl Builder {
                 "`key` needs at least one field".to_owned(),
             ));
         }
-        let aggregate = match c.aggregate.get_ref().as_str() {
-            "count" => Some(Aggregate::Count),
-            "sum" => Some(Aggregate::Sum),
-            "max" => Some(Aggregate::Max),
-            "distinct" => Some(Aggregate::Distinct),
-            other => {
-                errors.push(src.error(
-                    c.aggregate.span(),
-                    it.clone(),
-                    format!("`aggregate` must be \"count\", \"sum\", \"max\" or \"distinct\", found `{other}`"),
-                ));
-                None
-            }
-        };
+        let choices = [
+            ("count", Aggregate::Count),
+            ("sum", Aggregate::Sum),
+            ("max", Aggregate::Max),
+            ("distinct", Aggregate::Distinct),
+        ];
+        let aggregate = keyword(src, &c.aggregate, &it, "aggregate", &choices, errors);
         let field = c.field.as_ref().and_then(|f| path(f, errors));
         match (aggregate, &c.field) {
             (Some(Aggregate::Count), Some(f)) => errors.push(src.error(
@@ -1013,19 +999,16 @@ impl Builder {
             compile_at(src, w, &scope, true, &it, errors)
                 .map(|p| p.with_action_guard(&self.list_values))
         });
-        let contributes = match c.contributes.as_ref().map(|s| (s, s.get_ref().as_str())) {
-            None | Some((_, "not_denied")) => Contributes::NotDenied,
-            Some((_, "all")) => Contributes::All,
-            Some((_, "allowed")) => Contributes::Allowed,
-            Some((s, other)) => {
-                errors.push(src.error(
-                    s.span(),
-                    it.clone(),
-                    format!("`contributes` must be \"all\", \"allowed\" or \"not_denied\", found `{other}`"),
-                ));
-                Contributes::NotDenied
-            }
-        };
+        let choices = [
+            ("all", Contributes::All),
+            ("allowed", Contributes::Allowed),
+            ("not_denied", Contributes::NotDenied),
+        ];
+        let contributes = c
+            .contributes
+            .as_ref()
+            .and_then(|v| keyword(src, v, &it, "contributes", &choices, errors))
+            .unwrap_or(Contributes::NotDenied);
         if errors.len() > before {
             return None;
         }
@@ -1088,20 +1071,13 @@ impl Builder {
                 };
                 let when = compile_at(src, &r.when, &scope, true, &it, errors)
                     .map(|p| p.with_action_guard(&self.list_values));
-                let action = match r.action.get_ref().as_str() {
-                    "allow" => Some(RuleAction::Allow),
-                    "hold" => Some(RuleAction::Hold),
-                    "deny" => Some(RuleAction::Deny),
-                    "score" => Some(RuleAction::Score),
-                    other => {
-                        errors.push(src.error(
-                            r.action.span(),
-                            it.clone(),
-                            format!("unknown action `{other}`; a rule's action is \"allow\", \"hold\", \"deny\" or \"score\""),
-                        ));
-                        None
-                    }
-                };
+                let choices = [
+                    ("allow", RuleAction::Allow),
+                    ("hold", RuleAction::Hold),
+                    ("deny", RuleAction::Deny),
+                    ("score", RuleAction::Score),
+                ];
+                let action = keyword(src, &r.action, &it, "action", &choices, errors);
                 let score = match (action, &r.score) {
                     (Some(RuleAction::Score), Some(s)) => *s.get_ref(),
                     (Some(RuleAction::Score), None) => {
@@ -1139,6 +1115,41 @@ impl Builder {
             }
         }
     }
+}
+
+/// Reads a keyword setting (`action = "hold"`) as one of `choices`; anything else is an
+/// error at the value, listing the choices.
+fn keyword<T: Copy>(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    it: &Option<String>,
+    what: &str,
+    choices: &[(&str, T)],
+    errors: &mut Vec<LoadError>,
+) -> Option<T> {
+    let text = value.get_ref().as_str();
+    let found = choices
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, v)| *v);
+    if found.is_none() {
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        let (last, rest) = names
+            .split_last()
+            .map_or((String::new(), &[][..]), |(l, r)| (l.clone(), r));
+        let listed = if rest.is_empty() {
+            last
+        } else {
+            format!("{} or {last}", rest.join(", "))
+        };
+        let message = if what == "action" {
+            format!("unknown action `{text}`; a rule's action is {listed}")
+        } else {
+            format!("`{what}` must be {listed}, found `{text}`")
+        };
+        errors.push(src.error(value.span(), it.clone(), message));
+    }
+    found
 }
 
 /// The default bucket width: a sixtieth of the window, rounded down to a whole millisecond
