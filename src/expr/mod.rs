@@ -194,6 +194,9 @@ impl Program {
                     }
                     _ => None,
                 },
+                Node::InList(StrLeaf::Name(Name::Action), i) => {
+                    lists.get(*i).map(|l| strings(&l.items))
+                }
                 Node::In(x, coll) if matches!(**x, Node::Name(Name::Action)) => match &**coll {
                     Node::List(i) => lists.get(*i).map(|l| strings(&l.items)),
                     Node::MakeList(items) => items
@@ -374,6 +377,117 @@ enum Node {
     MakeMap(Vec<(Node, Node)>),
     NotStrictlyFalse(Box<Node>),
     Comprehension(Box<Comprehension>),
+    /// `number-name <op> literal`, fused so that no value is built (`amount_base > 10000`,
+    /// `counters.x >= 10`).
+    CmpNum(CmpOp, NumLeaf, Decimal),
+    /// `string-name in lists.x`, fused likewise (`action in lists.payment_actions`).
+    InList(StrLeaf, usize),
+}
+
+/// A name that holds a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NumLeaf {
+    Amount,
+    AmountBase,
+    Counter(usize),
+}
+
+/// A name that holds a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StrLeaf {
+    Name(Name),
+    Counterparty(usize),
+}
+
+impl NumLeaf {
+    fn of(node: &Node) -> Option<NumLeaf> {
+        match node {
+            Node::Name(Name::Amount) => Some(NumLeaf::Amount),
+            Node::Name(Name::AmountBase) => Some(NumLeaf::AmountBase),
+            Node::Counter(i) => Some(NumLeaf::Counter(*i)),
+            _ => None,
+        }
+    }
+
+    fn read(self, act: &Activation<'_>) -> Result<Decimal, EvalError> {
+        match self {
+            NumLeaf::Amount => Ok(act.intent.amount.unwrap_or(Decimal::ZERO)),
+            NumLeaf::AmountBase => act
+                .amount_base
+                .map_err(|why| EvalError::new(why.to_owned())),
+            NumLeaf::Counter(i) => match &act.counters[i] {
+                Ok(v) => v
+                    .as_decimal()
+                    .ok_or_else(|| EvalError::new("counter is not a number")),
+                Err(why) => Err(EvalError::new(why.to_string())),
+            },
+        }
+    }
+}
+
+impl StrLeaf {
+    fn of(node: &Node) -> Option<StrLeaf> {
+        match node {
+            Node::Name(
+                n @ (Name::IntentId
+                | Name::AgentId
+                | Name::AccountId
+                | Name::Action
+                | Name::Currency),
+            ) => Some(StrLeaf::Name(*n)),
+            Node::CpField(i) => Some(StrLeaf::Counterparty(*i)),
+            _ => None,
+        }
+    }
+
+    fn read<'a>(self, act: &Activation<'a>) -> Result<&'a str, EvalError> {
+        let i = act.intent;
+        match self {
+            StrLeaf::Name(Name::IntentId) => Ok(&i.intent_id),
+            StrLeaf::Name(Name::AgentId) => Ok(&i.agent_id),
+            StrLeaf::Name(Name::AccountId) => Ok(&i.account_id),
+            StrLeaf::Name(Name::Action) => Ok(&i.action),
+            StrLeaf::Name(_) => Ok(i.currency.as_deref().unwrap_or("")),
+            StrLeaf::Counterparty(f) => {
+                let field = COUNTERPARTY_FIELDS[f];
+                i.counterparty
+                    .as_ref()
+                    .and_then(|cp| cp.field(field).flatten())
+                    .ok_or_else(|| {
+                        EvalError::new(format!("the intent has no `counterparty.{field}`"))
+                    })
+            }
+        }
+    }
+}
+
+/// Fuses the common comparison shapes into [`Node::CmpNum`] and [`Node::InList`]: the same
+/// answers and errors, without building values.
+fn fuse(node: Node) -> Node {
+    let flipped = |op| match op {
+        CmpOp::Lt => CmpOp::Gt,
+        CmpOp::Le => CmpOp::Ge,
+        CmpOp::Gt => CmpOp::Lt,
+        CmpOp::Ge => CmpOp::Le,
+        other => other,
+    };
+    let number = |n: &Node| match n {
+        Node::Const(Scalar::Int(i)) => Some(Decimal::from(*i)),
+        Node::Const(Scalar::Num(d)) => Some(*d),
+        _ => None,
+    };
+    match node {
+        Node::Cmp(op, l, r) => match (NumLeaf::of(&l), number(&r), NumLeaf::of(&r), number(&l)) {
+            (Some(leaf), Some(d), _, _) => Node::CmpNum(op, leaf, d),
+            (_, _, Some(leaf), Some(d)) => Node::CmpNum(flipped(op), leaf, d),
+            _ => Node::Cmp(op, l, r),
+        },
+        Node::In(x, coll) => match (StrLeaf::of(&x), &*coll) {
+            (Some(leaf), Node::List(i)) => Node::InList(leaf, *i),
+            _ => Node::In(x, coll),
+        },
+        other => other,
+    }
 }
 
 #[derive(Debug)]
@@ -678,7 +792,7 @@ impl Compiler<'_> {
                 let (l, lt) = self.expr(&args[0]);
                 let (r, rt) = self.expr(&args[1]);
                 self.check_cmp(e, cmp, lt, rt);
-                return (Node::Cmp(cmp, Box::new(l), Box::new(r)), Ty::Bool);
+                return (fuse(Node::Cmp(cmp, Box::new(l), Box::new(r))), Ty::Bool);
             }
             if let Some(a) = arith(func) {
                 let (l, lt) = self.expr(&args[0]);
@@ -765,7 +879,7 @@ impl Compiler<'_> {
                             format!("`in` needs a list or a map, not a {}", other.name()),
                         ),
                     }
-                    return (Node::In(Box::new(x), Box::new(coll)), Ty::Bool);
+                    return (fuse(Node::In(Box::new(x), Box::new(coll))), Ty::Bool);
                 }
                 op::INDEX => {
                     let (x, xt) = self.expr(&args[0]);
@@ -1112,9 +1226,13 @@ fn eval<'a>(
             )),
             other => err(format!("has() needs a map, not a {}", other.type_name())),
         },
-        Node::Not(_) | Node::And(..) | Node::Or(..) | Node::Cmp(..) | Node::In(..) => {
-            test(node, act, locals).map(Value::Bool)
-        }
+        Node::Not(_)
+        | Node::And(..)
+        | Node::Or(..)
+        | Node::Cmp(..)
+        | Node::In(..)
+        | Node::CmpNum(..)
+        | Node::InList(..) => test(node, act, locals).map(Value::Bool),
         _ => eval_cold(node, act, locals),
     }
 }
@@ -1284,6 +1402,20 @@ fn test<'a>(
                     other.type_name()
                 ))),
             }
+        }
+        Node::CmpNum(cmp, leaf, d) => {
+            let v = leaf.read(act)?;
+            Ok(match cmp {
+                CmpOp::Eq => v == *d,
+                CmpOp::Ne => v != *d,
+                CmpOp::Lt => v < *d,
+                CmpOp::Le => v <= *d,
+                CmpOp::Gt => v > *d,
+                CmpOp::Ge => v >= *d,
+            })
+        }
+        Node::InList(leaf, i) => {
+            Ok(act.lists[*i].contains(&Value::Str(Cow::Borrowed(leaf.read(act)?))))
         }
         Node::Const(Scalar::Bool(b)) => Ok(*b),
         other => match eval(other, act, locals)? {

@@ -66,6 +66,12 @@ fn decimal_boundaries_are_exact() {
     check("amount >= 10000.01", "true");
     check("amount == 10000.010", "true");
     check("amount_base - 10000 == 0.01", "true");
+    // Literal first: the fused comparison flips the operator.
+    check("10000 < amount", "true");
+    check("10000.01 <= amount", "true");
+    check("10000.02 <= amount", "false");
+    check("10000.01 == amount_base", "true");
+    check("counters.sum_1h != 1", "false");
     check("0.1 + 0.2 == 0.3", "true");
     check("attributes.rate * 3 == 0.3", "true");
     check("counters.sum_1h + amount", "10001.01");
