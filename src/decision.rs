@@ -234,6 +234,20 @@ fn decimal(out: &mut Vec<u8>, value: &Decimal) {
     digits(out, value.mantissa().unsigned_abs(), value.scale());
 }
 
+/// Writes `items` as a JSON array of objects, each filled in by `fields`.
+fn array<T>(out: &mut Vec<u8>, items: &[T], fields: impl Fn(&mut Writer<'_>, &T)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut o = Writer::object(out);
+        fields(&mut o, item);
+        let _ = o.end();
+    }
+    out.push(b']');
+}
+
 /// Whether any byte is a control character, `"` or `\\`: eight bytes at a time.
 fn needs_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -285,13 +299,7 @@ impl Decision {
         w.time("created_at", &self.created_at);
         w.str("decision", self.outcome.as_str());
         w.int("score", self.score);
-        let out = w.key("reasons");
-        out.push(b'[');
-        for (i, r) in self.reasons.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let mut o = Writer::object(out);
+        array(w.key("reasons"), &self.reasons, |o, r| {
             o.str("rule", &r.rule);
             o.str("action", r.action.as_str());
             if let Some(score) = r.score {
@@ -300,21 +308,11 @@ impl Decision {
             if let Some(message) = &r.message {
                 o.str("message", message);
             }
-            let _ = o.end();
-        }
-        out.push(b']');
-        let out = w.key("errors");
-        out.push(b'[');
-        for (i, e) in self.errors.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let mut o = Writer::object(out);
+        });
+        array(w.key("errors"), &self.errors, |o, e| {
             o.str("rule", &e.rule);
             o.str("message", &e.message);
-            let _ = o.end();
-        }
-        out.push(b']');
+        });
         let out = w.key("counters");
         let mut o = Writer::object(out);
         for (id, value) in &self.counters {

@@ -84,10 +84,6 @@ impl Engine {
         }
     }
 
-    pub fn ruleset(&self) -> &Arc<Ruleset> {
-        &self.ruleset
-    }
-
     /// Decides `intent` at `now`, then lets it contribute to the counters.
     pub fn decide(&self, intent: Intent, source: Source, now: DateTime<Utc>) -> Arc<Decision> {
         let rs = &*self.ruleset;

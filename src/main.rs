@@ -159,7 +159,7 @@ fn check(dir: &Path) -> Result<ExitCode> {
         if rs.files.len() == 1 { "" } else { "s" },
         rs.rules.len(),
         rs.counters.len(),
-        rs.lists.len()
+        rs.list_values.len()
     );
     Ok(ExitCode::SUCCESS)
 }

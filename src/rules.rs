@@ -302,7 +302,7 @@ pub struct Ruleset {
     pub on_error: OnError,
     pub scoring: Option<Scoring>,
     pub fx: Option<Fx>,
-    pub lists: Vec<(String, ConstList)>,
+    /// The `[lists]` values, in the order conditions refer to them.
     pub list_values: Vec<ConstList>,
     pub counters: Vec<CounterDef>,
     pub rules: Vec<RuleDef>,
@@ -601,16 +601,11 @@ impl Ruleset {
             on_error: b.on_error.unwrap_or(OnError::Hold),
             scoring: b.scoring,
             fx: b.fx,
-            lists: b.lists,
             list_values,
             counters: b.counters,
             rules: b.rules,
             files: files.iter().map(|(p, _)| p.clone()).collect(),
         })
-    }
-
-    pub fn counter_index(&self, id: &str) -> Option<usize> {
-        self.counters.iter().position(|c| &*c.id == id)
     }
 }
 
@@ -646,7 +641,6 @@ struct Builder {
     on_error: Option<OnError>,
     scoring: Option<Scoring>,
     fx: Option<Fx>,
-    lists: Vec<(String, ConstList)>,
     list_types: Vec<(String, Elem)>,
     list_values: Vec<ConstList>,
     counters: Vec<CounterDef>,
@@ -680,6 +674,23 @@ impl<'a> Seen<'a> {
             }
         }
     }
+
+    /// Reports a section that appears again.
+    fn once(
+        &mut self,
+        section: &str,
+        src: &Source<'a>,
+        span: &Range<usize>,
+        errors: &mut Vec<LoadError>,
+    ) {
+        if let Some(msg) = self.again(section, src, span) {
+            errors.push(src.error(
+                span.clone(),
+                None,
+                format!("`{section}` may appear once; {msg}"),
+            ));
+        }
+    }
 }
 
 impl Builder {
@@ -687,13 +698,7 @@ impl Builder {
         let mut seen = Seen::new();
         for Parsed { src, raw } in parsed {
             if let Some(decision) = &raw.decision {
-                if let Some(msg) = seen.again("[decision]", src, &decision.span()) {
-                    errors.push(src.error(
-                        decision.span(),
-                        None,
-                        format!("`[decision]` may appear once; {msg}"),
-                    ));
-                }
+                seen.once("[decision]", src, &decision.span(), errors);
                 let d = decision.get_ref();
                 if let Some(p) = &d.precedence {
                     let names = p.get_ref();
@@ -726,13 +731,7 @@ impl Builder {
                 }
             }
             if let Some(scoring) = &raw.scoring {
-                if let Some(msg) = seen.again("[scoring]", src, &scoring.span()) {
-                    errors.push(src.error(
-                        scoring.span(),
-                        None,
-                        format!("`[scoring]` may appear once; {msg}"),
-                    ));
-                }
+                seen.once("[scoring]", src, &scoring.span(), errors);
                 let s = scoring.get_ref();
                 let hold_at = s.hold_at.as_ref().map(|v| *v.get_ref());
                 let deny_at = s.deny_at.as_ref().map(|v| *v.get_ref());
@@ -755,13 +754,7 @@ impl Builder {
                 self.scoring = Some(Scoring { hold_at, deny_at });
             }
             if let Some(fx) = &raw.fx {
-                if let Some(msg) = seen.again("[fx]", src, &fx.span()) {
-                    errors.push(src.error(
-                        fx.span(),
-                        None,
-                        format!("`[fx]` may appear once; {msg}"),
-                    ));
-                }
+                seen.once("[fx]", src, &fx.span(), errors);
                 let f = fx.get_ref();
                 let base = f.base.get_ref();
                 if !is_iso4217(base) {
@@ -854,8 +847,6 @@ impl Builder {
                     _ => Elem::Dyn,
                 };
                 self.list_types.push((name.clone(), elem));
-                self.lists
-                    .push((name.clone(), ConstList::new(values.clone())));
                 self.list_values.push(ConstList::new(values));
             }
         }
