@@ -138,13 +138,14 @@ impl Series {
             Some(_) => self.buckets.partition_point(|(b, _)| *b < bucket),
         };
         if !matches!(self.buckets.get(at), Some((b, _)) if *b == bucket) {
-            // A new bucket starts from the running total before it.
+            // A new bucket starts from the running total before it: the previous bucket's,
+            // or, when every earlier bucket has been pruned, the base they left behind.
             let empty = match kind {
                 Aggregate::Count | Aggregate::Sum => {
                     match at.checked_sub(1).and_then(|i| self.buckets.get(i)) {
                         Some((_, prev)) => prev.clone(),
-                        None if kind == Aggregate::Count => Agg::Count(0),
-                        None => Agg::Sum(Decimal::ZERO),
+                        None if kind == Aggregate::Count => Agg::Count(self.base_count),
+                        None => Agg::Sum(self.base_sum),
                     }
                 }
                 Aggregate::Max => Agg::Max(Decimal::ZERO),
