@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
+use serde::de::{Error as _, MapAccess, Visitor};
 use serde::ser::SerializeStruct;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 
-use crate::intent::InvalidIntent;
+use crate::intent::{parse_intent, Intent, InvalidIntent};
 use crate::rules::{Outcome, RuleAction};
 use crate::window::CounterValue;
 
@@ -50,7 +52,7 @@ impl Serialize for Source {
 }
 
 /// A matched rule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Reason {
     pub rule: Arc<str>,
     pub action: RuleAction,
@@ -59,7 +61,7 @@ pub struct Reason {
 }
 
 /// A rule that failed to evaluate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RuleFailure {
     pub rule: Arc<str>,
     pub message: String,
@@ -285,6 +287,14 @@ fn string(out: &mut Vec<u8>, s: &str) {
 impl Decision {
     /// Appends the decision as one JSON line.
     pub fn write_json_line(&self, out: &mut Vec<u8>) {
+        self.write_json(out, None);
+        out.push(b'\n');
+    }
+
+    /// Appends the decision as one JSON object; with `intent`, the intent's original JSON
+    /// (already validated) is embedded as field `intent`, so that the record alone is enough
+    /// to rebuild velocity state and to replay the decision later. The service writes this.
+    pub fn write_json(&self, out: &mut Vec<u8>, intent: Option<&[u8]>) {
         let mut w = Writer::object(out);
         w.str("intent_id", &self.intent_id);
         w.str("agent_id", &self.agent_id);
@@ -346,7 +356,134 @@ impl Decision {
         if self.duplicate {
             w.key("duplicate").extend_from_slice(b"true");
         }
-        w.end().push(b'\n');
+        if let Some(intent) = intent {
+            w.key("intent").extend_from_slice(intent);
+        }
+        w.end();
+    }
+}
+
+/// Reads one record of the decisions topic, as [`Decision::write_json`] wrote it with the
+/// intent embedded: the decision and its intent, or `None` for a later record about an
+/// intent (a review outcome, `"stage": "review"`), which is not a decision of the engine
+/// and never counts towards velocity.
+pub fn parse_record(
+    bytes: &[u8],
+    max_intent_bytes: usize,
+) -> Result<Option<(Decision, Intent)>, String> {
+    let r: DecisionRecord<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if r.stage.is_some_and(|s| s != "decision") {
+        return Ok(None);
+    }
+    let raw = r.intent.ok_or("the record has no `intent`")?;
+    let intent = parse_intent(raw.get().as_bytes(), max_intent_bytes)
+        .map_err(|e| format!("its intent is invalid: {}", e.message))?;
+    let (Some(decided_at), Some(outcome), Some(source)) = (r.decided_at, r.decision, r.source)
+    else {
+        return Err("`decision`, `decided_at` and `source` are required".to_owned());
+    };
+    let decision = Decision {
+        intent_id: intent.intent_id.clone(),
+        agent_id: intent.agent_id.clone(),
+        account_id: intent.account_id.clone(),
+        action: intent.action.clone(),
+        amount: intent.amount,
+        currency: intent.currency.clone(),
+        created_at: intent.created_at,
+        outcome,
+        score: r.score,
+        reasons: r.reasons,
+        errors: r.errors,
+        counters: r.counters.0,
+        ruleset: r.ruleset,
+        decided_at,
+        source: match source {
+            SourceRecord::Kafka {
+                topic,
+                partition,
+                offset,
+            } => Source::Kafka {
+                topic,
+                partition,
+                offset,
+            },
+            SourceRecord::File { file, line } => Source::File { file, line },
+        },
+        duplicate: r.duplicate,
+    };
+    Ok(Some((decision, intent)))
+}
+
+#[derive(Deserialize)]
+struct DecisionRecord<'a> {
+    #[serde(default)]
+    stage: Option<&'a str>,
+    #[serde(borrow)]
+    intent: Option<&'a RawValue>,
+    decision: Option<Outcome>,
+    #[serde(default)]
+    score: i64,
+    #[serde(default)]
+    reasons: Vec<Reason>,
+    #[serde(default)]
+    errors: Vec<RuleFailure>,
+    #[serde(default)]
+    counters: Counters,
+    #[serde(default = "unknown_ruleset")]
+    ruleset: Arc<str>,
+    decided_at: Option<DateTime<Utc>>,
+    source: Option<SourceRecord>,
+    #[serde(default)]
+    duplicate: bool,
+}
+
+fn unknown_ruleset() -> Arc<str> {
+    Arc::from("")
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SourceRecord {
+    Kafka {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+    },
+    File {
+        file: Arc<str>,
+        line: u64,
+    },
+}
+
+/// Counter values in the order written: numbers are counts, strings exact decimals.
+#[derive(Default)]
+struct Counters(Vec<(Arc<str>, CounterValue)>);
+
+impl<'de> Deserialize<'de> for Counters {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Counters;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of counter values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Counters, A::Error> {
+                let mut out = Vec::new();
+                while let Some((id, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    let value = match &value {
+                        serde_json::Value::Number(n) => n.as_i64().map(CounterValue::Int),
+                        serde_json::Value::String(s) => {
+                            Decimal::from_str_exact(s).ok().map(CounterValue::Num)
+                        }
+                        _ => None,
+                    }
+                    .ok_or_else(|| A::Error::custom(format!("counter `{id}`: bad value")))?;
+                    out.push((Arc::from(id), value));
+                }
+                Ok(Counters(out))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 

@@ -189,21 +189,7 @@ impl Engine {
             .unwrap_or(Outcome::Allow);
 
         // Contribute after deciding: the intent never counts towards its own decision.
-        for (i, c) in rs.counters.iter().enumerate() {
-            let (g, m) = self.velocity.place(i);
-            let Ok(slot) = &mut slots[g] else { continue };
-            if !c.contributes.admits(outcome) {
-                continue;
-            }
-            if let Some(filter) = &c.filter {
-                if filter.eval_bool(&act) != Ok(true) {
-                    continue;
-                }
-            }
-            if let Some(contribution) = contribution(c, &intent, &amount_base) {
-                slot.add(m, positions[i], contribution);
-            }
-        }
+        self.contribute(&act, outcome, &positions, &mut slots);
         drop(slots);
 
         let counters = values
@@ -233,13 +219,7 @@ impl Engine {
             source,
             duplicate: false,
         });
-        self.remembered.insert(
-            CompactString::from(decision.intent_id.as_str()),
-            Remembered {
-                created_at_ns: at_ns,
-                decision: decision.clone(),
-            },
-        );
+        self.remember(at_ns, decision.clone());
         let decided = self.decided.fetch_add(1, Ordering::Relaxed) + 1;
         if decided >= self.next_sweep.load(Ordering::Relaxed) {
             self.sweep();
@@ -250,6 +230,89 @@ impl Engine {
             );
         }
         decision
+    }
+
+    /// Lets `intent`, decided `decision.outcome` by an earlier run, count again: the step a
+    /// restore takes for each decision read back from the decisions topic. Rules are not
+    /// evaluated; the counters see exactly the contributions the original run made (under
+    /// the counter definitions of this engine's ruleset), and the decision is remembered
+    /// for the duplicate horizon. A duplicate contributes nothing, as when it was decided.
+    pub fn restore(&self, intent: &Intent, decision: Decision) {
+        if decision.duplicate {
+            return;
+        }
+        let rs = &*self.ruleset;
+        let at_ns = intent.created_at.timestamp_nanos_opt().unwrap_or(0);
+        let watermark = self.advance_watermark(at_ns, decision.decided_at);
+        let amount_base = match (intent.amount, &rs.fx) {
+            (None, _) => Ok(Decimal::ZERO),
+            (Some(a), None) => Ok(a),
+            (Some(a), Some(fx)) => fx.convert(a, intent.currency.as_deref().unwrap_or("")),
+        };
+        let mut key = String::with_capacity(64);
+        let mut slots: Vec<Result<Slot<'_>, usize>> = self
+            .velocity
+            .groups()
+            .iter()
+            .enumerate()
+            .map(|(g, group)| {
+                let paths = &rs.counters[group.counters[0]].key;
+                counter_key(paths, intent, &mut key).map(|()| self.velocity.slot(g, &key))
+            })
+            .collect();
+        let positions: SmallVec<[Position; 16]> = (0..rs.counters.len())
+            .map(|i| self.velocity.position(i, at_ns, watermark))
+            .collect();
+        // A counter's `where` cannot read counters, so none are offered.
+        let act = Activation {
+            intent,
+            amount_base: amount_base.as_ref().copied().map_err(String::as_str),
+            counters: &[],
+            lists: &rs.list_values,
+        };
+        self.contribute(&act, decision.outcome, &positions, &mut slots);
+        drop(slots);
+        self.remember(at_ns, Arc::new(decision));
+    }
+
+    /// Adds the intent of `act`, decided `outcome`, to every counter that takes it.
+    fn contribute(
+        &self,
+        act: &Activation<'_>,
+        outcome: Outcome,
+        positions: &[Position],
+        slots: &mut [Result<Slot<'_>, usize>],
+    ) {
+        for (i, c) in self.ruleset.counters.iter().enumerate() {
+            let (g, m) = self.velocity.place(i);
+            let Ok(slot) = &mut slots[g] else { continue };
+            if !c.contributes.admits(outcome) {
+                continue;
+            }
+            if let Some(filter) = &c.filter {
+                if filter.eval_bool(act) != Ok(true) {
+                    continue;
+                }
+            }
+            if let Some(contribution) = contribution(c, act.intent, act.amount_base) {
+                slot.add(m, positions[i], contribution);
+            }
+        }
+    }
+
+    fn remember(&self, at_ns: i64, decision: Arc<Decision>) {
+        self.remembered.insert(
+            CompactString::from(decision.intent_id.as_str()),
+            Remembered {
+                created_at_ns: at_ns,
+                decision,
+            },
+        );
+    }
+
+    /// The ruleset this engine decides with.
+    pub fn ruleset(&self) -> &Arc<Ruleset> {
+        &self.ruleset
     }
 
     fn duplicate_of(&self, intent_id: &str, at_ns: i64) -> Option<Arc<Decision>> {
@@ -313,14 +376,14 @@ fn counter_key(paths: &[FieldPath], intent: &Intent, key: &mut String) -> Result
 fn contribution(
     counter: &CounterDef,
     intent: &Intent,
-    amount_base: &Result<Decimal, String>,
+    amount_base: Result<Decimal, &str>,
 ) -> Option<Contribution> {
     match counter.aggregate {
         Aggregate::Count => Some(Contribution::One),
         Aggregate::Sum | Aggregate::Max => {
             let amount = match counter.field.as_ref()? {
                 // Amounts add up in the base currency, so mixed currencies sum correctly.
-                FieldPath::Amount => amount_base.as_ref().ok().copied()?,
+                FieldPath::Amount => amount_base.ok()?,
                 path => match path.json(intent)? {
                     serde_json::Value::Number(n) => crate::expr::json_decimal(n)?,
                     serde_json::Value::String(s) => Decimal::from_str_exact(s).ok()?,

@@ -36,12 +36,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod config;
 pub mod currency;
 pub mod decision;
 pub mod engine;
 pub mod expr;
 pub mod intent;
+pub mod pipeline;
 pub mod replay;
 pub mod rules;
+pub mod service;
 pub mod testing;
 pub mod window;

@@ -21,7 +21,7 @@ use crate::expr::{self, Activation, CompileError, ConstList, Elem, Program, Scal
 use crate::intent::{Intent, COUNTERPARTY_FIELDS};
 
 /// A decision outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Allow,
@@ -52,7 +52,7 @@ impl fmt::Display for Outcome {
 }
 
 /// What a matched rule contributes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleAction {
     Allow,

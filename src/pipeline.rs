@@ -1,0 +1,828 @@
+//! The Kafka service (DESIGN section 5): consume intents, decide, produce decisions and dead
+//! letters, and commit the consumed offsets in the same transaction.
+//!
+//! One thread runs the loop below on rdkafka's blocking clients; transactions are blocking
+//! calls anyway, and one thread owning the producer and every partition's engine needs no
+//! locks on the hot path. The consumer's rebalance callbacks run inside `poll` on that same
+//! thread, so the state they touch is shared through an uncontended mutex.
+//!
+//! Per partition: assigned -> paused while its state is restored from the decisions topic
+//! (on a helper thread) -> resumed and deciding -> on revocation, the open transaction is
+//! committed and the state dropped. An abortable transaction error aborts, seeks the
+//! consumer back to the last committed offsets and restores the state of the partitions
+//! it touched, so that the in-memory state again matches what was committed.
+
+mod restore;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::decision::{DeadLetter, Source};
+use crate::engine::{Engine, EngineOptions};
+use crate::intent::parse_intent;
+use crate::rules::Ruleset;
+
+pub use restore::{restore, RestoreStats};
+
+/// What stops the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot {what}: {source}")]
+    Kafka {
+        what: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("{0}")]
+    Setup(String),
+    #[error("stopped")]
+    Stopped,
+}
+
+impl Error {
+    fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> Error {
+        move |source| Error::Kafka { what, source }
+    }
+}
+
+/// What the HTTP side reads to answer `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The consumer holds partitions (or has been told it holds none).
+    pub assigned: AtomicBool,
+    /// Partitions whose state is being restored.
+    pub restoring: AtomicUsize,
+    /// The last broker interaction succeeded.
+    pub broker_up: AtomicBool,
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.assigned.load(Ordering::Relaxed)
+            && self.restoring.load(Ordering::Relaxed) == 0
+            && self.broker_up.load(Ordering::Relaxed)
+    }
+}
+
+/// The librdkafka settings every client of the service shares: the brokers and the
+/// pass-through table.
+pub(crate) fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in config.client_properties() {
+        c.set(k, v);
+    }
+    c
+}
+
+pub(crate) fn engine_options(config: &Config) -> EngineOptions {
+    EngineOptions {
+        duplicate_horizon: config.engine.duplicate_horizon,
+        max_future_skew: config.engine.max_future_skew,
+        ..EngineOptions::default()
+    }
+}
+
+/// How many partitions `topic` has, or `None` when it does not exist.
+pub fn partition_count(
+    client: &BaseProducer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<i32>, KafkaError> {
+    let md = client.client().fetch_metadata(Some(topic), timeout)?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}
+
+/// Signals from outside the loop.
+pub struct Controls {
+    pub shutdown: Arc<AtomicBool>,
+    pub reloads: Receiver<Arc<Ruleset>>,
+    pub health: Arc<Health>,
+}
+
+/// Runs the service until `controls.shutdown` is set; then commits the open transaction,
+/// leaves the group and returns.
+pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<(), Error> {
+    let config = Arc::new(config);
+    let k = &config.kafka;
+    let producer: BaseProducer = client_config(&config)
+        .set("transactional.id", &k.transactional_id)
+        .set("linger.ms", "5")
+        .create()
+        .map_err(Error::kafka("create the producer"))?;
+    let (intents, decisions, dead_letters) = wait_for_topics(&config, &producer, &controls)?;
+    tracing::info!(
+        intents_topic = %k.intents_topic, partitions = intents,
+        decisions_topic = %k.decisions_topic, decisions_partitions = decisions,
+        dead_letter_topic = %k.dead_letter_topic, dead_letter_partitions = dead_letters,
+        "topics checked"
+    );
+    retry_until_done(&controls, "initialise transactions", || {
+        producer.init_transactions(Duration::from_secs(30))
+    })?;
+    tracing::info!(transactional_id = %k.transactional_id, "transactions initialised; earlier incarnations fenced");
+
+    let (restored_tx, restored_rx) = mpsc::channel();
+    let worker = Arc::new(Mutex::new(Worker {
+        config: config.clone(),
+        producer,
+        ruleset,
+        partitions: HashMap::new(),
+        txn: None,
+        dead_letter_partitions: dead_letters,
+        restored_tx,
+        stop: controls.shutdown.clone(),
+        health: controls.health.clone(),
+        out: Vec::with_capacity(4096),
+        generation: 0,
+        fatal: None,
+    }));
+    let consumer: BaseConsumer<Ctx> = client_config(&config)
+        .set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(Ctx {
+            worker: worker.clone(),
+        })
+        .map_err(Error::kafka("create the consumer"))?;
+    consumer
+        .subscribe(&[&k.intents_topic])
+        .map_err(Error::kafka("subscribe to the intents topic"))?;
+    tracing::info!(group_id = %k.group_id, topic = %k.intents_topic, "subscribed");
+
+    let result = main_loop(&consumer, &worker, &restored_rx, &controls);
+    // Leave cleanly: commit what is decided (or abort), then leave the group.
+    let closing = lock(&worker).finish_transaction(&consumer);
+    consumer.unsubscribe();
+    let _ = consumer.poll(Duration::from_millis(100));
+    drop(consumer);
+    tracing::info!("left the consumer group");
+    result.and(closing)
+}
+
+fn main_loop(
+    consumer: &BaseConsumer<Ctx>,
+    worker: &Arc<Mutex<Worker>>,
+    restored: &Receiver<Restored>,
+    controls: &Controls,
+) -> Result<(), Error> {
+    let mut last_error_log = Instant::now() - Duration::from_secs(60);
+    while !controls.shutdown.load(Ordering::Relaxed) {
+        let polled = consumer.poll(Duration::from_millis(20));
+        let mut w = lock(worker);
+        if let Some(fatal) = w.fatal.take() {
+            return Err(fatal);
+        }
+        match polled {
+            Some(Ok(m)) => {
+                w.health.broker_up.store(true, Ordering::Relaxed);
+                w.handle(consumer, &m)?;
+            }
+            Some(Err(e)) => {
+                // Transport errors: librdkafka reconnects by itself; say so, not too often.
+                w.health.broker_up.store(false, Ordering::Relaxed);
+                if last_error_log.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(error = %e, "consumer error; retrying");
+                    last_error_log = Instant::now();
+                }
+            }
+            None => {}
+        }
+        w.start_restores(consumer)?;
+        while let Ok(r) = restored.try_recv() {
+            w.restored(consumer, r)?;
+        }
+        if let Ok(ruleset) = controls.reloads.try_recv() {
+            w.reload(consumer, ruleset)?;
+        }
+        w.commit_if_due(consumer)?;
+        w.producer.poll(Duration::ZERO);
+    }
+    Ok(())
+}
+
+fn lock(worker: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
+    worker.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Checks the topics, creating them when configured to; waits while the broker is down.
+fn wait_for_topics(
+    config: &Config,
+    producer: &BaseProducer,
+    controls: &Controls,
+) -> Result<(i32, i32, i32), Error> {
+    let k = &config.kafka;
+    let names = [&k.intents_topic, &k.decisions_topic, &k.dead_letter_topic];
+    let counts = retry_until_done(controls, "read topic metadata", || {
+        let mut counts = [None; 3];
+        for (i, t) in names.iter().enumerate() {
+            counts[i] = partition_count(producer, t, Duration::from_secs(10))?;
+        }
+        Ok(counts)
+    })?;
+    let missing: Vec<&str> = names
+        .iter()
+        .zip(counts)
+        .filter(|(_, c)| c.is_none())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Setup(format!(
+            "missing topic(s): {}; create them with as many partitions for decisions as for intents, or set kafka.create_topics = true",
+            missing.join(", ")
+        )));
+    }
+    let [Some(i), Some(d), Some(l)] = counts else {
+        return Err(Error::Setup(
+            "topic metadata changed while reading it".into(),
+        ));
+    };
+    if d < i {
+        return Err(Error::Setup(format!(
+            "the decisions topic `{}` has {d} partition(s), fewer than the {i} of the intents topic `{}`: each decision goes to its intent's partition number, so it needs at least {i}",
+            k.decisions_topic, k.intents_topic
+        )));
+    }
+    Ok((i, d, l))
+}
+
+/// Calls `f` until it succeeds, backing off on errors, unless the service is told to stop.
+fn retry_until_done<T>(
+    controls: &Controls,
+    what: &'static str,
+    mut f: impl FnMut() -> Result<T, KafkaError>,
+) -> Result<T, Error> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match f() {
+            Ok(v) => {
+                controls.health.broker_up.store(true, Ordering::Relaxed);
+                return Ok(v);
+            }
+            Err(e) if is_fatal(&e) => return Err(Error::Kafka { what, source: e }),
+            Err(e) => {
+                controls.health.broker_up.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot {what}; retrying");
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if controls.shutdown.load(Ordering::Relaxed) {
+                        return Err(Error::Stopped);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => t.is_fatal(),
+        _ => matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+            )
+        ),
+    }
+}
+
+/// The rebalance callbacks' view of the worker.
+struct Ctx {
+    worker: Arc<Mutex<Worker>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut w = lock(&self.worker);
+            // Offsets of revoked partitions can only be committed while they are still ours.
+            if let Err(e) = w.finish_transaction(consumer) {
+                w.fatal.get_or_insert(e);
+            }
+            let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            for p in &revoked {
+                if let Some(part) = w.partitions.remove(p) {
+                    if matches!(part.state, State::Restoring { .. }) {
+                        w.health.restoring.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            w.health.assigned.store(false, Ordering::Relaxed);
+            tracing::info!(partitions = ?revoked, "partitions revoked; their state dropped");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut w = lock(&self.worker);
+                // Nothing is decided until the partition's state is restored.
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+                }
+                let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                for p in &assigned {
+                    w.begin_restore(*p, None);
+                }
+                w.health.assigned.store(true, Ordering::Relaxed);
+                tracing::info!(partitions = ?assigned, "partitions assigned; restoring their state");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// A partition's state.
+enum State {
+    /// Waiting for its state; messages that arrive anyway are kept in order.
+    Restoring {
+        generation: u64,
+        /// The committed offset, when known (after an abort); `None`: ask the group.
+        committed: Option<Option<i64>>,
+        started: bool,
+        buffered: Vec<rdkafka::message::OwnedMessage>,
+    },
+    Ready(Engine),
+}
+
+struct Partition {
+    state: State,
+    /// The offset after the last one committed (where a rewind goes back to).
+    committed: Option<i64>,
+    /// The next offset to decide.
+    next: Option<i64>,
+}
+
+/// The open transaction.
+struct Txn {
+    started: Instant,
+    records: usize,
+}
+
+struct Restored {
+    partition: i32,
+    generation: u64,
+    committed: Option<i64>,
+    result: Result<(Engine, RestoreStats), Error>,
+}
+
+struct Worker {
+    config: Arc<Config>,
+    producer: BaseProducer,
+    ruleset: Arc<Ruleset>,
+    partitions: HashMap<i32, Partition>,
+    txn: Option<Txn>,
+    dead_letter_partitions: i32,
+    restored_tx: Sender<Restored>,
+    stop: Arc<AtomicBool>,
+    health: Arc<Health>,
+    out: Vec<u8>,
+    generation: u64,
+    /// An error met inside a callback, returned by the loop.
+    fatal: Option<Error>,
+}
+
+impl Worker {
+    /// Marks `p` as restoring; the restore itself starts from the loop.
+    fn begin_restore(&mut self, p: i32, committed: Option<Option<i64>>) {
+        self.generation += 1;
+        let was_restoring = self
+            .partitions
+            .get(&p)
+            .is_some_and(|part| matches!(part.state, State::Restoring { .. }));
+        if !was_restoring {
+            self.health.restoring.fetch_add(1, Ordering::Relaxed);
+        }
+        let state = State::Restoring {
+            generation: self.generation,
+            committed,
+            started: false,
+            buffered: Vec::new(),
+        };
+        match self.partitions.get_mut(&p) {
+            Some(part) => part.state = state,
+            None => {
+                self.partitions.insert(
+                    p,
+                    Partition {
+                        state,
+                        committed: None,
+                        next: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Starts the restores that are waiting: asks the group for committed offsets where they
+    /// are not known, then restores on helper threads.
+    fn start_restores(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
+        let waiting: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, part)| matches!(part.state, State::Restoring { started: false, .. }))
+            .map(|(p, _)| *p)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let topic = self.config.kafka.intents_topic.clone();
+        let unknown: Vec<i32> = waiting
+            .iter()
+            .copied()
+            .filter(|p| {
+                matches!(
+                    self.partitions.get(p).map(|x| &x.state),
+                    Some(State::Restoring {
+                        committed: None,
+                        ..
+                    })
+                )
+            })
+            .collect();
+        let mut fetched: HashMap<i32, Option<i64>> = HashMap::new();
+        if !unknown.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for p in &unknown {
+                tpl.add_partition(&topic, *p);
+            }
+            match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+                Ok(tpl) => {
+                    for e in tpl.elements() {
+                        let c = match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        };
+                        fetched.insert(e.partition(), c);
+                    }
+                }
+                Err(e) => {
+                    self.health.broker_up.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cannot read committed offsets; retrying");
+                    return Ok(());
+                }
+            }
+        }
+        for p in waiting {
+            let Some(part) = self.partitions.get_mut(&p) else {
+                continue;
+            };
+            let State::Restoring {
+                generation,
+                committed,
+                started,
+                ..
+            } = &mut part.state
+            else {
+                continue;
+            };
+            let committed = match committed {
+                Some(c) => *c,
+                None => match fetched.get(&p) {
+                    Some(c) => *c,
+                    None => continue,
+                },
+            };
+            *started = true;
+            part.committed = committed;
+            part.next = committed;
+            let (config, ruleset, tx, stop) = (
+                self.config.clone(),
+                self.ruleset.clone(),
+                self.restored_tx.clone(),
+                self.stop.clone(),
+            );
+            let generation = *generation;
+            std::thread::Builder::new()
+                .name(format!("restore-{p}"))
+                .spawn(move || {
+                    let result = restore(&config, ruleset, p, committed, &stop);
+                    let _ = tx.send(Restored {
+                        partition: p,
+                        generation,
+                        committed,
+                        result,
+                    });
+                })
+                .map_err(|e| Error::Setup(format!("cannot start a restore thread: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Installs a finished restore, resumes the partition and decides what it buffered.
+    fn restored(&mut self, consumer: &BaseConsumer<Ctx>, r: Restored) -> Result<(), Error> {
+        let Some(part) = self.partitions.get_mut(&r.partition) else {
+            return Ok(()); // revoked meanwhile
+        };
+        let buffered = match &mut part.state {
+            State::Restoring {
+                generation,
+                buffered,
+                ..
+            } if *generation == r.generation => std::mem::take(buffered),
+            _ => return Ok(()), // superseded by a later restore
+        };
+        let (engine, stats) = match r.result {
+            Ok(v) => v,
+            Err(Error::Stopped) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(partition = r.partition, error = %e, "restore failed; retrying");
+                self.begin_restore(r.partition, Some(r.committed));
+                return Ok(());
+            }
+        };
+        part.state = State::Ready(engine);
+        self.health.restoring.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(
+            partition = r.partition,
+            committed_offset = r.committed,
+            records = stats.read,
+            decisions = stats.applied,
+            unreadable = stats.unreadable,
+            seconds = stats.elapsed.as_secs_f64(),
+            records_per_second = stats.per_second() as u64,
+            "state restored"
+        );
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.kafka.intents_topic, r.partition);
+        consumer
+            .resume(&tpl)
+            .map_err(Error::kafka("resume a restored partition"))?;
+        for m in buffered {
+            self.decide_one(consumer, m.partition(), m.offset(), m.key(), m.payload())?;
+        }
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        m: &BorrowedMessage<'_>,
+    ) -> Result<(), Error> {
+        let p = m.partition();
+        let Some(part) = self.partitions.get_mut(&p) else {
+            return Ok(()); // not ours any more
+        };
+        if let State::Restoring { buffered, .. } = &mut part.state {
+            buffered.push(m.detach());
+            return Ok(());
+        }
+        self.decide_one(consumer, p, m.offset(), m.key(), m.payload())
+    }
+
+    fn decide_one(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        p: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<(), Error> {
+        let Some(part) = self.partitions.get_mut(&p) else {
+            return Ok(());
+        };
+        let State::Ready(engine) = &part.state else {
+            return Ok(());
+        };
+        if part.next.is_some_and(|n| offset < n) {
+            return Ok(()); // already decided (a message fetched before a rewind)
+        }
+        if self.txn.is_none() {
+            self.producer
+                .begin_transaction()
+                .map_err(Error::kafka("begin a transaction"))?;
+            self.txn = Some(Txn {
+                started: Instant::now(),
+                records: 0,
+            });
+        }
+        let k = &self.config.kafka;
+        let source = Source::Kafka {
+            topic: Arc::from(k.intents_topic.as_str()),
+            partition: p,
+            offset,
+        };
+        let payload = payload.unwrap_or_default();
+        let now = Utc::now();
+        self.out.clear();
+        let (topic, partition) = match parse_intent(payload, self.config.engine.max_intent_bytes) {
+            Ok(intent) => {
+                let d = engine.decide(intent, source, now);
+                d.write_json(&mut self.out, Some(payload));
+                (k.decisions_topic.as_str(), p)
+            }
+            Err(error) => {
+                DeadLetter {
+                    error,
+                    payload: payload.to_vec(),
+                    source,
+                    at: now,
+                }
+                .write_json_line(&mut self.out);
+                self.out.pop();
+                (
+                    k.dead_letter_topic.as_str(),
+                    p % self.dead_letter_partitions.max(1),
+                )
+            }
+        };
+        part.next = Some(offset + 1);
+        let mut record = BaseRecord::to(topic)
+            .partition(partition)
+            .payload(&self.out[..]);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "cannot produce; aborting the transaction");
+                    return self.abort_and_rewind(consumer);
+                }
+            }
+        }
+        if let Some(txn) = &mut self.txn {
+            txn.records += 1;
+        }
+        Ok(())
+    }
+
+    fn commit_if_due(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
+        let due = self.txn.as_ref().is_some_and(|t| {
+            t.records >= self.config.kafka.commit_max_records
+                || t.started.elapsed() >= self.config.kafka.commit_interval
+        });
+        if due {
+            self.finish_transaction(consumer)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Commits the open transaction with the offsets decided so far; on an abortable error,
+    /// aborts and rewinds. Fatal errors (fenced by a newer instance) stop the service.
+    fn finish_transaction(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
+        if self.txn.is_none() {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (p, part) in &self.partitions {
+            if let (Some(next), true) = (part.next, part.next != part.committed) {
+                offsets
+                    .add_partition_offset(
+                        &self.config.kafka.intents_topic,
+                        *p,
+                        Offset::Offset(next),
+                    )
+                    .map_err(Error::kafka("list offsets"))?;
+            }
+        }
+        let Some(meta) = consumer.group_metadata() else {
+            return Err(Error::Setup("the consumer has no group metadata".into()));
+        };
+        let timeout = Duration::from_secs(30);
+        let mut backoff = Duration::from_millis(100);
+        let mut offsets_sent = offsets.count() == 0;
+        loop {
+            let step = if offsets_sent {
+                self.producer.commit_transaction(timeout)
+            } else {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &meta, timeout)
+                    .map(|()| offsets_sent = true)
+                    .and_then(|()| self.producer.commit_transaction(timeout))
+            };
+            match step {
+                Ok(()) => {
+                    self.health.broker_up.store(true, Ordering::Relaxed);
+                    for part in self.partitions.values_mut() {
+                        part.committed = part.next;
+                    }
+                    self.txn = None;
+                    return Ok(());
+                }
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.is_fatal() => {
+                    self.health.broker_up.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "transaction commit failed; retrying");
+                    if self.stop.load(Ordering::Relaxed) && backoff > Duration::from_secs(5) {
+                        return self.abort_and_rewind(consumer);
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) if is_fatal(&e) => {
+                    return Err(Error::Kafka {
+                        what: "commit the transaction (fatal: this instance must restart)",
+                        source: e,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "transaction commit failed; aborting and rewinding");
+                    return self.abort_and_rewind(consumer);
+                }
+            }
+        }
+    }
+
+    /// Aborts the open transaction, seeks the consumer back to the last committed offsets
+    /// and restores the state of every partition the transaction touched.
+    fn abort_and_rewind(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.producer.abort_transaction(Duration::from_secs(30)) {
+                Ok(()) => break,
+                Err(e) if is_fatal(&e) => {
+                    return Err(Error::Kafka {
+                        what: "abort the transaction (fatal: this instance must restart)",
+                        source: e,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "transaction abort failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.txn = None;
+        let touched: Vec<(i32, Option<i64>)> = self
+            .partitions
+            .iter()
+            .filter(|(_, part)| part.next != part.committed)
+            .map(|(p, part)| (*p, part.committed))
+            .collect();
+        let topic = self.config.kafka.intents_topic.clone();
+        let mut tpl = TopicPartitionList::new();
+        for (p, committed) in &touched {
+            tpl.add_partition(&topic, *p);
+            let to = committed.map_or(Offset::Beginning, Offset::Offset);
+            consumer
+                .seek(&topic, *p, to, Duration::from_secs(10))
+                .map_err(Error::kafka("seek back after an abort"))?;
+            self.begin_restore(*p, Some(*committed));
+        }
+        if tpl.count() > 0 {
+            let _ = consumer.pause(&tpl);
+        }
+        tracing::warn!(partitions = ?touched.iter().map(|t| t.0).collect::<Vec<_>>(), "transaction aborted; rewound to the committed offsets and restoring state");
+        Ok(())
+    }
+
+    /// Swaps in a new ruleset: commits what the old one decided, then rebuilds every
+    /// partition's counters under the new counter definitions.
+    fn reload(&mut self, consumer: &BaseConsumer<Ctx>, ruleset: Arc<Ruleset>) -> Result<(), Error> {
+        self.finish_transaction(consumer)?;
+        tracing::info!(old = %self.ruleset.version, new = %ruleset.version, "ruleset swapped; rebuilding partition state under it");
+        self.ruleset = ruleset;
+        let parts: Vec<(i32, Option<i64>)> = self
+            .partitions
+            .iter()
+            .filter(|(_, part)| matches!(part.state, State::Ready(_)))
+            .map(|(p, part)| (*p, part.committed))
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for (p, committed) in parts {
+            tpl.add_partition(&self.config.kafka.intents_topic, p);
+            self.begin_restore(p, Some(committed));
+        }
+        if tpl.count() > 0 {
+            consumer
+                .pause(&tpl)
+                .map_err(Error::kafka("pause partitions for a reload"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,673 @@
+//! `riskgate run` against a real Kafka-compatible broker process (Tansu), as a child
+//! process: exactly-once output, co-partitioning, restore after crashes, rebalances,
+//! shutdown, hot reload, and the wire format as another client sees it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use riskgate::decision::Source;
+use riskgate::engine::{Engine, EngineOptions};
+use riskgate::intent::parse_intent;
+use riskgate::rules::Ruleset;
+use support::*;
+
+#[path = "../examples/gen_intents.rs"]
+#[allow(dead_code)]
+mod gen;
+
+fn sample_rules() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")
+}
+
+/// `count` generated intents (2% invalid unless `valid_only`), keyed by account.
+fn intents(
+    count: u64,
+    seed: u64,
+    accounts: u32,
+    valid_only: bool,
+) -> Vec<(Option<i32>, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    gen::generate(
+        &gen::Args {
+            count,
+            seed,
+            accounts,
+            valid_only,
+        },
+        &mut out,
+    )
+    .unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let key = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["account_id"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "unparseable".to_owned());
+            (None, key, line.as_bytes().to_vec())
+        })
+        .collect()
+}
+
+/// Waits until the group has committed every intent of every partition.
+fn wait_all_committed(broker: &Broker, topics: &Topics, partitions: i32, timeout: Duration) {
+    let ends = broker.ends(&topics.intents, partitions);
+    let mut last = Vec::new();
+    let what = || format!("offsets committed to the end {ends:?}");
+    wait_for(&what(), timeout, || {
+        let committed = broker.committed(&topics.group, &topics.intents, partitions);
+        if committed != last {
+            eprintln!("committed {committed:?} of {ends:?}");
+            last = committed.clone();
+        }
+        (committed
+            .iter()
+            .zip(&ends)
+            .all(|(c, e)| *e == 0 || *c == Some(*e)))
+        .then_some(())
+    });
+}
+
+/// Outcome, score, reasons and counters as JSON text; or the dead-letter kind.
+type Expected = Result<(String, i64, String, String), String>;
+
+/// What the offline engine decides for each intents partition, read back from the topic in
+/// offset order: the oracle for the service's decisions. Keyed by (partition, offset).
+fn offline_decisions(
+    broker: &Broker,
+    topics: &Topics,
+    rules: &Path,
+) -> BTreeMap<(i64, i64), Expected> {
+    let ruleset = Arc::new(Ruleset::load_dir(rules).unwrap());
+    let options = EngineOptions {
+        max_future_skew: None,
+        ..EngineOptions::default()
+    };
+    let mut engines: HashMap<i32, Engine> = HashMap::new();
+    let mut out = BTreeMap::new();
+    // Read the raw payloads (read_all parses JSON; the oracle needs the bytes).
+    let consumer: rdkafka::consumer::BaseConsumer = broker
+        .client()
+        .set("group.id", unique("oracle"))
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    use rdkafka::consumer::Consumer;
+    use rdkafka::Message;
+    let md = consumer
+        .fetch_metadata(Some(&topics.intents), Duration::from_secs(10))
+        .unwrap();
+    let n = md.topics()[0].partitions().len();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..n as i32 {
+        tpl.add_partition_offset(&topics.intents, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut done = HashSet::new();
+    while done.len() < n {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let p = m.partition();
+                let engine = engines
+                    .entry(p)
+                    .or_insert_with(|| Engine::new(ruleset.clone(), options));
+                let verdict = match parse_intent(m.payload().unwrap_or_default(), 64 * 1024) {
+                    Ok(intent) => {
+                        let source = Source::File {
+                            file: Arc::from("oracle"),
+                            line: 0,
+                        };
+                        let d = engine.decide(intent, source, Utc::now());
+                        let mut line = Vec::new();
+                        d.write_json_line(&mut line);
+                        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                        Ok((
+                            v["decision"].as_str().unwrap().to_owned(),
+                            v["score"].as_i64().unwrap(),
+                            v["reasons"].to_string(),
+                            v["counters"].to_string(),
+                        ))
+                    }
+                    Err(e) => Err(e.kind.as_str().to_owned()),
+                };
+                out.insert((i64::from(p), m.offset()), verdict);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Checks the decisions and dead letters on the topics against the offline oracle:
+/// every intent has exactly one output (deduplicated by source offset when `dedup`), on its
+/// intent's partition, with the oracle's verdict and counters.
+fn check_against_oracle(
+    broker: &Broker,
+    topics: &Topics,
+    rules: &Path,
+    dedup: bool,
+) -> (usize, usize) {
+    let oracle = offline_decisions(broker, topics, rules);
+    let decisions = broker.read_all(&topics.decisions);
+    let dead = broker.read_all(&topics.dead_letters);
+    let mut seen: HashMap<(i64, i64), usize> = HashMap::new();
+    for r in &decisions {
+        let source = r.source_offset();
+        *seen.entry(source).or_default() += 1;
+        assert_eq!(
+            i64::from(r.partition),
+            source.0,
+            "decision on the wrong partition: {:?}",
+            r.value
+        );
+        assert_eq!(r.value["source"]["topic"], topics.intents.as_str());
+        let expected = oracle
+            .get(&source)
+            .unwrap_or_else(|| panic!("no intent at {source:?}"));
+        let (outcome, score, reasons, counters) = expected.as_ref().unwrap_or_else(|kind| {
+            panic!("intent at {source:?} is invalid ({kind}) but was decided")
+        });
+        assert_eq!(r.value["decision"].as_str().unwrap(), outcome, "{source:?}");
+        assert_eq!(r.value["score"].as_i64().unwrap(), *score, "{source:?}");
+        assert_eq!(&r.value["reasons"].to_string(), reasons, "{source:?}");
+        assert_eq!(&r.value["counters"].to_string(), counters, "{source:?}");
+        assert!(
+            r.value["intent"].is_object(),
+            "the decision embeds its intent"
+        );
+    }
+    for r in &dead {
+        let source = r.source_offset();
+        *seen.entry(source).or_default() += 1;
+        let kind = r.value["error"]["kind"].as_str().unwrap();
+        assert_eq!(
+            oracle.get(&source),
+            Some(&Err(kind.to_owned())),
+            "{source:?}"
+        );
+    }
+    for source in oracle.keys() {
+        let n = seen.get(source).copied().unwrap_or(0);
+        if dedup {
+            assert!(n >= 1, "intent at {source:?} has no decision");
+        } else {
+            assert_eq!(n, 1, "intent at {source:?} has {n} outputs");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        oracle.len(),
+        "outputs for intents that do not exist"
+    );
+    (decisions.len(), dead.len())
+}
+
+#[test]
+fn ten_thousand_intents_over_three_partitions_are_decided_exactly_once() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("ten-k");
+    topics.create(&broker, 3);
+    let input = intents(10_000, 7, 200, false);
+    broker.produce(&topics.intents, &input);
+
+    let rules = sample_rules();
+    let mut service = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "ten-k-a",
+        rules: &rules,
+        extra: "",
+    });
+    wait_all_committed(&broker, &topics, 3, Duration::from_secs(120));
+    let (decided, dead) = check_against_oracle(&broker, &topics, &rules, false);
+    assert_eq!(decided + dead, 10_000);
+    assert_eq!(dead, 200, "six invalid lines in every 300 (2%)");
+    // Keys follow the intents: a decision has its intent's key.
+    let decisions = broker.read_all(&topics.decisions);
+    assert!(decisions
+        .iter()
+        .all(|r| r.key.as_deref() == r.value["account_id"].as_str()));
+    let committed = broker.committed(&topics.group, &topics.intents, 3);
+    assert_eq!(
+        committed,
+        broker
+            .ends(&topics.intents, 3)
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>()
+    );
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn crashes_do_not_change_decisions() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let clean = Topics::new("clean");
+    clean.create(&broker, 3);
+    let mut crashed = Topics::new("crashed");
+    crashed.intents = clean.intents.clone();
+    broker.create_topic(&crashed.decisions, 3);
+    broker.create_topic(&crashed.dead_letters, 3);
+    // Few accounts, so that velocity limits hold some intents.
+    let input = intents(20_000, 11, 30, false);
+    broker.produce(&clean.intents, &input);
+    let rules = sample_rules();
+
+    let mut reference = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &clean,
+        transactional_id: "clean-a",
+        rules: &rules,
+        extra: "",
+    });
+    wait_all_committed(&broker, &clean, 3, Duration::from_secs(120));
+    assert!(reference.terminate(Duration::from_secs(30)).success());
+
+    // Small transactions, so that each kill lands with work in flight.
+    let config = ServiceConfig {
+        broker: &broker,
+        topics: &crashed,
+        transactional_id: "crashed-a",
+        rules: &rules,
+        extra: "commit_max_records = 500",
+    };
+    let seed = Utc::now().timestamp_subsec_nanos() as u64 | 1;
+    eprintln!("kill points seed: {seed}");
+    let mut rng = seed;
+    let mut kills = 0;
+    for round in 0..3 {
+        let mut s = Service::start(&config);
+        s.wait_ready();
+        // Kill once a random share of this round's slice of the input is committed.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let target = 20_000 * (round * 3 + 1) / 10 + (rng % 2_000) as i64;
+        wait_for("progress before the kill", Duration::from_secs(60), || {
+            let done: i64 = broker
+                .committed(&crashed.group, &crashed.intents, 3)
+                .iter()
+                .map(|c| c.unwrap_or(0))
+                .sum();
+            (done >= target).then_some(())
+        });
+        s.kill();
+        kills += 1;
+    }
+    assert_eq!(kills, 3);
+    let mut last = Service::start(&config);
+    wait_all_committed(&broker, &crashed, 3, Duration::from_secs(120));
+    assert!(last.terminate(Duration::from_secs(30)).success());
+
+    // Every intent has a decision, all decisions for one intent agree, and deduplicated
+    // they equal the uninterrupted run's.
+    check_against_oracle(&broker, &crashed, &rules, true);
+    let expected = broker.read_all(&clean.decisions);
+    let got = broker.read_all(&crashed.decisions);
+    let expected = by_intent(&expected);
+    let got = by_intent(&got);
+    assert_eq!(
+        expected.keys().collect::<HashSet<_>>(),
+        got.keys().collect::<HashSet<_>>()
+    );
+    let mut held = 0;
+    for (id, records) in &got {
+        let first = verdict(records[0]);
+        for r in records {
+            assert_eq!(verdict(r), first, "decisions for {id} disagree");
+        }
+        assert_eq!(
+            first,
+            verdict(expected[id][0]),
+            "{id} differs from the uninterrupted run"
+        );
+        held += usize::from(first.0 == "hold");
+    }
+    assert!(held > 100, "velocity rules held only {held} intents");
+}
+
+/// A ruleset with one velocity limit: the third transfer of an account within an hour is
+/// held.
+fn velocity_rules(dir: &Path) {
+    std::fs::write(
+        dir.join("velocity.toml"),
+        r#"
+[[counter]]
+id = "transfers_1h"
+key = ["account_id"]
+aggregate = "count"
+window = "1h"
+
+[[rule]]
+id = "velocity"
+when = "counters.transfers_1h >= 2"
+action = "hold"
+message = "{counters.transfers_1h} transfers in the last hour"
+"#,
+    )
+    .unwrap();
+}
+
+fn transfer(n: u32, account: &str) -> (Option<i32>, String, Vec<u8>) {
+    let body = format!(
+        r#"{{"intent_id":"t-{n}","agent_id":"bot","account_id":"{account}","action":"transfer","amount":"10.00","currency":"EUR","created_at":"2026-11-28T10:{n:02}:00Z"}}"#
+    );
+    (Some(0), account.to_owned(), body.into_bytes())
+}
+
+/// The decision on intent `t-{n}`, waiting for it.
+fn decision_on(broker: &Broker, topics: &Topics, n: u32) -> serde_json::Value {
+    let id = format!("t-{n}");
+    wait_for(
+        &format!("a decision on {id}"),
+        Duration::from_secs(60),
+        || {
+            broker
+                .read_all(&topics.decisions)
+                .into_iter()
+                .find(|r| r.value["intent_id"] == id.as_str())
+                .map(|r| r.value)
+        },
+    )
+}
+
+#[test]
+fn a_limit_is_not_reset_by_a_restart_or_a_move() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("limit");
+    topics.create(&broker, 1);
+    let rules = tempfile::tempdir().unwrap();
+    velocity_rules(rules.path());
+    let config = |tid| ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: tid,
+        rules: rules.path(),
+        extra: "",
+    };
+
+    let mut a = Service::start(&config("limit-a"));
+    a.wait_ready();
+    broker.produce(
+        &topics.intents,
+        &[transfer(1, "acct-1"), transfer(2, "acct-1")],
+    );
+    assert_eq!(decision_on(&broker, &topics, 2)["decision"], "allow");
+    broker.produce(&topics.intents, &[transfer(3, "acct-1")]);
+    let third = decision_on(&broker, &topics, 3);
+    assert_eq!(third["decision"], "hold");
+    assert_eq!(third["counters"]["transfers_1h"], 2);
+
+    // A crash and a restart: the counter is rebuilt, not reset.
+    a.kill();
+    let mut a = Service::start(&config("limit-a"));
+    a.wait_ready();
+    broker.produce(&topics.intents, &[transfer(4, "acct-1")]);
+    let fourth = decision_on(&broker, &topics, 4);
+    assert_eq!(fourth["decision"], "hold", "{fourth}");
+    assert_eq!(fourth["counters"]["transfers_1h"], 3);
+
+    // A second instance joins; the first leaves; the partition moves with its state.
+    let mut b = Service::start(&config("limit-b"));
+    b.wait_event("partitions assigned", Duration::from_secs(60), |_| true);
+    assert!(a.terminate(Duration::from_secs(30)).success());
+    b.wait_event("state restored", Duration::from_secs(60), |e| {
+        e["partition"] == 0 && e["decisions"] == 4
+    });
+    broker.produce(&topics.intents, &[transfer(5, "acct-1")]);
+    let fifth = decision_on(&broker, &topics, 5);
+    assert_eq!(fifth["decision"], "hold", "{fifth}");
+    assert_eq!(fifth["counters"]["transfers_1h"], 4);
+    // Another account is not affected.
+    broker.produce(&topics.intents, &[transfer(6, "acct-2")]);
+    assert_eq!(decision_on(&broker, &topics, 6)["decision"], "allow");
+    assert!(b.terminate(Duration::from_secs(30)).success());
+}
+
+/// The partitions of the latest assignment logged by `s`.
+fn latest_assignment(s: &Service) -> Option<Vec<i64>> {
+    s.events()
+        .iter()
+        .rev()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("partitions assigned"))
+        })
+        .map(|e| {
+            e["partitions"]
+                .as_str()
+                .unwrap_or("[]")
+                .trim_matches(['[', ']'])
+                .split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect()
+        })
+}
+
+#[test]
+fn two_instances_split_the_partitions_and_one_takes_over() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("pair");
+    topics.create(&broker, 4);
+    let rules = sample_rules();
+    let config = |tid| ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: tid,
+        rules: &rules,
+        extra: "",
+    };
+    let mut a = Service::start(&config("pair-a"));
+    a.wait_ready();
+    let mut b = Service::start(&config("pair-b"));
+    // Both hold a share: disjoint, together all four.
+    let (pa, pb) = wait_for(
+        "the partitions to be split",
+        Duration::from_secs(60),
+        || {
+            let pa = latest_assignment(&a)?;
+            let pb = latest_assignment(&b)?;
+            let all: HashSet<i64> = pa.iter().chain(&pb).copied().collect();
+            (!pa.is_empty() && !pb.is_empty() && all.len() == 4 && pa.len() + pb.len() == 4)
+                .then_some((pa, pb))
+        },
+    );
+    eprintln!("split: a {pa:?}, b {pb:?}");
+    let input = intents(3_000, 5, 20, false);
+    broker.produce(&topics.intents, &input[..1_500]);
+    wait_all_committed(&broker, &topics, 4, Duration::from_secs(60));
+
+    // One stops; the other takes over every partition, with its state.
+    assert!(a.terminate(Duration::from_secs(30)).success());
+    wait_for("b to hold every partition", Duration::from_secs(60), || {
+        (latest_assignment(&b)?.len() == 4).then_some(())
+    });
+    broker.produce(&topics.intents, &input[1_500..]);
+    wait_all_committed(&broker, &topics, 4, Duration::from_secs(60));
+    assert!(b.terminate(Duration::from_secs(30)).success());
+    // The decisions after the move equal those of one engine that saw everything.
+    check_against_oracle(&broker, &topics, &rules, false);
+}
+
+#[test]
+fn sigterm_drains_and_a_broken_reload_keeps_the_running_rules() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("reload");
+    topics.create(&broker, 2);
+    let rules = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(sample_rules()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&path, rules.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let old_version = Ruleset::load_dir(rules.path()).unwrap().version.to_string();
+    let mut s = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "reload-a",
+        rules: rules.path(),
+        extra: "",
+    });
+    s.wait_ready();
+    let input = intents(900, 3, 20, true);
+    broker.produce(&topics.intents, &input[..300]);
+    wait_all_committed(&broker, &topics, 2, Duration::from_secs(60));
+
+    // A broken file: refused, with file, line and column, and the old rules keep deciding.
+    std::fs::write(
+        rules.path().join("zz-broken.toml"),
+        "[[rule]]\nid = \"broken\"\nwhen = 'amount >'\naction = \"hold\"\n",
+    )
+    .unwrap();
+    let refused = s.wait_event("ruleset reload refused", Duration::from_secs(30), |_| true);
+    let error = refused["error"].as_str().unwrap();
+    assert!(error.contains("zz-broken.toml:3:"), "{error}");
+    assert!(error.contains("broken"), "{error}");
+    broker.produce(&topics.intents, &input[300..600]);
+    wait_all_committed(&broker, &topics, 2, Duration::from_secs(60));
+    let decisions = broker.read_all(&topics.decisions);
+    assert_eq!(decisions.len(), 600);
+    assert!(decisions
+        .iter()
+        .all(|r| r.value["ruleset"] == old_version.as_str()));
+
+    // A valid change is taken, and names itself on the decisions that follow.
+    std::fs::remove_file(rules.path().join("zz-broken.toml")).unwrap();
+    std::fs::write(
+        rules.path().join("zz-extra.toml"),
+        "[[rule]]\nid = \"extra\"\nwhen = 'amount > 1000000'\naction = \"hold\"\n",
+    )
+    .unwrap();
+    let new_version = Ruleset::load_dir(rules.path()).unwrap().version.to_string();
+    s.wait_event("ruleset reloaded", Duration::from_secs(30), |e| {
+        e["new"] == new_version.as_str()
+    });
+    // SIGHUP also reloads (nothing changed: no swap, no error).
+    s.signal("HUP");
+    broker.produce(&topics.intents, &input[600..]);
+    wait_all_committed(&broker, &topics, 2, Duration::from_secs(60));
+    let decisions = broker.read_all(&topics.decisions);
+    assert_eq!(decisions.len(), 900);
+    let last_batch: HashSet<String> = input[600..]
+        .iter()
+        .map(|(_, _, p)| {
+            serde_json::from_slice::<serde_json::Value>(p).unwrap()["intent_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let after: Vec<&Record> = decisions
+        .iter()
+        .filter(|r| last_batch.contains(r.value["intent_id"].as_str().unwrap()))
+        .filter(|r| r.value.get("duplicate").is_none())
+        .collect();
+    assert!(after.len() > 250, "{}", after.len());
+    for r in after {
+        assert_eq!(r.value["ruleset"], new_version.as_str(), "{}", r.value);
+    }
+
+    // SIGTERM while intents are in flight: exit 0, and what is committed is exactly what
+    // has decisions.
+    let more = intents(2_000, 9, 20, true);
+    broker.produce(&topics.intents, &more);
+    s.wait_event("state restored", Duration::from_secs(30), |_| true);
+    let status = s.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    let log = s.log_text();
+    assert!(log.contains("left the consumer group"), "{log}");
+    let committed = broker.committed(&topics.group, &topics.intents, 2);
+    let decisions = broker.read_all(&topics.decisions);
+    for p in 0..2 {
+        let c = committed[p as usize].unwrap_or(0);
+        let offsets: HashSet<i64> = decisions
+            .iter()
+            .filter(|r| r.source_offset().0 == p)
+            .map(|r| r.source_offset().1)
+            .collect();
+        assert_eq!(
+            offsets.len() as i64,
+            c,
+            "partition {p}: one decision per committed intent"
+        );
+        assert!(offsets.iter().all(|o| *o < c));
+    }
+}
+
+#[test]
+fn too_few_decision_partitions_is_refused_at_start() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("narrow");
+    broker.create_topic(&topics.intents, 3);
+    broker.create_topic(&topics.decisions, 2);
+    broker.create_topic(&topics.dead_letters, 1);
+    let rules = sample_rules();
+    let mut s = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "narrow-a",
+        rules: &rules,
+        extra: "",
+    });
+    let status = s.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{status}");
+    let log = s.log_text();
+    assert!(
+        log.contains("has 2 partition(s), fewer than the 3"),
+        "{log}"
+    );
+}
+
+#[test]
+fn another_client_produces_intents_and_reads_decisions() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("wire");
+    topics.create(&broker, 2);
+    let rules = sample_rules();
+    let mut s = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "wire-a",
+        rules: &rules,
+        extra: "",
+    });
+    s.wait_ready();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wire_format.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .args([
+            &broker.address,
+            &topics.intents,
+            &topics.decisions,
+            &topics.dead_letters,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("wire format ok"), "{stdout}");
+    assert!(s.terminate(Duration::from_secs(30)).success());
+}

