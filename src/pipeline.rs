@@ -714,8 +714,15 @@ impl Worker {
             return Err(Error::Setup("the consumer has no group metadata".into()));
         };
         let timeout = Duration::from_secs(30);
+        let commit_started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut offsets_sent = offsets.count() == 0;
+        // rdkafka's commit first flushes, polling in steps of up to 100 ms: a commit would
+        // take 100 ms. Waiting here for the last deliveries in 1 ms steps makes it ~1 ms.
+        let flush_deadline = Instant::now() + timeout;
+        while self.producer.in_flight_count() > 0 && Instant::now() < flush_deadline {
+            self.producer.poll(Duration::from_millis(1));
+        }
         loop {
             let step = if offsets_sent {
                 self.producer.commit_transaction(timeout)
@@ -728,6 +735,15 @@ impl Worker {
             match step {
                 Ok(()) => {
                     self.health.broker_up.store(true, Ordering::Relaxed);
+                    tracing::debug!(
+                        records = self.txn.as_ref().map_or(0, |t| t.records),
+                        open_ms = self
+                            .txn
+                            .as_ref()
+                            .map_or(0, |t| t.started.elapsed().as_millis() as u64),
+                        commit_ms = commit_started.elapsed().as_millis() as u64,
+                        "transaction committed"
+                    );
                     for part in self.partitions.values_mut() {
                         part.committed = part.next;
                     }

@@ -335,6 +335,8 @@ commit_interval = "100ms"
 "max.poll.interval.ms" = "7000"
 "heartbeat.interval.ms" = "500"
 "transaction.timeout.ms" = "10000"
+# Tansu answers a fetch only when its wait is over, even if records arrived meanwhile.
+"fetch.wait.max.ms" = "50"
 [rules]
 dir = "{rules}"
 [http]
@@ -358,11 +360,20 @@ max_future_skew = "off"
         let config = dir.path().join("riskgate.toml");
         fs::write(&config, Service::config_text(c)).unwrap();
         let log = dir.path().join("riskgate.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+        // Tests run the binary cargo built for them; the e2e benchmark names its own.
+        let binary = std::env::var_os("RISKGATE_BINARY")
+            .map(PathBuf::from)
+            .or_else(|| option_env!("CARGO_BIN_EXE_riskgate").map(PathBuf::from))
+            .expect("the riskgate binary");
+        let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&config)
             .args(["--log-format", "json"])
-            .env("RUST_LOG", "info,librdkafka=error,rdkafka=error")
+            .env(
+                "RUST_LOG",
+                std::env::var("RISKGATE_TEST_LOG")
+                    .unwrap_or_else(|_| "info,librdkafka=error,rdkafka=error".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
