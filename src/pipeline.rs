@@ -8,9 +8,10 @@
 //!
 //! Per partition: assigned -> paused while its state is restored from the decisions topic
 //! (on a helper thread) -> resumed and deciding -> on revocation, the open transaction is
-//! committed and the state dropped. An abortable transaction error aborts, seeks the
-//! consumer back to the last committed offsets and restores the state of the partitions
-//! it touched, so that the in-memory state again matches what was committed.
+//! committed and the state dropped. An abortable transaction error aborts; the partitions
+//! it touched go back to their state as of the last commit (restored again) and the
+//! intents of the aborted transaction, kept in memory until a commit, are decided again:
+//! the consumer never seeks back.
 
 mod restore;
 
@@ -24,7 +25,7 @@ use chrono::Utc;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -348,7 +349,7 @@ impl ConsumerContext for Ctx {
                 }
                 let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 for p in &assigned {
-                    w.begin_restore(*p, None);
+                    w.begin_restore(*p, None, Vec::new());
                 }
                 w.health.assigned.store(true, Ordering::Relaxed);
                 tracing::info!(partitions = ?assigned, "partitions assigned; restoring their state");
@@ -367,17 +368,23 @@ enum State {
         /// The committed offset, when known (after an abort); `None`: ask the group.
         committed: Option<Option<i64>>,
         started: bool,
-        buffered: Vec<rdkafka::message::OwnedMessage>,
+        /// Intents to decide once restored, in offset order: after an abort, those of the
+        /// aborted transaction, then whatever arrives meanwhile.
+        buffered: Vec<OwnedMessage>,
     },
     Ready(Engine),
 }
 
 struct Partition {
     state: State,
-    /// The offset after the last one committed (where a rewind goes back to).
+    /// The offset after the last one committed; before the first commit, the first offset
+    /// decided.
     committed: Option<i64>,
     /// The next offset to decide.
     next: Option<i64>,
+    /// The intents decided in the open transaction: decided again after an abort, so that
+    /// the consumer never has to seek back.
+    pending: Vec<OwnedMessage>,
 }
 
 /// The open transaction.
@@ -411,7 +418,7 @@ struct Worker {
 
 impl Worker {
     /// Marks `p` as restoring; the restore itself starts from the loop.
-    fn begin_restore(&mut self, p: i32, committed: Option<Option<i64>>) {
+    fn begin_restore(&mut self, p: i32, committed: Option<Option<i64>>, replay: Vec<OwnedMessage>) {
         self.generation += 1;
         let was_restoring = self
             .partitions
@@ -424,7 +431,7 @@ impl Worker {
             generation: self.generation,
             committed,
             started: false,
-            buffered: Vec::new(),
+            buffered: replay,
         };
         match self.partitions.get_mut(&p) {
             Some(part) => part.state = state,
@@ -435,6 +442,7 @@ impl Worker {
                         state,
                         committed: None,
                         next: None,
+                        pending: Vec::new(),
                     },
                 );
             }
@@ -554,7 +562,7 @@ impl Worker {
             Err(Error::Stopped) => return Ok(()),
             Err(e) => {
                 tracing::warn!(partition = r.partition, error = %e, "restore failed; retrying");
-                self.begin_restore(r.partition, Some(r.committed));
+                self.begin_restore(r.partition, Some(r.committed), buffered);
                 return Ok(());
             }
         };
@@ -575,8 +583,19 @@ impl Worker {
         consumer
             .resume(&tpl)
             .map_err(Error::kafka("resume a restored partition"))?;
-        for m in buffered {
-            self.decide_one(consumer, m.partition(), m.offset(), m.key(), m.payload())?;
+        let mut rest = buffered.into_iter();
+        while let Some(m) = rest.next() {
+            self.decide_one(consumer, m)?;
+            // An abort while deciding these sends the partition back to restoring: what is
+            // left waits for that restore.
+            if let Some(Partition {
+                state: State::Restoring { buffered, .. },
+                ..
+            }) = self.partitions.get_mut(&r.partition)
+            {
+                buffered.extend(rest);
+                break;
+            }
         }
         Ok(())
     }
@@ -590,21 +609,16 @@ impl Worker {
         let Some(part) = self.partitions.get_mut(&p) else {
             return Ok(()); // not ours any more
         };
+        let m = m.detach();
         if let State::Restoring { buffered, .. } = &mut part.state {
-            buffered.push(m.detach());
+            buffered.push(m);
             return Ok(());
         }
-        self.decide_one(consumer, p, m.offset(), m.key(), m.payload())
+        self.decide_one(consumer, m)
     }
 
-    fn decide_one(
-        &mut self,
-        consumer: &BaseConsumer<Ctx>,
-        p: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-    ) -> Result<(), Error> {
+    fn decide_one(&mut self, consumer: &BaseConsumer<Ctx>, m: OwnedMessage) -> Result<(), Error> {
+        let (p, offset) = (m.partition(), m.offset());
         let Some(part) = self.partitions.get_mut(&p) else {
             return Ok(());
         };
@@ -612,7 +626,8 @@ impl Worker {
             return Ok(());
         };
         if part.next.is_some_and(|n| offset < n) {
-            return Ok(()); // already decided (a message fetched before a rewind)
+            tracing::debug!(partition = p, offset, next = ?part.next, "skipping an offset already decided");
+            return Ok(()); // already decided (fetched again after a pause)
         }
         if self.txn.is_none() {
             self.producer
@@ -629,7 +644,7 @@ impl Worker {
             partition: p,
             offset,
         };
-        let payload = payload.unwrap_or_default();
+        let payload = m.payload().unwrap_or_default();
         let now = Utc::now();
         self.out.clear();
         let (topic, partition) = match parse_intent(payload, self.config.engine.max_intent_bytes) {
@@ -653,29 +668,32 @@ impl Worker {
                 )
             }
         };
+        part.committed = part.committed.or(Some(offset));
         part.next = Some(offset + 1);
         let mut record = BaseRecord::to(topic)
             .partition(partition)
             .payload(&self.out[..]);
-        if let Some(key) = key {
+        if let Some(key) = m.key() {
             record = record.key(key);
         }
         let mut record = record;
-        loop {
+        let sent = loop {
             match self.producer.send(record) {
-                Ok(()) => break,
+                Ok(()) => break Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     self.producer.poll(Duration::from_millis(5));
                 }
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, "cannot produce; aborting the transaction");
-                    return self.abort_and_rewind(consumer);
-                }
+                Err((e, _)) => break Err(e),
             }
-        }
+        };
+        part.pending.push(m);
         if let Some(txn) = &mut self.txn {
             txn.records += 1;
+        }
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot produce; aborting the transaction");
+            return self.abort_and_redo(consumer);
         }
         Ok(())
     }
@@ -693,7 +711,7 @@ impl Worker {
     }
 
     /// Commits the open transaction with the offsets decided so far; on an abortable error,
-    /// aborts and rewinds. Fatal errors (fenced by a newer instance) stop the service.
+    /// aborts and decides again. Fatal errors (fenced by a newer instance) stop the service.
     fn finish_transaction(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
         if self.txn.is_none() {
             return Ok(());
@@ -719,10 +737,7 @@ impl Worker {
         let mut offsets_sent = offsets.count() == 0;
         // rdkafka's commit first flushes, polling in steps of up to 100 ms: a commit would
         // take 100 ms. Waiting here for the last deliveries in 1 ms steps makes it ~1 ms.
-        let flush_deadline = Instant::now() + timeout;
-        while self.producer.in_flight_count() > 0 && Instant::now() < flush_deadline {
-            self.producer.poll(Duration::from_millis(1));
-        }
+        self.serve_deliveries(timeout);
         loop {
             let step = if offsets_sent {
                 self.producer.commit_transaction(timeout)
@@ -746,6 +761,7 @@ impl Worker {
                     );
                     for part in self.partitions.values_mut() {
                         part.committed = part.next;
+                        part.pending.clear();
                     }
                     self.txn = None;
                     return Ok(());
@@ -754,7 +770,7 @@ impl Worker {
                     self.health.broker_up.store(false, Ordering::Relaxed);
                     tracing::warn!(error = %e, "transaction commit failed; retrying");
                     if self.stop.load(Ordering::Relaxed) && backoff > Duration::from_secs(5) {
-                        return self.abort_and_rewind(consumer);
+                        return self.abort_and_redo(consumer);
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -766,19 +782,31 @@ impl Worker {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "transaction commit failed; aborting and rewinding");
-                    return self.abort_and_rewind(consumer);
+                    tracing::warn!(error = %e, "transaction commit failed; aborting");
+                    return self.abort_and_redo(consumer);
                 }
             }
         }
     }
 
-    /// Aborts the open transaction, seeks the consumer back to the last committed offsets
-    /// and restores the state of every partition the transaction touched.
-    fn abort_and_rewind(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
-        let mut backoff = Duration::from_millis(100);
+    /// Serves delivery reports until nothing is in flight, or for at most `limit`.
+    fn serve_deliveries(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
+        }
+    }
+
+    /// Aborts the open transaction, then for every partition it touched: pauses it,
+    /// restores its state as of the last commit, and queues the intents of the aborted
+    /// transaction to be decided again.
+    fn abort_and_redo(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
+        let mut attempts = 0u32;
         loop {
-            match self.producer.abort_transaction(Duration::from_secs(30)) {
+            // The abort waits for the delivery reports of what was produced (failed, once the
+            // transaction is in error): serve them, or it cannot finish.
+            self.serve_deliveries(Duration::from_millis(200));
+            match self.producer.abort_transaction(Duration::from_secs(1)) {
                 Ok(()) => break,
                 Err(e) if is_fatal(&e) => {
                     return Err(Error::Kafka {
@@ -787,33 +815,38 @@ impl Worker {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "transaction abort failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    attempts += 1;
+                    if attempts % 10 == 1 {
+                        tracing::warn!(error = %e, attempts, "transaction abort not done yet; retrying");
+                    }
+                    self.health.broker_up.store(false, Ordering::Relaxed);
                 }
             }
         }
         self.txn = None;
-        let touched: Vec<(i32, Option<i64>)> = self
+        let touched: Vec<(i32, Option<i64>, Vec<OwnedMessage>)> = self
             .partitions
-            .iter()
-            .filter(|(_, part)| part.next != part.committed)
-            .map(|(p, part)| (*p, part.committed))
+            .iter_mut()
+            .filter(|(_, part)| !part.pending.is_empty())
+            .map(|(p, part)| (*p, part.committed, std::mem::take(&mut part.pending)))
             .collect();
-        let topic = self.config.kafka.intents_topic.clone();
         let mut tpl = TopicPartitionList::new();
-        for (p, committed) in &touched {
-            tpl.add_partition(&topic, *p);
-            let to = committed.map_or(Offset::Beginning, Offset::Offset);
-            consumer
-                .seek(&topic, *p, to, Duration::from_secs(10))
-                .map_err(Error::kafka("seek back after an abort"))?;
-            self.begin_restore(*p, Some(*committed));
+        let mut redo = 0;
+        for (p, committed, replay) in touched {
+            tpl.add_partition(&self.config.kafka.intents_topic, p);
+            redo += replay.len();
+            self.begin_restore(p, Some(committed), replay);
         }
         if tpl.count() > 0 {
-            let _ = consumer.pause(&tpl);
+            consumer
+                .pause(&tpl)
+                .map_err(Error::kafka("pause partitions after an abort"))?;
         }
-        tracing::warn!(partitions = ?touched.iter().map(|t| t.0).collect::<Vec<_>>(), "transaction aborted; rewound to the committed offsets and restoring state");
+        tracing::warn!(
+            partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(),
+            intents = redo,
+            "transaction aborted; restoring the state as of the last commit, then deciding its intents again"
+        );
         Ok(())
     }
 
@@ -832,7 +865,7 @@ impl Worker {
         let mut tpl = TopicPartitionList::new();
         for (p, committed) in parts {
             tpl.add_partition(&self.config.kafka.intents_topic, p);
-            self.begin_restore(p, Some(committed));
+            self.begin_restore(p, Some(committed), Vec::new());
         }
         if tpl.count() > 0 {
             consumer

@@ -22,6 +22,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+pub mod oracle;
+
 /// Broker tests run one at a time: each starts a broker and services, and the machine has
 /// two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -70,7 +72,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 }
 
 pub struct Broker {
-    child: Child,
+    child: Option<Child>,
     pub address: String,
 }
 
@@ -96,13 +98,24 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the broker");
-        let broker = Broker { child, address };
+        let broker = Broker {
+            child: Some(child),
+            address,
+        };
         wait_for(
             "the broker to accept connections",
             Duration::from_secs(20),
             || TcpStream::connect(&broker.address).ok(),
         );
         broker
+    }
+
+    /// A broker this harness did not start (rdkafka's in-process mock cluster).
+    pub fn external(address: String) -> Broker {
+        Broker {
+            child: None,
+            address,
+        }
     }
 
     pub fn client(&self) -> ClientConfig {
@@ -242,8 +255,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
