@@ -34,6 +34,7 @@ use crate::decision::{DeadLetter, Source};
 use crate::engine::{Engine, EngineOptions};
 use crate::intent::parse_intent;
 use crate::rules::Ruleset;
+use crate::telemetry::metrics;
 
 pub use restore::{restore, RestoreStats};
 
@@ -63,6 +64,8 @@ impl Error {
 pub struct Health {
     /// The consumer holds partitions (or has been told it holds none).
     pub assigned: AtomicBool,
+    /// Partitions assigned now.
+    pub partitions: AtomicUsize,
     /// Partitions whose state is being restored.
     pub restoring: AtomicUsize,
     /// The last broker interaction succeeded.
@@ -139,6 +142,7 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
     })?;
     tracing::info!(transactional_id = %k.transactional_id, "transactions initialised; earlier incarnations fenced");
 
+    metrics().set_ruleset(&ruleset.version);
     let (restored_tx, restored_rx) = mpsc::channel();
     let worker = Arc::new(Mutex::new(Worker {
         config: config.clone(),
@@ -154,7 +158,11 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
         generation: 0,
         fatal: None,
     }));
-    let consumer: BaseConsumer<Ctx> = client_config(&config)
+    let mut consumer_config = client_config(&config);
+    if !k.librdkafka.contains_key("statistics.interval.ms") {
+        consumer_config.set("statistics.interval.ms", "5000");
+    }
+    let consumer: BaseConsumer<Ctx> = consumer_config
         .set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -162,6 +170,7 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
         .set("auto.offset.reset", "earliest")
         .create_with_context(Ctx {
             worker: worker.clone(),
+            intents_topic: k.intents_topic.clone(),
         })
         .map_err(Error::kafka("create the consumer"))?;
     consumer
@@ -314,9 +323,26 @@ fn is_fatal(e: &KafkaError) -> bool {
 /// The rebalance callbacks' view of the worker.
 struct Ctx {
     worker: Arc<Mutex<Worker>>,
+    intents_topic: String,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's statistics (every `statistics.interval.ms`): consumer lag per partition.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Some(topic) = stats.topics.get(&self.intents_topic) else {
+            return;
+        };
+        for (p, part) in &topic.partitions {
+            // Partition -1 is librdkafka's internal unassigned partition; -1 lag is unknown.
+            if *p >= 0 && part.consumer_lag >= 0 {
+                metrics()
+                    .consumer_lag
+                    .with_label_values(&[&p.to_string()])
+                    .set(part.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -335,6 +361,14 @@ impl ConsumerContext for Ctx {
                 }
             }
             w.health.assigned.store(false, Ordering::Relaxed);
+            w.health
+                .partitions
+                .store(w.partitions.len(), Ordering::Relaxed);
+            for p in &revoked {
+                let _ = metrics()
+                    .consumer_lag
+                    .remove_label_values(&[&p.to_string()]);
+            }
             tracing::info!(partitions = ?revoked, "partitions revoked; their state dropped");
         }
     }
@@ -352,6 +386,9 @@ impl ConsumerContext for Ctx {
                     w.begin_restore(*p, None, Vec::new());
                 }
                 w.health.assigned.store(true, Ordering::Relaxed);
+                w.health
+                    .partitions
+                    .store(w.partitions.len(), Ordering::Relaxed);
                 tracing::info!(partitions = ?assigned, "partitions assigned; restoring their state");
             }
             Rebalance::Revoke(_) => {}
@@ -568,6 +605,10 @@ impl Worker {
         };
         part.state = State::Ready(engine);
         self.health.restoring.fetch_sub(1, Ordering::Relaxed);
+        metrics()
+            .restore_seconds
+            .observe(stats.elapsed.as_secs_f64());
+        metrics().restored_decisions.inc_by(stats.applied);
         tracing::info!(
             partition = r.partition,
             committed_offset = r.committed,
@@ -645,15 +686,31 @@ impl Worker {
             offset,
         };
         let payload = m.payload().unwrap_or_default();
+        let started = Instant::now();
         let now = Utc::now();
+        let stats = metrics();
         self.out.clear();
         let (topic, partition) = match parse_intent(payload, self.config.engine.max_intent_bytes) {
             Ok(intent) => {
                 let d = engine.decide(intent, source, now);
                 d.write_json(&mut self.out, Some(payload));
+                stats
+                    .decisions
+                    .with_label_values(&[d.outcome.as_str()])
+                    .inc();
+                if d.duplicate {
+                    stats.duplicates.inc();
+                }
+                for r in &d.reasons {
+                    stats.rule_matches.with_label_values(&[&r.rule]).inc();
+                }
                 (k.decisions_topic.as_str(), p)
             }
             Err(error) => {
+                stats
+                    .invalid_intents
+                    .with_label_values(&[error.kind.as_str()])
+                    .inc();
                 DeadLetter {
                     error,
                     payload: payload.to_vec(),
@@ -668,6 +725,15 @@ impl Worker {
                 )
             }
         };
+        stats
+            .evaluation_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(sent_ms) = m.timestamp().to_millis() {
+            let ms = now.timestamp_millis() - sent_ms;
+            if ms >= 0 {
+                stats.end_to_end_seconds.observe(ms as f64 / 1000.0);
+            }
+        }
         part.committed = part.committed.or(Some(offset));
         part.next = Some(offset + 1);
         let mut record = BaseRecord::to(topic)
@@ -750,6 +816,10 @@ impl Worker {
             match step {
                 Ok(()) => {
                     self.health.broker_up.store(true, Ordering::Relaxed);
+                    metrics().transactions.with_label_values(&["commit"]).inc();
+                    metrics()
+                        .commit_seconds
+                        .observe(commit_started.elapsed().as_secs_f64());
                     tracing::debug!(
                         records = self.txn.as_ref().map_or(0, |t| t.records),
                         open_ms = self
@@ -824,6 +894,7 @@ impl Worker {
             }
         }
         self.txn = None;
+        metrics().transactions.with_label_values(&["abort"]).inc();
         let touched: Vec<(i32, Option<i64>, Vec<OwnedMessage>)> = self
             .partitions
             .iter_mut()
@@ -855,6 +926,7 @@ impl Worker {
     fn reload(&mut self, consumer: &BaseConsumer<Ctx>, ruleset: Arc<Ruleset>) -> Result<(), Error> {
         self.finish_transaction(consumer)?;
         tracing::info!(old = %self.ruleset.version, new = %ruleset.version, "ruleset swapped; rebuilding partition state under it");
+        metrics().set_ruleset(&ruleset.version);
         self.ruleset = ruleset;
         let parts: Vec<(i32, Option<i64>)> = self
             .partitions

@@ -17,12 +17,19 @@ use tokio::sync::mpsc as tmpsc;
 use crate::config::Config;
 use crate::pipeline::{self, client_config, partition_count, Controls, Health};
 use crate::rules::Ruleset;
+use crate::telemetry::metrics;
 
 /// Runs the service until SIGTERM or SIGINT. `ruleset` is the one loaded and validated at
 /// start.
 pub async fn run(config: Config, ruleset: Arc<Ruleset>) -> anyhow::Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::default());
+    let bound = crate::http::serve(config.http.listen, health.clone())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} (http.listen): {e}", config.http.listen)
+        })?;
+    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
     if config.kafka.create_topics {
         create_topics(&config).await?;
     }
@@ -109,11 +116,19 @@ async fn reloader(
             Ok(Ok(rs)) => {
                 tracing::info!(trigger = why, old = %current, new = %rs.version, rules = rs.rules.len(), "ruleset reloaded");
                 current = rs.version.clone();
+                metrics()
+                    .ruleset_reloads
+                    .with_label_values(&["success"])
+                    .inc();
                 if reloads.send(Arc::new(rs)).is_err() {
                     return;
                 }
             }
             Ok(Err(errors)) => {
+                metrics()
+                    .ruleset_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
                 for e in &errors.0 {
                     tracing::error!(trigger = why, error = %e, "ruleset reload refused");
                 }

@@ -524,6 +524,29 @@ impl Drop for Service {
     }
 }
 
+/// A plain HTTP/1.0 GET: the status code and the body.
+pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+impl Service {
+    /// The address the HTTP endpoints listen on, from the start-up log.
+    pub fn http_address(&mut self) -> String {
+        let e = self.wait_event("serving /metrics", Duration::from_secs(30), |_| true);
+        e["address"].as_str().expect("an address").to_owned()
+    }
+}
+
 /// Decisions by `intent_id`.
 pub fn by_intent(records: &[Record]) -> HashMap<String, Vec<&Record>> {
     let mut out: HashMap<String, Vec<&Record>> = HashMap::new();

@@ -1,0 +1,236 @@
+//! Every metric riskgate exports, in one place (DESIGN section 7).
+//!
+//! Names follow Prometheus conventions: the `riskgate_` prefix, `_total` counters, `_seconds`
+//! histograms in base units, and labels of low cardinality only: outcome, rule id, dead-letter
+//! kind, partition number, result. Never an intent, account or agent id.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The service's metrics, registered in their own registry.
+pub struct Metrics {
+    pub registry: Registry,
+    pub decisions: IntCounterVec,
+    pub rule_matches: IntCounterVec,
+    pub invalid_intents: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub evaluation_seconds: Histogram,
+    pub end_to_end_seconds: Histogram,
+    pub consumer_lag: IntGaugeVec,
+    pub transactions: IntCounterVec,
+    pub commit_seconds: Histogram,
+    pub restore_seconds: Histogram,
+    pub restored_decisions: IntCounter,
+    pub ruleset_info: IntGaugeVec,
+    pub ruleset_reloads: IntCounterVec,
+    pub partitions_assigned: IntGauge,
+    pub partitions_restoring: IntGauge,
+    pub ready: IntGauge,
+}
+
+/// Buckets for the time to decide one intent: microseconds to a few milliseconds.
+const EVALUATION_BUCKETS: [f64; 12] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2,
+];
+
+/// Buckets for end-to-end and Kafka round trips: milliseconds to tens of seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "riskgate_consumer_lag",
+                "Intents not yet consumed, per assigned partition of the intents topic (from librdkafka statistics)",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        let ruleset_info = IntGaugeVec::new(
+            Opts::new(
+                "riskgate_ruleset_info",
+                "The ruleset deciding now: 1 for its version",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(ruleset_info.clone()))?;
+        Ok(Metrics {
+            decisions: counter_vec(
+                "riskgate_decisions_total",
+                "Decisions published, by outcome",
+                &["outcome"],
+            )?,
+            rule_matches: counter_vec(
+                "riskgate_rule_matches_total",
+                "Rules that matched an intent, by rule id",
+                &["rule"],
+            )?,
+            invalid_intents: counter_vec(
+                "riskgate_invalid_intents_total",
+                "Invalid intents sent to the dead-letter topic, by kind",
+                &["kind"],
+            )?,
+            duplicates: counter(
+                "riskgate_duplicate_intents_total",
+                "Intents whose intent_id was already decided within the duplicate horizon",
+            )?,
+            evaluation_seconds: histogram(
+                "riskgate_decision_evaluation_seconds",
+                "Time to parse, decide and serialize one intent",
+                &EVALUATION_BUCKETS,
+            )?,
+            end_to_end_seconds: histogram(
+                "riskgate_decision_latency_seconds",
+                "From the intent's Kafka timestamp to its decision being produced",
+                &LATENCY_BUCKETS,
+            )?,
+            consumer_lag,
+            transactions: counter_vec(
+                "riskgate_transactions_total",
+                "Kafka transactions, by result (commit or abort)",
+                &["result"],
+            )?,
+            commit_seconds: histogram(
+                "riskgate_transaction_commit_seconds",
+                "Time to send the offsets and commit one transaction",
+                &LATENCY_BUCKETS,
+            )?,
+            restore_seconds: histogram(
+                "riskgate_state_restore_seconds",
+                "Time to restore one partition's state from the decisions topic",
+                &LATENCY_BUCKETS,
+            )?,
+            restored_decisions: counter(
+                "riskgate_state_restored_decisions_total",
+                "Decisions applied while restoring partition state",
+            )?,
+            ruleset_info,
+            ruleset_reloads: counter_vec(
+                "riskgate_ruleset_reloads_total",
+                "Ruleset reloads, by result (success or failure)",
+                &["result"],
+            )?,
+            partitions_assigned: gauge(
+                "riskgate_partitions_assigned",
+                "Intents partitions assigned to this instance",
+            )?,
+            partitions_restoring: gauge(
+                "riskgate_partitions_restoring",
+                "Assigned partitions whose state is being restored",
+            )?,
+            ready: gauge(
+                "riskgate_ready",
+                "1 when assigned, restored and connected (what /readyz answers)",
+            )?,
+            registry,
+        })
+    }
+
+    /// Marks `version` as the ruleset deciding now.
+    pub fn set_ruleset(&self, version: &str) {
+        self.ruleset_info.reset();
+        self.ruleset_info.with_label_values(&[version]).set(1);
+    }
+
+    /// The names of every metric family, whether or not it has a value yet (what dashboards
+    /// and alerts may refer to).
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 16] = [
+            &self.decisions,
+            &self.rule_matches,
+            &self.invalid_intents,
+            &self.duplicates,
+            &self.evaluation_seconds,
+            &self.end_to_end_seconds,
+            &self.consumer_lag,
+            &self.transactions,
+            &self.commit_seconds,
+            &self.restore_seconds,
+            &self.restored_decisions,
+            &self.ruleset_info,
+            &self.ruleset_reloads,
+            &self.partitions_assigned,
+            &self.partitions_restoring,
+            &self.ready,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| match Metrics::new() {
+        Ok(m) => m,
+        // Registration fails only on a duplicate or malformed name: a programming error
+        // that the unit test below catches.
+        Err(e) => unreachable_metrics(e),
+    })
+}
+
+#[allow(clippy::panic)]
+fn unreachable_metrics(e: prometheus::Error) -> Metrics {
+    panic!("metric definitions are invalid: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_registers_and_renders() {
+        let m = metrics();
+        m.decisions.with_label_values(&["hold"]).inc();
+        m.set_ruleset("abc123");
+        m.set_ruleset("def456");
+        let text = m.render();
+        assert!(
+            text.contains("riskgate_decisions_total{outcome=\"hold\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("riskgate_ruleset_info{version=\"def456\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("abc123"), "the old version is gone: {text}");
+        assert!(text.contains("riskgate_decision_evaluation_seconds_bucket{le=\"0.000001\"}"));
+    }
+}

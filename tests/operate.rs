@@ -1,0 +1,335 @@
+//! Operating riskgate: metrics that promtool accepts and a real Prometheus scrapes, health
+//! probes, the alert rules' unit tests, and the docker-compose stack's files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn intents(count: usize) -> Vec<(Option<i32>, String, Vec<u8>)> {
+    let text = std::fs::read_to_string(root().join("examples/intents.jsonl")).unwrap();
+    text.lines()
+        .cycle()
+        .take(count)
+        .enumerate()
+        .map(|(i, l)| {
+            // Distinct intent ids, so that every line is decided (or dead-lettered) afresh.
+            let line = l.replacen("\"intent_id\":\"", &format!("\"intent_id\":\"{i}-"), 1);
+            (None, format!("k{}", i % 17), line.into_bytes())
+        })
+        .collect()
+}
+
+/// A Prometheus server on loopback scraping `target` every second.
+struct Prometheus {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: riskgate\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`; .ci/run installs it)");
+        Prometheus {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+
+    /// The value of an instant query returning one series, if any.
+    fn query(&self, q: &str) -> Option<f64> {
+        let path = format!(
+            "/api/v1/query?query={}",
+            q.replace(' ', "%20")
+                .replace('(', "%28")
+                .replace(')', "%29")
+        );
+        let (status, body) = http_get(&self.address, &path)?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("metrics");
+    topics.create(&broker, 2);
+    let rules = root().join("rules");
+    let mut s = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "metrics-a",
+        rules: &rules,
+        extra: "",
+    });
+    let http = s.http_address();
+    s.wait_ready();
+    let prometheus = Prometheus::start(&http);
+    broker.produce(&topics.intents, &intents(600));
+    let decided = wait_for("600 outputs", Duration::from_secs(60), || {
+        let d = broker.read_all(&topics.decisions).len();
+        (d + broker.read_all(&topics.dead_letters).len() == 600).then_some(d)
+    });
+
+    let (status, text) = http_get(&http, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "riskgate_decisions_total{outcome=\"hold\"}",
+        "riskgate_rule_matches_total{rule=\"sanctioned-country\"}",
+        "riskgate_invalid_intents_total{kind=\"invalid_json\"}",
+        "riskgate_decision_evaluation_seconds_bucket",
+        "riskgate_decision_latency_seconds_bucket",
+        "riskgate_transactions_total{result=\"commit\"}",
+        "riskgate_state_restore_seconds_count",
+        "riskgate_ruleset_info{version=",
+        "riskgate_ready 1",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+
+    // Prometheus, scraping for real, sees every decision.
+    wait_for(
+        "Prometheus to see every decision",
+        Duration::from_secs(60),
+        || {
+            let seen = prometheus.query("sum(riskgate_decisions_total)")?;
+            (seen as usize == decided).then_some(())
+        },
+    );
+    let invalid = prometheus
+        .query("sum(riskgate_invalid_intents_total)")
+        .unwrap();
+    assert_eq!(invalid as usize, 600 - decided);
+    assert!(s.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn readyz_is_false_while_restoring_and_healthz_stays_true() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("ready");
+    topics.create(&broker, 1);
+    let rules = root().join("rules");
+    let config = ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "ready-a",
+        rules: &rules,
+        extra: "",
+    };
+    // A first run leaves many decisions, so that the second run's restore takes a while.
+    let mut first = Service::start(&config);
+    first.wait_ready();
+    broker.produce(&topics.intents, &intents(60_000));
+    wait_for("60,000 outputs", Duration::from_secs(120), || {
+        let n =
+            broker.read_all(&topics.decisions).len() + broker.read_all(&topics.dead_letters).len();
+        (n == 60_000).then_some(())
+    });
+    assert!(first.terminate(Duration::from_secs(30)).success());
+
+    let mut second = Service::start(&config);
+    let http = second.http_address();
+    // Poll both probes from start until ready; record what they said.
+    let mut ready_answers = Vec::new();
+    loop {
+        let (health, _) = http_get(&http, "/healthz").expect("healthz answers");
+        assert_eq!(health, 200, "/healthz must stay true");
+        let (status, body) = http_get(&http, "/readyz").expect("readyz answers");
+        let restoring = body.contains("\"restoring\":1");
+        ready_answers.push((status, restoring));
+        if status == 200 {
+            break;
+        }
+        assert!(ready_answers.len() < 20_000, "never ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        ready_answers
+            .iter()
+            .any(|(status, restoring)| *status == 503 && *restoring),
+        "/readyz was never seen false during the restore: {:?}",
+        &ready_answers[ready_answers.len().saturating_sub(5)..]
+    );
+    let restored = second.wait_event("state restored", Duration::from_secs(10), |_| true);
+    assert!(
+        restored["decisions"].as_u64().unwrap() > 50_000,
+        "{restored}"
+    );
+    let (health, _) = http_get(&http, "/healthz").unwrap();
+    assert_eq!(health, 200);
+    assert!(second.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn alert_rules_pass_their_unit_tests() {
+    let dir = root().join("deploy/prometheus");
+    let check = Command::new("promtool")
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool (Debian package `prometheus`)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let test = Command::new("promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    // Every alert has a test.
+    let alerts = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap();
+    for line in alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {line}")),
+            "no test for {line}"
+        );
+    }
+}
+
+#[test]
+fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
+    let out = Command::new("docker-compose")
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .current_dir(root())
+        .output()
+        .expect("docker-compose (Debian package `docker-compose`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in [
+        "Dockerfile",
+        "deploy/riskgate.toml",
+        "deploy/prometheus/prometheus.yml",
+        "deploy/grafana/provisioning/datasources/prometheus.yml",
+        "deploy/grafana/provisioning/dashboards/riskgate.yml",
+    ] {
+        assert!(root().join(path).exists(), "{path}");
+    }
+    // The compose stack's own config is a valid riskgate configuration.
+    let config = riskgate::config::Config::load(&root().join("deploy/riskgate.toml"), Vec::new());
+    assert!(config.is_ok(), "{config:?}");
+
+    let exported: BTreeSet<String> = riskgate::telemetry::metrics().names().into_iter().collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/dashboards/riskgate.json")).unwrap(),
+    )
+    .unwrap();
+    let re = regex::Regex::new(r"riskgate_[a-z_]+").unwrap();
+    let mut used = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for m in re.find_iter(expr) {
+                let name = m.as_str();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    exported.contains(base),
+                    "panel {:?} queries {name}, which riskgate does not export; exported: {exported:?}",
+                    panel["title"]
+                );
+                used.insert(base.to_owned());
+            }
+        }
+    }
+    for wanted in [
+        "riskgate_decisions_total",
+        "riskgate_rule_matches_total",
+        "riskgate_decision_evaluation_seconds",
+        "riskgate_decision_latency_seconds",
+        "riskgate_consumer_lag",
+        "riskgate_invalid_intents_total",
+        "riskgate_transactions_total",
+    ] {
+        assert!(
+            used.contains(wanted),
+            "the dashboard does not show {wanted}"
+        );
+    }
+}
