@@ -21,10 +21,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-#[path = "gen_intents.rs"]
-#[allow(dead_code)]
-mod gen;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -80,31 +76,8 @@ fn riskgate_binary() -> PathBuf {
     bin
 }
 
-fn lines(a: &Args, count: u64) -> Vec<(Option<i32>, String, Vec<u8>)> {
-    let mut out = Vec::new();
-    gen::generate(
-        &gen::Args {
-            count,
-            seed: 1,
-            accounts: 10_000,
-            valid_only: true,
-        },
-        &mut out,
-    )
-    .unwrap();
-    let _ = a;
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                None,
-                v["account_id"].as_str().unwrap().to_owned(),
-                l.as_bytes().to_vec(),
-            )
-        })
-        .collect()
+fn lines(count: u64) -> Vec<(Option<i32>, String, Vec<u8>)> {
+    support::generated(count, 1, 10_000, true)
 }
 
 fn committed_total(broker: &Broker, topics: &Topics, partitions: i32) -> i64 {
@@ -120,7 +93,7 @@ fn throughput(a: &Args, rules: &Path, label: &str) -> f64 {
     let broker = Broker::start();
     let topics = Topics::new(label);
     topics.create(&broker, a.partitions);
-    let input = lines(a, a.intents);
+    let input = lines(a.intents);
     broker.produce(&topics.intents, &input);
     std::env::set_var("RISKGATE_BINARY", riskgate_binary());
     let mut s = Service::start(&ServiceConfig {
@@ -183,7 +156,7 @@ fn latency(a: &Args, rules: &Path) {
     reader.assign(&tpl).unwrap();
     let producer: BaseProducer = broker.client().set("linger.ms", "5").create().unwrap();
     let total = a.rate * a.seconds;
-    let template = lines(a, total);
+    let template = lines(total);
     let started = Instant::now();
     let mut sent = 0u64;
     let mut latencies: Vec<f64> = Vec::with_capacity(total as usize);

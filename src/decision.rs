@@ -14,7 +14,8 @@ use crate::rules::{Outcome, RuleAction};
 use crate::window::CounterValue;
 
 /// Where an intent came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
 pub enum Source {
     Kafka {
         topic: Arc<str>,
@@ -397,18 +398,7 @@ pub fn parse_record(
         counters: r.counters.0,
         ruleset: r.ruleset,
         decided_at,
-        source: match source {
-            SourceRecord::Kafka {
-                topic,
-                partition,
-                offset,
-            } => Source::Kafka {
-                topic,
-                partition,
-                offset,
-            },
-            SourceRecord::File { file, line } => Source::File { file, line },
-        },
+        source,
         duplicate: r.duplicate,
     };
     Ok(Some((decision, intent)))
@@ -432,27 +422,13 @@ struct DecisionRecord<'a> {
     #[serde(default = "unknown_ruleset")]
     ruleset: Arc<str>,
     decided_at: Option<DateTime<Utc>>,
-    source: Option<SourceRecord>,
+    source: Option<Source>,
     #[serde(default)]
     duplicate: bool,
 }
 
 fn unknown_ruleset() -> Arc<str> {
     Arc::from("")
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SourceRecord {
-    Kafka {
-        topic: Arc<str>,
-        partition: i32,
-        offset: i64,
-    },
-    File {
-        file: Arc<str>,
-        line: u64,
-    },
 }
 
 /// Counter values in the order written: numbers are counts, strings exact decimals.

@@ -19,11 +19,7 @@ use riskgate::config::Config;
 use riskgate::pipeline::{self, Controls, Health};
 use riskgate::rules::Ruleset;
 use support::oracle::check_against_oracle;
-use support::{wait_for, Broker, Topics};
-
-#[path = "../examples/gen_intents.rs"]
-#[allow(dead_code)]
-mod gen;
+use support::{generated, wait_for, Broker, Topics};
 
 struct Running {
     shutdown: Arc<AtomicBool>,
@@ -82,26 +78,7 @@ max_future_skew = "off"
 }
 
 fn produce_intents(broker: &Broker, topics: &Topics, count: u64, seed: u64) {
-    let mut out = Vec::new();
-    let args = gen::Args {
-        count,
-        seed,
-        accounts: 15,
-        valid_only: false,
-    };
-    gen::generate(&args, &mut out).unwrap();
-    let records: Vec<_> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let key = serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["account_id"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| "x".to_owned());
-            (None, key, l.as_bytes().to_vec())
-        })
-        .collect();
-    broker.produce(&topics.intents, &records);
+    broker.produce(&topics.intents, &generated(count, seed, 15, false));
 }
 
 /// Waits until every intent has a committed output. (The mock cluster does not report

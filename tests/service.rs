@@ -15,44 +15,11 @@ use riskgate::rules::Ruleset;
 use support::oracle::check_against_oracle;
 use support::*;
 
-#[path = "../examples/gen_intents.rs"]
-#[allow(dead_code)]
-mod gen;
-
 fn sample_rules() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")
 }
 
-/// `count` generated intents (2% invalid unless `valid_only`), keyed by account.
-fn intents(
-    count: u64,
-    seed: u64,
-    accounts: u32,
-    valid_only: bool,
-) -> Vec<(Option<i32>, String, Vec<u8>)> {
-    let mut out = Vec::new();
-    gen::generate(
-        &gen::Args {
-            count,
-            seed,
-            accounts,
-            valid_only,
-        },
-        &mut out,
-    )
-    .unwrap();
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let key = serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["account_id"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| "unparseable".to_owned());
-            (None, key, line.as_bytes().to_vec())
-        })
-        .collect()
-}
+use support::generated as intents;
 
 /// Waits until the group has committed every intent of every partition.
 fn wait_all_committed(broker: &Broker, topics: &Topics, partitions: i32, timeout: Duration) {

@@ -24,6 +24,39 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub mod oracle;
 
+#[path = "../../examples/gen_intents.rs"]
+#[allow(dead_code)]
+mod gen;
+
+/// `count` generated intents (2% invalid unless `valid_only`), keyed by account (so the
+/// default partitioner places them), ready for [`Broker::produce`].
+pub fn generated(
+    count: u64,
+    seed: u64,
+    accounts: u32,
+    valid_only: bool,
+) -> Vec<(Option<i32>, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let args = gen::Args {
+        count,
+        seed,
+        accounts,
+        valid_only,
+    };
+    gen::generate(&args, &mut out).expect("generate intents");
+    String::from_utf8(out)
+        .expect("the generator writes ASCII")
+        .lines()
+        .map(|line| {
+            let key = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["account_id"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "unparseable".to_owned());
+            (None, key, line.as_bytes().to_vec())
+        })
+        .collect()
+}
+
 /// Broker tests run one at a time: each starts a broker and services, and the machine has
 /// two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
