@@ -155,6 +155,7 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
         stop: controls.shutdown.clone(),
         health: controls.health.clone(),
         out: Vec::with_capacity(4096),
+        intents_topic: Arc::from(k.intents_topic.as_str()),
         generation: 0,
         fatal: None,
     }));
@@ -194,7 +195,7 @@ fn main_loop(
     restored: &Receiver<Restored>,
     controls: &Controls,
 ) -> Result<(), Error> {
-    let mut last_error_log = Instant::now() - Duration::from_secs(60);
+    let mut last_error_log: Option<Instant> = None;
     while !controls.shutdown.load(Ordering::Relaxed) {
         let polled = consumer.poll(Duration::from_millis(20));
         let mut w = lock(worker);
@@ -209,9 +210,9 @@ fn main_loop(
             Some(Err(e)) => {
                 // Transport errors: librdkafka reconnects by itself; say so, not too often.
                 w.health.broker_up.store(false, Ordering::Relaxed);
-                if last_error_log.elapsed() > Duration::from_secs(5) {
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                     tracing::warn!(error = %e, "consumer error; retrying");
-                    last_error_log = Instant::now();
+                    last_error_log = Some(Instant::now());
                 }
             }
             None => {}
@@ -448,6 +449,8 @@ struct Worker {
     stop: Arc<AtomicBool>,
     health: Arc<Health>,
     out: Vec<u8>,
+    /// The intents topic's name, shared by every decision's `source`.
+    intents_topic: Arc<str>,
     generation: u64,
     /// An error met inside a callback, returned by the loop.
     fatal: Option<Error>,
@@ -681,7 +684,7 @@ impl Worker {
         }
         let k = &self.config.kafka;
         let source = Source::Kafka {
-            topic: Arc::from(k.intents_topic.as_str()),
+            topic: self.intents_topic.clone(),
             partition: p,
             offset,
         };
