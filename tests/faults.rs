@@ -105,6 +105,16 @@ fn mock_with_topics(
     (mock, topics)
 }
 
+/// Stops the pipeline cleanly, checks every output against the offline engine (exactly one
+/// per intent), and returns how many there are.
+fn stop_and_check(running: Running, broker: &Broker, topics: &Topics) -> usize {
+    running.shutdown.store(true, Ordering::Relaxed);
+    running.thread.join().unwrap().unwrap();
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let (decided, dead) = check_against_oracle(broker, topics, &rules, false);
+    decided + dead
+}
+
 #[test]
 fn an_abortable_produce_error_aborts_rewinds_and_restores() {
     let (mock, topics) = mock_with_topics(2);
@@ -123,17 +133,9 @@ fn an_abortable_produce_error_aborts_rewinds_and_restores() {
     );
     produce_intents(&broker, &topics, 600, 22);
     wait_decided(&broker, &topics, 1_200);
-    running.shutdown.store(true, Ordering::Relaxed);
-    running.thread.join().unwrap().unwrap();
     // Exactly one committed output per intent (read_committed hides the aborted ones on this
     // broker), each equal to the offline engine's decision.
-    let (decided, dead) = check_against_oracle(
-        &broker,
-        &topics,
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
-        false,
-    );
-    assert_eq!(decided + dead, 1_200);
+    assert_eq!(stop_and_check(running, &broker, &topics), 1_200);
 }
 
 #[test]
@@ -158,13 +160,5 @@ fn a_broker_outage_is_not_ready_then_resumes_without_loss() {
     wait_for("ready again", Duration::from_secs(60), || {
         running.health.ready().then_some(())
     });
-    running.shutdown.store(true, Ordering::Relaxed);
-    running.thread.join().unwrap().unwrap();
-    let (decided, dead) = check_against_oracle(
-        &broker,
-        &topics,
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
-        false,
-    );
-    assert_eq!(decided + dead, 600);
+    assert_eq!(stop_and_check(running, &broker, &topics), 600);
 }
