@@ -328,18 +328,33 @@ struct Ctx {
 }
 
 impl ClientContext for Ctx {
-    /// librdkafka's statistics (every `statistics.interval.ms`): consumer lag per partition.
+    /// librdkafka's statistics (every `statistics.interval.ms`): consumer lag per partition,
+    /// as the end of the partition (the last stable offset, for read_committed) minus the
+    /// position this instance has consumed to. librdkafka's own `consumer_lag` subtracts the
+    /// consumer's committed offset, which offsets committed through the producer's
+    /// transactions never update.
     fn stats(&self, stats: rdkafka::Statistics) {
         let Some(topic) = stats.topics.get(&self.intents_topic) else {
             return;
         };
         for (p, part) in &topic.partitions {
-            // Partition -1 is librdkafka's internal unassigned partition; -1 lag is unknown.
-            if *p >= 0 && part.consumer_lag >= 0 {
+            // Partition -1 is librdkafka's internal unassigned partition; negative offsets
+            // are "unknown".
+            let end = if part.ls_offset >= 0 {
+                part.ls_offset
+            } else {
+                part.hi_offset
+            };
+            let position = if part.app_offset >= 0 {
+                part.app_offset
+            } else {
+                part.committed_offset
+            };
+            if *p >= 0 && end >= 0 && position >= 0 {
                 metrics()
                     .consumer_lag
                     .with_label_values(&[&p.to_string()])
-                    .set(part.consumer_lag);
+                    .set((end - position).max(0));
             }
         }
     }

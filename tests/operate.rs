@@ -156,6 +156,19 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 
+    // Everything is consumed: no lag on either partition (librdkafka statistics, every second
+    // in tests).
+    wait_for(
+        "consumer lag 0 on both partitions",
+        Duration::from_secs(30),
+        || {
+            let (_, text) = http_get(&http, "/metrics")?;
+            (text.contains("riskgate_consumer_lag{partition=\"0\"} 0\n")
+                && text.contains("riskgate_consumer_lag{partition=\"1\"} 0\n"))
+            .then_some(())
+        },
+    );
+
     // Prometheus, scraping for real, sees every decision.
     wait_for(
         "Prometheus to see every decision",

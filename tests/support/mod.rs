@@ -385,6 +385,7 @@ commit_interval = "100ms"
 "transaction.timeout.ms" = "10000"
 # Tansu answers a fetch only when its wait is over, even if records arrived meanwhile.
 "fetch.wait.max.ms" = "50"
+"statistics.interval.ms" = "1000"
 [rules]
 dir = "{rules}"
 [http]
