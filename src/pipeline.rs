@@ -128,6 +128,8 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
     let producer: BaseProducer = client_config(&config)
         .set("transactional.id", &k.transactional_id)
         .set("linger.ms", "5")
+        // Looking a topic up must not create it: only `create_topics` does.
+        .set("allow.auto.create.topics", "false")
         .create()
         .map_err(Error::kafka("create the producer"))?;
     let (intents, decisions, dead_letters) = wait_for_topics(&config, &producer, &controls)?;

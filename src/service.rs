@@ -148,7 +148,9 @@ async fn reloader(
 /// as many as the intents topic has.
 async fn create_topics(config: &Config) -> anyhow::Result<()> {
     let k = &config.kafka;
-    let probe: BaseProducer = client_config(config).create()?;
+    let probe: BaseProducer = client_config(config)
+        .set("allow.auto.create.topics", "false")
+        .create()?;
     let timeout = Duration::from_secs(10);
     let intents = partition_count(&probe, &k.intents_topic, timeout)?;
     let partitions = intents.unwrap_or(k.partitions);

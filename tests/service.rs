@@ -465,6 +465,37 @@ fn too_few_decision_partitions_is_refused_at_start() {
 }
 
 #[test]
+fn missing_topics_are_refused_unless_creation_is_configured() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("fresh");
+    let rules = sample_rules();
+    let config = |extra| ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "fresh-a",
+        rules: &rules,
+        extra,
+    };
+    let mut refused = Service::start(&config(""));
+    let status = refused.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{status}");
+    let log = refused.log_text();
+    assert!(log.contains("missing topic(s)"), "{log}");
+    assert!(log.contains(&topics.intents), "{log}");
+
+    let mut created = Service::start(&config("create_topics = true\npartitions = 4"));
+    assert_eq!(created.wait_ready(), vec![0, 1, 2, 3]);
+    for t in [&topics.intents, &topics.decisions, &topics.dead_letters] {
+        assert_eq!(broker.partitions(t), 4, "{t}");
+    }
+    broker.produce(&topics.intents, &intents(100, 4, 10, false));
+    wait_all_committed(&broker, &topics, 4, Duration::from_secs(60));
+    check_against_oracle(&broker, &topics, &rules, false);
+    assert!(created.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
 fn another_client_produces_intents_and_reads_decisions() {
     let _serial = serial();
     let broker = Broker::start();

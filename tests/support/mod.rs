@@ -181,6 +181,17 @@ impl Broker {
         });
     }
 
+    /// How many partitions `topic` has (0 when it does not exist).
+    pub fn partitions(&self, topic: &str) -> usize {
+        let probe: BaseProducer = self.client().create().unwrap();
+        probe
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()
+            .and_then(|md| md.topics().first().map(|t| t.partitions().len()))
+            .unwrap_or(0)
+    }
+
     /// Produces `(key, payload)` records, keyed (so the default partitioner places them), or
     /// to an explicit partition when given.
     pub fn produce(&self, topic: &str, records: &[(Option<i32>, String, Vec<u8>)]) {
