@@ -465,6 +465,41 @@ fn too_few_decision_partitions_is_refused_at_start() {
 }
 
 #[test]
+fn a_zombie_with_the_same_transactional_id_is_fenced_and_stops() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let topics = Topics::new("zombie");
+    topics.create(&broker, 2);
+    let rules = sample_rules();
+    let config = ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "zombie-a",
+        rules: &rules,
+        extra: "",
+    };
+    let mut old = Service::start(&config);
+    old.wait_ready();
+    broker.produce(&topics.intents, &intents(200, 8, 10, false));
+    wait_all_committed(&broker, &topics, 2, Duration::from_secs(60));
+    // A second incarnation of the same instance (same transactional_id) fences the first:
+    // its next transaction fails fatally and it stops with an error.
+    let mut new = Service::start(&config);
+    new.wait_event("transactions initialised", Duration::from_secs(60), |_| {
+        true
+    });
+    broker.produce(&topics.intents, &intents(200, 9, 10, false));
+    let status = old.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "the fenced instance must not exit 0");
+    let log = old.log_text();
+    assert!(log.to_lowercase().contains("fenc"), "{log}");
+    // The new incarnation decides everything, exactly once.
+    wait_all_committed(&broker, &topics, 2, Duration::from_secs(90));
+    check_against_oracle(&broker, &topics, &rules, true);
+    assert!(new.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
 fn missing_topics_are_refused_unless_creation_is_configured() {
     let _serial = serial();
     let broker = Broker::start();
