@@ -11,22 +11,13 @@ use riskgate::engine::{Engine, EngineOptions};
 use riskgate::intent::parse_intent;
 use riskgate::rules::Ruleset;
 
-#[path = "../examples/gen_intents.rs"]
-#[allow(dead_code)]
-mod gen;
+mod support;
 
+/// Generated valid intents, one JSON object per element.
 fn lines(count: u64, seed: u64, accounts: u32) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let args = gen::Args {
-        count,
-        seed,
-        accounts,
-        valid_only: true,
-    };
-    gen::generate(&args, &mut out).unwrap();
-    out.split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
+    support::generated(count, seed, accounts, true)
+        .into_iter()
+        .map(|(_, _, line)| line)
         .collect()
 }
 
