@@ -59,6 +59,13 @@ pub struct Reason {
     pub action: RuleAction,
     pub score: Option<i64>,
     pub message: Option<String>,
+    /// On a hold reason: how many different reviewers must approve (absent means 1).
+    #[serde(default = "one")]
+    pub approvals: u8,
+}
+
+fn one() -> u8 {
+    1
 }
 
 /// A rule that failed to evaluate.
@@ -318,6 +325,9 @@ impl Decision {
             }
             if let Some(message) = &r.message {
                 o.str("message", message);
+            }
+            if r.approvals > 1 {
+                o.int("approvals", i64::from(r.approvals));
             }
         });
         array(w.key("errors"), &self.errors, |o, e| {

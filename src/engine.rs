@@ -159,6 +159,7 @@ impl Engine {
                         action: rule.action,
                         score: (rule.action == RuleAction::Score).then_some(rule.score),
                         message,
+                        approvals: rule.approvals,
                     });
                 }
                 Err(e) => {

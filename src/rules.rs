@@ -257,6 +257,9 @@ pub struct RuleDef {
     pub action: RuleAction,
     pub score: i64,
     pub message: Option<Template>,
+    /// How many different reviewers must approve an intent this hold rule held (1 unless
+    /// `approvals` says otherwise; only hold rules have it).
+    pub approvals: u8,
 }
 
 /// Score thresholds.
@@ -292,6 +295,9 @@ impl Fx {
         }
     }
 }
+
+/// The most approvals a hold rule may ask for.
+pub const MAX_APPROVALS: u8 = 5;
 
 /// A loaded, validated ruleset.
 #[derive(Debug)]
@@ -415,6 +421,7 @@ struct RawRule {
     action: Spanned<String>,
     score: Option<Spanned<i64>>,
     message: Option<Spanned<String>>,
+    approvals: Option<Spanned<i64>>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1089,6 +1096,29 @@ impl Builder {
                     }
                     _ => 0,
                 };
+                let approvals = match (action, &r.approvals) {
+                    (_, None) => 1,
+                    (Some(RuleAction::Hold), Some(a)) => match u8::try_from(*a.get_ref()) {
+                        Ok(n @ 1..=MAX_APPROVALS) => n,
+                        _ => {
+                            errors.push(src.error(
+                                a.span(),
+                                it.clone(),
+                                format!("`approvals` must be 1 to {MAX_APPROVALS}"),
+                            ));
+                            1
+                        }
+                    },
+                    (Some(_), Some(a)) => {
+                        errors.push(src.error(
+                            a.span(),
+                            it.clone(),
+                            "`approvals` is only allowed on rules with action = \"hold\"".to_owned(),
+                        ));
+                        1
+                    }
+                    (None, Some(_)) => 1,
+                };
                 let message = r
                     .message
                     .as_ref()
@@ -1101,6 +1131,7 @@ impl Builder {
                         action,
                         score,
                         message,
+                        approvals,
                     });
                 }
             }

@@ -606,3 +606,25 @@ fn state_is_swept_as_time_moves_on() {
     );
     assert_eq!(e.size().remembered_intents, 100, "{:?}", e.size());
 }
+
+#[test]
+fn hold_reasons_carry_the_approvals_their_rule_asks_for() {
+    let e = engine(
+        "[[rule]]\nid = \"big\"\nwhen = 'amount > 100'\naction = \"hold\"\napprovals = 2\n\n[[rule]]\nid = \"any\"\nwhen = 'amount > 1'\naction = \"hold\"\n",
+    );
+    let d = decide(&e, "two", r#""amount":"500""#);
+    assert_eq!(
+        d.reasons.iter().map(|r| r.approvals).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    let mut line = Vec::new();
+    d.write_json(&mut line, Some(br#"{"intent_id":"two","agent_id":"a","account_id":"acct-1","action":"transfer","amount":"500","currency":"EUR","created_at":"2026-11-28T10:00:00Z"}"#));
+    let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(v["reasons"][0]["approvals"], 2);
+    assert!(
+        v["reasons"][1].get("approvals").is_none(),
+        "one approval, the default, is not written"
+    );
+    let (back, _) = crate::decision::parse_record(&line, 65536).unwrap().unwrap();
+    assert_eq!(back.reasons, d.reasons);
+}

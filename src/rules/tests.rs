@@ -226,3 +226,45 @@ fn resolution_is_checked_against_the_window() {
         (TimeDelta::seconds(30), 120)
     );
 }
+
+#[test]
+fn approvals_are_for_hold_rules_only_and_bounded() {
+    let rules = r#"
+[[rule]]
+id = "two"
+when = 'amount > 1'
+action = "hold"
+approvals = 2
+
+[[rule]]
+id = "deny-with-approvals"
+when = 'amount > 2'
+action = "deny"
+approvals = 2
+
+[[rule]]
+id = "too-many"
+when = 'amount > 3'
+action = "hold"
+approvals = 6
+
+[[rule]]
+id = "none"
+when = 'amount > 4'
+action = "hold"
+approvals = 0
+"#;
+    assert_eq!(
+        errors(&[("a.toml", rules)]),
+        [
+            "a.toml:12:13: rule `deny-with-approvals`: `approvals` is only allowed on rules with action = \"hold\"",
+            "a.toml:18:13: rule `too-many`: `approvals` must be 1 to 5",
+            "a.toml:24:13: rule `none`: `approvals` must be 1 to 5",
+        ]
+    );
+    let good = load(&[("a.toml", "[[rule]]\nid = \"two\"\nwhen = 'amount > 1'\naction = \"hold\"\napprovals = 2\n\n[[rule]]\nid = \"one\"\nwhen = 'amount > 1'\naction = \"hold\"\n")]).unwrap();
+    assert_eq!(
+        good.rules.iter().map(|r| r.approvals).collect::<Vec<_>>(),
+        [2, 1]
+    );
+}
