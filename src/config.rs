@@ -24,6 +24,69 @@ pub struct Config {
     pub rules: Rules,
     pub http: Http,
     pub engine: Engine,
+    pub review: Review,
+}
+
+/// Which command reads the configuration: each requires the keys it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `riskgate run`: needs a `transactional_id`.
+    Run,
+    /// `riskgate review`: needs at least one reviewer.
+    Review,
+}
+
+/// `riskgate review` (DESIGN section 6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Review {
+    /// The review page, its API, `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    /// A hold nobody reviews within this long (from its decision) is rejected by
+    /// `system:expiry`.
+    pub expire_after: TimeDelta,
+    /// How long a browser session lasts after signing in.
+    pub session_ttl: TimeDelta,
+    /// Mark the session cookie `Secure` (set it when the page is served over HTTPS).
+    pub secure_cookies: bool,
+    pub reviewers: Vec<Reviewer>,
+}
+
+/// A person allowed to sign in to the review page.
+#[derive(Clone, PartialEq)]
+pub struct Reviewer {
+    pub name: String,
+    pub role: Role,
+    /// An Argon2 hash in PHC format (`riskgate hash-secret` writes one); never the secret.
+    pub secret_hash: String,
+}
+
+impl fmt::Debug for Reviewer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reviewer")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("secret_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What a reviewer may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sees the held intents.
+    Viewer,
+    /// Sees, approves and rejects them.
+    Approver,
+}
+
+/// Whether `name` may name a reviewer: 1 to 64 letters, digits, `.`, `_`, `-` or `@` (no
+/// `:`, which marks system reviewers such as `system:expiry`).
+pub fn is_reviewer_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,17 +139,27 @@ pub struct ConfigError {
 }
 
 impl Config {
-    /// Reads `path`, applies the `RISKGATE__*` variables of `env`, and validates.
+    /// Reads `path`, applies the `RISKGATE__*` variables of `env`, and validates it for
+    /// `riskgate run`.
     pub fn load(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Config::load_for(path, env, Purpose::Run)
+    }
+
+    /// Like [`Config::load`], validated for `purpose`.
+    pub fn load_for(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        purpose: Purpose,
     ) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source_name: name.clone(),
             problems: vec![format!("cannot read the file: {e}")],
         })?;
-        Config::parse(&text, &name, env)
+        Config::parse_for(&text, &name, env, purpose)
     }
 
     /// Like [`Config::load`], from text; `name` names it in errors.
@@ -94,6 +167,16 @@ impl Config {
         text: &str,
         name: &str,
         env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse_for(text, name, env, Purpose::Run)
+    }
+
+    /// Like [`Config::parse`], validated for `purpose`.
+    pub fn parse_for(
+        text: &str,
+        name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        purpose: Purpose,
     ) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError {
             source_name: name.to_owned(),
@@ -110,6 +193,7 @@ impl Config {
         }
         let mut r = Reader {
             problems: &mut problems,
+            purpose,
         };
         let config = r.config(table);
         if problems.is_empty() {
@@ -180,9 +264,26 @@ impl fmt::Display for Config {
             e.duplicate_horizon.num_seconds()
         )?;
         match e.max_future_skew {
-            Some(s) => writeln!(f, "max_future_skew = \"{}s\"", s.num_seconds()),
-            None => writeln!(f, "max_future_skew = \"off\""),
+            Some(s) => writeln!(f, "max_future_skew = \"{}s\"", s.num_seconds())?,
+            None => writeln!(f, "max_future_skew = \"off\"")?,
         }
+        let r = &self.review;
+        writeln!(f, "\n[review]")?;
+        writeln!(f, "listen = \"{}\"", r.listen)?;
+        writeln!(f, "expire_after = \"{}s\"", r.expire_after.num_seconds())?;
+        writeln!(f, "session_ttl = \"{}s\"", r.session_ttl.num_seconds())?;
+        writeln!(f, "secure_cookies = {}", r.secure_cookies)?;
+        for reviewer in &r.reviewers {
+            writeln!(f, "\n[[review.reviewers]]")?;
+            writeln!(f, "name = {:?}", reviewer.name)?;
+            let role = match reviewer.role {
+                Role::Viewer => "viewer",
+                Role::Approver => "approver",
+            };
+            writeln!(f, "role = \"{role}\"")?;
+            writeln!(f, "secret_hash = \"<redacted>\"")?;
+        }
+        Ok(())
     }
 }
 
@@ -220,6 +321,7 @@ fn override_key(table: &mut Table, path: &str, value: &str, var: &str, problems:
 
 struct Reader<'p> {
     problems: &'p mut Vec<String>,
+    purpose: Purpose,
 }
 
 impl Reader<'_> {
@@ -228,6 +330,7 @@ impl Reader<'_> {
         let mut rules = self.section(&mut root, "rules");
         let mut http = self.section(&mut root, "http");
         let mut engine = self.section(&mut root, "engine");
+        let review = self.section(&mut root, "review");
         self.unknown(&root, "");
 
         let librdkafka = match kafka.remove("librdkafka") {
@@ -300,7 +403,7 @@ impl Reader<'_> {
                     .push(format!("kafka.{key}: must not be empty"));
             }
         }
-        if kafka_cfg.transactional_id.trim().is_empty() {
+        if self.purpose == Purpose::Run && kafka_cfg.transactional_id.trim().is_empty() {
             self.problems.push(
                 "kafka.transactional_id: required, stable and unique per instance (e.g. \"riskgate-a\"), so that a restarted instance fences its previous self"
                     .to_owned(),
@@ -372,11 +475,104 @@ impl Reader<'_> {
         };
         self.unknown(&engine, "engine");
 
+        let review_cfg = self.review(review);
         Config {
             kafka: kafka_cfg,
             rules: rules_cfg,
             http: http_cfg,
             engine: engine_cfg,
+            review: review_cfg,
+        }
+    }
+
+    fn review(&mut self, mut t: Table) -> Review {
+        let listen = self
+            .string(&mut t, "listen", "review")
+            .unwrap_or_else(|| "127.0.0.1:9465".to_owned());
+        let listen = listen.parse().unwrap_or_else(|_| {
+            self.problems.push(format!(
+                "review.listen: `{listen}` is not an address with a port (e.g. \"127.0.0.1:9465\")"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 9465))
+        });
+        let expire_after = self
+            .duration(&mut t, "expire_after", "review")
+            .unwrap_or(TimeDelta::hours(24));
+        let session_ttl = self
+            .duration(&mut t, "session_ttl", "review")
+            .unwrap_or(TimeDelta::hours(8));
+        let secure_cookies = self
+            .boolean(&mut t, "secure_cookies", "review")
+            .unwrap_or(false);
+        let mut reviewers: Vec<Reviewer> = Vec::new();
+        match t.remove("reviewers") {
+            None => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let at = format!("review.reviewers[{i}]");
+                    let Value::Table(mut r) = item else {
+                        self.problems.push(format!(
+                            "{at}: must be a table with `name`, `role` and `secret_hash`"
+                        ));
+                        continue;
+                    };
+                    if r.remove("secret").is_some() {
+                        self.problems.push(format!(
+                            "{at}.secret: secrets are never stored in plain text; put the output of `riskgate hash-secret` in `secret_hash`"
+                        ));
+                    }
+                    let name = self.string(&mut r, "name", &at).unwrap_or_default();
+                    if !is_reviewer_name(&name) {
+                        self.problems.push(format!(
+                            "{at}.name: `{name}` is not a reviewer name (1 to 64 letters, digits, `.`, `_`, `-` or `@`)"
+                        ));
+                    } else if reviewers.iter().any(|x| x.name == name) {
+                        self.problems
+                            .push(format!("{at}.name: `{name}` is configured twice"));
+                    }
+                    let role = match self.string(&mut r, "role", &at).as_deref() {
+                        Some("viewer") => Role::Viewer,
+                        Some("approver") => Role::Approver,
+                        other => {
+                            self.problems.push(format!(
+                                "{at}.role: must be \"viewer\" or \"approver\", not {}",
+                                other.map_or("missing".to_owned(), |o| format!("`{o}`"))
+                            ));
+                            Role::Viewer
+                        }
+                    };
+                    let secret_hash = self.string(&mut r, "secret_hash", &at).unwrap_or_default();
+                    match argon2::PasswordHash::new(&secret_hash) {
+                        Ok(h) if h.algorithm.as_str().starts_with("argon2") => {}
+                        _ => self.problems.push(format!(
+                            "{at}.secret_hash: not an Argon2 hash in PHC format (`$argon2id$v=19$...`); make one with `riskgate hash-secret`"
+                        )),
+                    }
+                    self.unknown(&r, &at);
+                    reviewers.push(Reviewer {
+                        name,
+                        role,
+                        secret_hash,
+                    });
+                }
+            }
+            Some(_) => self.problems.push(
+                "review.reviewers: must be an array of tables ([[review.reviewers]])".to_owned(),
+            ),
+        }
+        if self.purpose == Purpose::Review && reviewers.is_empty() {
+            self.problems.push(
+                "review.reviewers: at least one reviewer is required; add a [[review.reviewers]] table with `name`, `role` and `secret_hash`"
+                    .to_owned(),
+            );
+        }
+        self.unknown(&t, "review");
+        Review {
+            listen,
+            expire_after,
+            session_ttl,
+            secure_cookies,
+            reviewers,
         }
     }
 

@@ -45,6 +45,7 @@ pub mod http;
 pub mod intent;
 pub mod pipeline;
 pub mod replay;
+pub mod review;
 pub mod rules;
 pub mod service;
 pub mod telemetry;

@@ -1,0 +1,553 @@
+//! The pending holds, as the decisions topic tells them: pure state, no I/O.
+//!
+//! Every review instance reads the whole decisions topic and applies each record here, in
+//! partition order. A decision of the engine (`"stage":"decision"`, or no stage) that holds an
+//! intent puts it in the queue; a later decision for the same `intent_id` replaces it (a
+//! decision that does not hold takes it out). A review record (`"stage":"review"`) approves or
+//! rejects it. Because every record about one intent is on one partition, every instance that
+//! has read as far sees the same queue, whoever wrote the records:
+//!
+//! * an approval counts once per reviewer; the intent is released (final, `allow`) when as
+//!   many different reviewers as its hold asks for have approved it;
+//! * a rejection (by a reviewer or by `system:expiry`) is final at once (`deny`);
+//! * the first final record for an intent wins; anything later about it is ignored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Role;
+use crate::decision::{parse_record, Reason, RuleFailure};
+use crate::intent::Counterparty;
+use crate::rules::{Outcome, RuleAction};
+use crate::window::CounterValue;
+
+/// The reviewer name of holds that expired unreviewed.
+pub const EXPIRY_REVIEWER: &str = "system:expiry";
+
+/// Approve or reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Approve,
+    Reject,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::Reject => "reject",
+        }
+    }
+}
+
+/// A held intent waiting for reviewers.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub account_id: String,
+    pub action: String,
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+    pub counterparty: Option<Counterparty>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: DateTime<Utc>,
+    pub score: i64,
+    pub reasons: Vec<Reason>,
+    pub errors: Vec<RuleFailure>,
+    pub counters: Vec<(Arc<str>, CounterValue)>,
+    pub ruleset: Arc<str>,
+    /// How many different reviewers must approve.
+    pub required: u8,
+    /// Who approved so far, in order.
+    pub approved_by: Vec<String>,
+    /// Where the hold decision is: the decisions topic's partition and offset, and the
+    /// record's key (a review record goes to the same partition with the same key).
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// The decision record as the engine wrote it.
+    pub record: Arc<str>,
+}
+
+impl Hold {
+    /// When an unreviewed hold is rejected by [`EXPIRY_REVIEWER`].
+    pub fn expires_at(&self, expire_after: TimeDelta) -> DateTime<Utc> {
+        self.decided_at + expire_after
+    }
+
+    /// Whether any reason names `rule`.
+    pub fn matched(&self, rule: &str) -> bool {
+        self.reasons.iter().any(|r| &*r.rule == rule)
+    }
+}
+
+/// How a review ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Final {
+    pub verdict: Verdict,
+    pub reviewer: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What a hold a review record points at was, for the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRef {
+    /// Where the hold decision is on the decisions topic.
+    pub partition: i32,
+    pub offset: i64,
+    pub decided_at: String,
+    pub ruleset: String,
+}
+
+/// Approvals asked for and given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approvals {
+    pub required: u8,
+    pub approved_by: Vec<String>,
+}
+
+/// A review record: published on the decisions topic after the hold decision, same partition,
+/// same key (DESIGN sections 2 and 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRecord {
+    /// Always `"review"`.
+    pub stage: String,
+    pub intent_id: String,
+    pub agent_id: String,
+    pub account_id: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// The intent's decision after this record: `allow` once approved, `deny` once rejected,
+    /// still `hold` while more approvals are needed.
+    pub decision: Outcome,
+    pub review: Verdict,
+    /// Whether this record ends the review. Readers can rely on the rule of
+    /// [`Queue::apply`] instead: it gives the same answer.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub reviewer: String,
+    pub comment: String,
+    pub reviewed_at: String,
+    pub approvals: Approvals,
+    pub hold: HoldRef,
+}
+
+impl ReviewRecord {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Why a review is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("`{0}` is not held: it was never held, is already reviewed, or is not read yet")]
+    NotPending(String),
+    #[error("the role `viewer` may look at holds but not approve or reject them")]
+    Viewer,
+    #[error("`{0}` proposed this intent and can never approve it")]
+    Proposer(String),
+    #[error(
+        "`{0}` has already approved this intent; a second approval must come from someone else"
+    )]
+    AlreadyApproved(String),
+    #[error("a rejection needs a comment saying why")]
+    NoComment,
+}
+
+impl Refusal {
+    /// A short, stable label (metrics, logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NotPending(_) => "not_pending",
+            Refusal::Viewer => "viewer",
+            Refusal::Proposer(_) => "proposer",
+            Refusal::AlreadyApproved(_) => "already_approved",
+            Refusal::NoComment => "no_comment",
+        }
+    }
+}
+
+/// What applying a record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// A hold entered (or was replaced in) the queue.
+    Held,
+    /// A decision that does not hold took a pending intent out of the queue.
+    Cleared,
+    /// An approval that still needs more.
+    Approved,
+    /// The review of this intent ended with this record.
+    Finished(Verdict),
+    /// Nothing changed, and why (logged at debug).
+    Ignored(&'static str),
+}
+
+/// A filter of the pending list; every given field must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub rule: Option<String>,
+    pub agent: Option<String>,
+    pub account: Option<String>,
+    pub min_amount: Option<Decimal>,
+    pub max_amount: Option<Decimal>,
+    pub min_age: Option<TimeDelta>,
+    pub max_age: Option<TimeDelta>,
+}
+
+impl Filter {
+    pub fn accepts(&self, h: &Hold, now: DateTime<Utc>) -> bool {
+        let age = now - h.decided_at;
+        self.rule.as_deref().is_none_or(|r| h.matched(r))
+            && self.agent.as_deref().is_none_or(|a| h.agent_id == a)
+            && self.account.as_deref().is_none_or(|a| h.account_id == a)
+            && self
+                .min_amount
+                .is_none_or(|m| h.amount.is_some_and(|a| a >= m))
+            && self
+                .max_amount
+                .is_none_or(|m| h.amount.is_some_and(|a| a <= m))
+            && self.min_age.is_none_or(|m| age >= m)
+            && self.max_age.is_none_or(|m| age <= m)
+    }
+}
+
+/// The pending holds, and how the reviews that ended ended.
+#[derive(Debug, Default)]
+pub struct Queue {
+    pending: HashMap<String, Hold>,
+    finished: HashMap<String, Final>,
+    /// Next offset to read, per decisions partition.
+    positions: HashMap<i32, i64>,
+}
+
+fn time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Queue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn get(&self, intent_id: &str) -> Option<&Hold> {
+        self.pending.get(intent_id)
+    }
+
+    /// How the review of `intent_id` ended, if it has.
+    pub fn finished(&self, intent_id: &str) -> Option<&Final> {
+        self.finished.get(intent_id)
+    }
+
+    /// The next offset to read on `partition` (0 before anything was read).
+    pub fn position(&self, partition: i32) -> i64 {
+        self.positions.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// The pending holds that `filter` accepts, oldest decision first.
+    pub fn list(&self, filter: &Filter, now: DateTime<Utc>) -> Vec<&Hold> {
+        let mut out: Vec<&Hold> = self
+            .pending
+            .values()
+            .filter(|h| filter.accepts(h, now))
+            .collect();
+        out.sort_by(|a, b| (a.decided_at, &a.intent_id).cmp(&(b.decided_at, &b.intent_id)));
+        out
+    }
+
+    /// Applies the record at `partition` / `offset` of the decisions topic. Records that are
+    /// not readable as a decision or a review are an error, for the caller to log; they
+    /// change nothing.
+    pub fn apply(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        max_intent_bytes: usize,
+    ) -> Result<Applied, String> {
+        let next = self.positions.entry(partition).or_insert(0);
+        *next = (*next).max(offset + 1);
+        // Most records are decisions that do not hold: a light look tells them apart.
+        let head: Head<'_> = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        match head.stage.as_deref() {
+            Some("review") => {
+                let record: ReviewRecord =
+                    serde_json::from_slice(payload).map_err(|e| format!("a review record: {e}"))?;
+                return Ok(self.apply_review(record, partition, offset));
+            }
+            None | Some("decision") => {}
+            Some(_) => return Ok(Applied::Ignored("a record of an unknown stage")),
+        }
+        if self.finished.contains_key(&*head.intent_id) {
+            return Ok(Applied::Ignored("the review of this intent has ended"));
+        }
+        if head.decision != Some(Outcome::Hold) {
+            return Ok(match self.pending.remove(&*head.intent_id) {
+                Some(_) => Applied::Cleared,
+                None => Applied::Ignored("not a hold"),
+            });
+        }
+        let Some((decision, intent)) = parse_record(payload, max_intent_bytes)? else {
+            return Ok(Applied::Ignored("a record of an unknown stage"));
+        };
+        let required = decision
+            .reasons
+            .iter()
+            .filter(|r| r.action == RuleAction::Hold)
+            .map(|r| r.approvals)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        // A later decision for the same intent (a duplicate, or the committed decision after
+        // an aborted one on a broker that shows aborted records) replaces the earlier one but
+        // keeps the approvals already given.
+        let approved_by = self
+            .pending
+            .remove(&decision.intent_id)
+            .map(|h| h.approved_by)
+            .unwrap_or_default();
+        let hold = Hold {
+            intent_id: decision.intent_id,
+            agent_id: decision.agent_id,
+            account_id: decision.account_id,
+            action: decision.action,
+            amount: decision.amount,
+            currency: decision.currency,
+            counterparty: intent.counterparty,
+            created_at: decision.created_at,
+            decided_at: decision.decided_at,
+            score: decision.score,
+            reasons: decision.reasons,
+            errors: decision.errors,
+            counters: decision.counters,
+            ruleset: decision.ruleset,
+            required,
+            approved_by,
+            partition,
+            offset,
+            key: key.map(<[u8]>::to_vec),
+            record: Arc::from(String::from_utf8_lossy(payload)),
+        };
+        let id = hold.intent_id.clone();
+        let released = hold
+            .approved_by
+            .last()
+            .cloned()
+            .filter(|_| hold.approved_by.len() >= usize::from(hold.required));
+        self.pending.insert(id.clone(), hold);
+        Ok(match released {
+            // Approvals given while an earlier record held it already suffice.
+            Some(last) => self.finish(&id, Verdict::Approve, last, partition, offset),
+            None => Applied::Held,
+        })
+    }
+
+    fn apply_review(&mut self, r: ReviewRecord, partition: i32, offset: i64) -> Applied {
+        if self.finished.contains_key(&r.intent_id) {
+            return Applied::Ignored("the review of this intent has already ended");
+        }
+        let Some(hold) = self.pending.get_mut(&r.intent_id) else {
+            // A review of a hold this queue never saw (its decision record was unreadable,
+            // or is gone with retention): the review still ends it, so that a late copy of
+            // the decision cannot bring it back.
+            if r.review == Verdict::Reject || r.is_final {
+                self.finished.insert(
+                    r.intent_id,
+                    Final {
+                        verdict: r.review,
+                        reviewer: r.reviewer,
+                        partition,
+                        offset,
+                    },
+                );
+                return Applied::Ignored("a review of an intent that is not pending");
+            }
+            return Applied::Ignored("an approval of an intent that is not pending");
+        };
+        match r.review {
+            Verdict::Reject => {
+                self.finish(&r.intent_id, Verdict::Reject, r.reviewer, partition, offset)
+            }
+            Verdict::Approve => {
+                if hold.approved_by.contains(&r.reviewer) {
+                    return Applied::Ignored("this reviewer has already approved");
+                }
+                if r.reviewer == hold.agent_id {
+                    return Applied::Ignored("the proposer cannot approve");
+                }
+                hold.approved_by.push(r.reviewer.clone());
+                if hold.approved_by.len() >= usize::from(hold.required) {
+                    self.finish(
+                        &r.intent_id,
+                        Verdict::Approve,
+                        r.reviewer,
+                        partition,
+                        offset,
+                    )
+                } else {
+                    Applied::Approved
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        intent_id: &str,
+        verdict: Verdict,
+        reviewer: String,
+        partition: i32,
+        offset: i64,
+    ) -> Applied {
+        self.pending.remove(intent_id);
+        self.finished.insert(
+            intent_id.to_owned(),
+            Final {
+                verdict,
+                reviewer,
+                partition,
+                offset,
+            },
+        );
+        Applied::Finished(verdict)
+    }
+
+    /// The review record `reviewer` asks to publish, or why they may not.
+    pub fn review(
+        &self,
+        intent_id: &str,
+        reviewer: &str,
+        role: Role,
+        verdict: Verdict,
+        comment: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReviewRecord, Refusal> {
+        if role != Role::Approver {
+            return Err(Refusal::Viewer);
+        }
+        let hold = self
+            .pending
+            .get(intent_id)
+            .ok_or_else(|| Refusal::NotPending(intent_id.to_owned()))?;
+        if verdict == Verdict::Approve {
+            if hold.agent_id == reviewer {
+                return Err(Refusal::Proposer(reviewer.to_owned()));
+            }
+            if hold.approved_by.iter().any(|a| a == reviewer) {
+                return Err(Refusal::AlreadyApproved(reviewer.to_owned()));
+            }
+        } else if comment.trim().is_empty() {
+            return Err(Refusal::NoComment);
+        }
+        Ok(record(hold, reviewer, verdict, comment, now))
+    }
+
+    /// Reject records for every hold decided more than `expire_after` before `now`.
+    pub fn expired(&self, now: DateTime<Utc>, expire_after: TimeDelta) -> Vec<ReviewRecord> {
+        let mut out: Vec<ReviewRecord> = self
+            .pending
+            .values()
+            .filter(|h| h.expires_at(expire_after) <= now)
+            .map(|h| {
+                let comment = format!(
+                    "not reviewed within {}; rejected automatically",
+                    human(expire_after)
+                );
+                record(h, EXPIRY_REVIEWER, Verdict::Reject, &comment, now)
+            })
+            .collect();
+        out.sort_by(|a, b| a.intent_id.cmp(&b.intent_id));
+        out
+    }
+}
+
+/// The record of `reviewer`'s `verdict` on `hold`.
+fn record(
+    hold: &Hold,
+    reviewer: &str,
+    verdict: Verdict,
+    comment: &str,
+    now: DateTime<Utc>,
+) -> ReviewRecord {
+    let mut approved_by = hold.approved_by.clone();
+    let decision = match verdict {
+        Verdict::Reject => Outcome::Deny,
+        Verdict::Approve => {
+            approved_by.push(reviewer.to_owned());
+            if approved_by.len() >= usize::from(hold.required) {
+                Outcome::Allow
+            } else {
+                Outcome::Hold
+            }
+        }
+    };
+    ReviewRecord {
+        stage: "review".to_owned(),
+        intent_id: hold.intent_id.clone(),
+        agent_id: hold.agent_id.clone(),
+        account_id: hold.account_id.clone(),
+        action: hold.action.clone(),
+        amount: hold.amount.map(|a| a.to_string()),
+        currency: hold.currency.clone(),
+        decision,
+        review: verdict,
+        is_final: decision != Outcome::Hold,
+        reviewer: reviewer.to_owned(),
+        comment: comment.to_owned(),
+        reviewed_at: time(&now),
+        approvals: Approvals {
+            required: hold.required,
+            approved_by,
+        },
+        hold: HoldRef {
+            partition: hold.partition,
+            offset: hold.offset,
+            decided_at: time(&hold.decided_at),
+            ruleset: hold.ruleset.to_string(),
+        },
+    }
+}
+
+/// `90s`, `15m`, `24h`, `2d`: the largest unit that divides the duration.
+fn human(d: TimeDelta) -> String {
+    let s = d.num_seconds();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s >= size && s % size == 0 {
+            return format!("{}{unit}", s / size);
+        }
+    }
+    format!("{s}s")
+}
+
+/// What every record of the decisions topic starts with.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(default, borrow)]
+    stage: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    intent_id: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    decision: Option<Outcome>,
+}
+
+#[cfg(test)]
+mod tests;

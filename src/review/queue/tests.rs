@@ -1,0 +1,410 @@
+use super::*;
+use std::path::PathBuf;
+
+use crate::decision::Source;
+use crate::engine::{Engine, EngineOptions};
+use crate::intent::parse_intent;
+use crate::rules::Ruleset;
+
+const RULES: &str = r#"
+[[rule]]
+id = "large-transfer"
+when = 'action == "transfer" && amount > 10000'
+action = "hold"
+
+[[rule]]
+id = "large-payout"
+when = 'action == "payout" && amount > 50000'
+action = "hold"
+approvals = 2
+"#;
+
+fn engine() -> Engine {
+    let rs = Ruleset::load_sources(&[(PathBuf::from("r.toml"), RULES.to_owned())]).unwrap();
+    Engine::new(Arc::new(rs), EngineOptions::default())
+}
+
+fn at(text: &str) -> DateTime<Utc> {
+    text.parse().unwrap()
+}
+
+/// The record the engine writes for an intent, as it is on the decisions topic.
+fn decided(e: &Engine, id: &str, agent: &str, action: &str, amount: &str, now: &str) -> Vec<u8> {
+    let json = format!(
+        r#"{{"intent_id":"{id}","agent_id":"{agent}","account_id":"acct-1","action":"{action}","amount":"{amount}","currency":"EUR","counterparty":{{"name":"<script>x</script>"}},"created_at":"{now}"}}"#
+    );
+    let intent = parse_intent(json.as_bytes(), 65536).unwrap();
+    let d = e.decide(
+        intent,
+        Source::Kafka {
+            topic: Arc::from("intents"),
+            partition: 0,
+            offset: 0,
+        },
+        at(now),
+    );
+    let mut out = Vec::new();
+    d.write_json(&mut out, Some(json.as_bytes()));
+    out
+}
+
+struct Log {
+    queue: Queue,
+    offset: i64,
+}
+
+impl Log {
+    fn new() -> Self {
+        Log {
+            queue: Queue::new(),
+            offset: 0,
+        }
+    }
+
+    fn push(&mut self, payload: &[u8]) -> Applied {
+        self.offset += 1;
+        self.queue
+            .apply(0, self.offset, Some(b"acct-1"), payload, 65536)
+            .unwrap()
+    }
+
+    fn review(
+        &mut self,
+        id: &str,
+        who: &str,
+        verdict: Verdict,
+        now: &str,
+    ) -> Result<Applied, Refusal> {
+        let r = self
+            .queue
+            .review(id, who, Role::Approver, verdict, "checked", at(now))?;
+        Ok(self.push(&r.to_json()))
+    }
+}
+
+const T0: &str = "2026-11-28T10:00:00Z";
+
+#[test]
+fn holds_enter_the_queue_and_other_decisions_do_not() {
+    let e = engine();
+    let mut log = Log::new();
+    assert_eq!(
+        log.push(&decided(&e, "small", "bot", "transfer", "5", T0)),
+        Applied::Ignored("not a hold")
+    );
+    assert_eq!(
+        log.push(&decided(&e, "big", "bot", "transfer", "20000", T0)),
+        Applied::Held
+    );
+    assert_eq!(log.queue.len(), 1);
+    let h = log.queue.get("big").unwrap();
+    assert_eq!((h.required, h.amount), (1, Some(Decimal::new(20000, 0))));
+    assert_eq!(
+        h.counterparty.as_ref().and_then(|c| c.name.as_deref()),
+        Some("<script>x</script>")
+    );
+    assert_eq!(h.key.as_deref(), Some(&b"acct-1"[..]));
+    assert_eq!(log.queue.position(0), 3);
+    assert_eq!(log.queue.position(1), 0);
+}
+
+#[test]
+fn a_later_decision_for_the_same_intent_replaces_the_hold() {
+    let e = engine();
+    let mut log = Log::new();
+    log.push(&decided(&e, "i", "bot", "transfer", "20000", T0));
+    // The same intent_id decided again, this time not held (e.g. the committed decision
+    // after an aborted one): it leaves the queue.
+    let allow = decided(&engine(), "i", "bot", "transfer", "1", T0);
+    assert_eq!(log.push(&allow), Applied::Cleared);
+    assert!(log.queue.is_empty());
+}
+
+#[test]
+fn one_approval_releases_an_ordinary_hold() {
+    let e = engine();
+    let mut log = Log::new();
+    log.push(&decided(&e, "i", "bot", "transfer", "20000", T0));
+    let r = log
+        .queue
+        .review("i", "alice", Role::Approver, Verdict::Approve, "", at(T0))
+        .unwrap();
+    assert_eq!(
+        (r.decision, r.is_final, r.stage.as_str()),
+        (Outcome::Allow, true, "review")
+    );
+    assert_eq!(r.hold.offset, 1);
+    assert_eq!(log.push(&r.to_json()), Applied::Finished(Verdict::Approve));
+    assert!(log.queue.is_empty());
+    let f = log.queue.finished("i").unwrap();
+    assert_eq!((f.reviewer.as_str(), f.offset), ("alice", 2));
+    // A duplicate of the decision arriving later does not bring the hold back.
+    assert_eq!(
+        log.push(&decided(&engine(), "i", "bot", "transfer", "20000", T0)),
+        Applied::Ignored("the review of this intent has ended")
+    );
+    assert!(log.queue.is_empty());
+}
+
+#[test]
+fn two_approval_holds_need_two_different_approvers() {
+    let e = engine();
+    let mut log = Log::new();
+    log.push(&decided(&e, "p", "bot", "payout", "60000", T0));
+    assert_eq!(log.queue.get("p").unwrap().required, 2);
+    let first = log
+        .queue
+        .review("p", "alice", Role::Approver, Verdict::Approve, "", at(T0))
+        .unwrap();
+    assert_eq!((first.decision, first.is_final), (Outcome::Hold, false));
+    assert_eq!(log.push(&first.to_json()), Applied::Approved);
+    assert_eq!(log.queue.get("p").unwrap().approved_by, ["alice"]);
+    // Alice again: refused before publishing, and a record of it changes nothing.
+    assert_eq!(
+        log.queue
+            .review("p", "alice", Role::Approver, Verdict::Approve, "", at(T0)),
+        Err(Refusal::AlreadyApproved("alice".to_owned()))
+    );
+    assert_eq!(
+        log.push(&first.to_json()),
+        Applied::Ignored("this reviewer has already approved")
+    );
+    assert_eq!(log.queue.len(), 1);
+    assert_eq!(
+        log.review("p", "bob", Verdict::Approve, T0),
+        Ok(Applied::Finished(Verdict::Approve))
+    );
+    assert!(log.queue.is_empty());
+}
+
+#[test]
+fn two_instances_racing_each_with_one_approval_still_release() {
+    // Alice and Bob approve on two instances that had both seen no approval: both records
+    // say "hold, not final", yet together they are two approvals.
+    let e = engine();
+    let mut log = Log::new();
+    log.push(&decided(&e, "p", "bot", "payout", "60000", T0));
+    let a = log
+        .queue
+        .review("p", "alice", Role::Approver, Verdict::Approve, "", at(T0))
+        .unwrap();
+    let b = log
+        .queue
+        .review("p", "bob", Role::Approver, Verdict::Approve, "", at(T0))
+        .unwrap();
+    assert!(!a.is_final && !b.is_final);
+    assert_eq!(log.push(&a.to_json()), Applied::Approved);
+    assert_eq!(log.push(&b.to_json()), Applied::Finished(Verdict::Approve));
+}
+
+#[test]
+fn the_first_final_record_wins() {
+    let e = engine();
+    let mut log = Log::new();
+    log.push(&decided(&e, "i", "bot", "transfer", "20000", T0));
+    let approve = log
+        .queue
+        .review("i", "alice", Role::Approver, Verdict::Approve, "", at(T0))
+        .unwrap();
+    let reject = log
+        .queue
+        .review("i", "bob", Role::Approver, Verdict::Reject, "no", at(T0))
+        .unwrap();
+    assert_eq!(
+        log.push(&reject.to_json()),
+        Applied::Finished(Verdict::Reject)
+    );
+    assert_eq!(
+        log.push(&approve.to_json()),
+        Applied::Ignored("the review of this intent has already ended")
+    );
+    assert_eq!(log.queue.finished("i").unwrap().verdict, Verdict::Reject);
+}
+
+#[test]
+fn refusals_say_who_and_why() {
+    let e = engine();
+    let mut log = Log::new();
+    log.push(&decided(
+        &e,
+        "i",
+        "procurement-bot",
+        "transfer",
+        "20000",
+        T0,
+    ));
+    let q = &log.queue;
+    let now = at(T0);
+    assert_eq!(
+        q.review("i", "vera", Role::Viewer, Verdict::Approve, "", now),
+        Err(Refusal::Viewer)
+    );
+    assert_eq!(
+        q.review("i", "vera", Role::Viewer, Verdict::Reject, "x", now),
+        Err(Refusal::Viewer)
+    );
+    assert_eq!(
+        q.review(
+            "i",
+            "procurement-bot",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            now
+        ),
+        Err(Refusal::Proposer("procurement-bot".to_owned()))
+    );
+    assert_eq!(
+        q.review("nope", "alice", Role::Approver, Verdict::Approve, "", now),
+        Err(Refusal::NotPending("nope".to_owned()))
+    );
+    assert_eq!(
+        q.review("i", "alice", Role::Approver, Verdict::Reject, "  ", now),
+        Err(Refusal::NoComment)
+    );
+    // A proposer's approval written by some other means does not count either.
+    let mut forged = q
+        .review("i", "alice", Role::Approver, Verdict::Approve, "", now)
+        .unwrap();
+    forged.reviewer = "procurement-bot".to_owned();
+    assert_eq!(
+        log.push(&forged.to_json()),
+        Applied::Ignored("the proposer cannot approve")
+    );
+    assert_eq!(log.queue.len(), 1);
+}
+
+#[test]
+fn holds_expire_to_a_reject_by_the_system() {
+    let e = engine();
+    let mut log = Log::new();
+    log.push(&decided(
+        &e,
+        "old",
+        "bot",
+        "transfer",
+        "20000",
+        "2026-11-28T10:00:00Z",
+    ));
+    log.push(&decided(
+        &e,
+        "new",
+        "bot",
+        "transfer",
+        "20000",
+        "2026-11-28T11:00:00Z",
+    ));
+    let ttl = TimeDelta::minutes(90);
+    assert!(log
+        .queue
+        .expired(at("2026-11-28T11:29:59Z"), ttl)
+        .is_empty());
+    let expired = log.queue.expired(at("2026-11-28T11:30:00Z"), ttl);
+    assert_eq!(expired.len(), 1);
+    let r = &expired[0];
+    assert_eq!(
+        (
+            r.intent_id.as_str(),
+            r.reviewer.as_str(),
+            r.review,
+            r.decision,
+            r.is_final
+        ),
+        ("old", EXPIRY_REVIEWER, Verdict::Reject, Outcome::Deny, true)
+    );
+    assert_eq!(r.comment, "not reviewed within 90m; rejected automatically");
+    assert_eq!(log.push(&r.to_json()), Applied::Finished(Verdict::Reject));
+    assert_eq!(log.queue.len(), 1);
+}
+
+#[test]
+fn filters_combine() {
+    let e = engine();
+    let mut log = Log::new();
+    log.push(&decided(
+        &e,
+        "t",
+        "bot-a",
+        "transfer",
+        "20000",
+        "2026-11-28T10:00:00Z",
+    ));
+    log.push(&decided(
+        &e,
+        "p",
+        "bot-b",
+        "payout",
+        "60000.50",
+        "2026-11-28T10:30:00Z",
+    ));
+    let now = at("2026-11-28T11:00:00Z");
+    let ids = |f: Filter| -> Vec<String> {
+        log.queue
+            .list(&f, now)
+            .iter()
+            .map(|h| h.intent_id.clone())
+            .collect()
+    };
+    assert_eq!(ids(Filter::default()), ["t", "p"], "oldest first");
+    assert_eq!(
+        ids(Filter {
+            rule: Some("large-payout".into()),
+            ..Filter::default()
+        }),
+        ["p"]
+    );
+    assert_eq!(
+        ids(Filter {
+            agent: Some("bot-a".into()),
+            ..Filter::default()
+        }),
+        ["t"]
+    );
+    assert_eq!(
+        ids(Filter {
+            account: Some("acct-2".into()),
+            ..Filter::default()
+        }),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(Filter {
+            min_amount: Some(Decimal::new(6000050, 2)),
+            ..Filter::default()
+        }),
+        ["p"]
+    );
+    assert_eq!(
+        ids(Filter {
+            max_amount: Some(Decimal::new(6000049, 2)),
+            ..Filter::default()
+        }),
+        ["t"]
+    );
+    assert_eq!(
+        ids(Filter {
+            min_age: Some(TimeDelta::minutes(45)),
+            ..Filter::default()
+        }),
+        ["t"]
+    );
+    assert_eq!(
+        ids(Filter {
+            max_age: Some(TimeDelta::minutes(30)),
+            ..Filter::default()
+        }),
+        ["p"]
+    );
+}
+
+#[test]
+fn unreadable_records_are_errors_that_change_nothing() {
+    let mut q = Queue::new();
+    assert!(q.apply(0, 0, None, b"not json", 65536).is_err());
+    assert!(q
+        .apply(0, 1, None, br#"{"stage":"review","intent_id":"x"}"#, 65536)
+        .unwrap_err()
+        .starts_with("a review record"));
+    assert!(q.is_empty());
+    assert_eq!(q.position(0), 2, "the position moves past them");
+}
