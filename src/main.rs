@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use chrono::{TimeDelta, Utc};
 use clap::{Parser, Subcommand};
 
-use riskgate::config::Config;
+use riskgate::config::{Config, Purpose};
 use riskgate::engine::{Engine, EngineOptions};
 use riskgate::expr::parse_duration;
 use riskgate::intent::{InvalidKind, DEFAULT_MAX_BYTES};
@@ -84,6 +84,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
+    /// Run the review service: the page and API where people approve or reject held
+    /// intents, publishing review records on the decisions topic. Reads `[kafka]` and
+    /// `[review]` of the configuration file.
+    Review {
+        /// The configuration file (see riskgate.example.toml); RISKGATE__SECTION__KEY
+        /// environment variables override it.
+        #[arg(long, default_value = "riskgate.toml")]
+        config: PathBuf,
+        /// Log format: `text` for people, `json` for log pipelines. RUST_LOG filters.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Hash a reviewer's secret for `[[review.reviewers]]` `secret_hash`: reads the secret
+    /// from the first line of standard input, prints an Argon2id hash (PHC format).
+    HashSecret,
     /// Validate a service configuration and print it as it takes effect (environment
     /// overrides applied, secrets redacted).
     Config {
@@ -138,6 +153,8 @@ fn main() -> ExitCode {
             )
         }
         Command::Run { config, log_format } => run(&config, log_format),
+        Command::Review { config, log_format } => review(&config, log_format),
+        Command::HashSecret => hash_secret(),
         Command::Config { config } => Config::load(&config, std::env::vars())
             .map(|c| {
                 print!("{c}");
@@ -179,7 +196,7 @@ fn load(dir: &Path) -> Option<Arc<Ruleset>> {
     }
 }
 
-fn run(config: &Path, format: LogFormat) -> Result<ExitCode> {
+fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -190,6 +207,10 @@ fn run(config: &Path, format: LogFormat) -> Result<ExitCode> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+}
+
+fn run(config: &Path, format: LogFormat) -> Result<ExitCode> {
+    init_logs(format);
     let config = Config::load(config, std::env::vars())?;
     let Some(rs) = load(&config.rules.dir) else {
         return Ok(ExitCode::FAILURE);
@@ -200,6 +221,37 @@ fn run(config: &Path, format: LogFormat) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(riskgate::service::run(config, rs))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn review(config: &Path, format: LogFormat) -> Result<ExitCode> {
+    init_logs(format);
+    let config = Config::load_for(config, std::env::vars(), Purpose::Review)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(riskgate::review::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hash_secret() -> Result<ExitCode> {
+    if io::stdin().is_terminal() {
+        eprintln!(
+            "type the secret and press Enter (it is shown as you type; pipe it in to avoid that)"
+        );
+    }
+    let mut line = String::new();
+    io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the secret from standard input")?;
+    let secret = line.trim_end_matches(['\r', '\n']);
+    if secret.chars().count() < 12 {
+        eprintln!("riskgate: error: the secret is shorter than 12 characters; choose a longer one");
+        return Ok(ExitCode::FAILURE);
+    }
+    let hash = riskgate::review::auth::hash_secret(secret).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
     Ok(ExitCode::SUCCESS)
 }
 

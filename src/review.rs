@@ -1,8 +1,425 @@
 //! `riskgate review`: where finance operations see what is held, why, and approve or reject
 //! it (DESIGN section 6).
 //!
-//! The pending holds are rebuilt from the decisions topic ([`queue`], pure), published
-//! outcomes are review records on the same topic ([`kafka`]), and people reach them through
-//! an HTTP API and a web page ([`api`]) after signing in ([`auth`]).
+//! The pending holds are rebuilt from the decisions topic ([`queue`], pure state) by a
+//! consumer outside the engine's group that reads every partition from the beginning and
+//! keeps following it. Outcomes are published as review records on the same topic, to the
+//! hold's partition with its key, by an idempotent producer; a request is answered only once
+//! its record has been read back, so the answer is what every instance and every agent
+//! reading the topic will see. People reach it through an HTTP API and a web page ([`api`])
+//! after signing in ([`auth`]).
 
+pub mod api;
+pub mod auth;
 pub mod queue;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Notify};
+
+use crate::config::{Config, Role};
+use crate::pipeline::client_config;
+use crate::telemetry::review_metrics;
+use auth::Auth;
+use queue::{Applied, Queue, Refusal, ReviewRecord, Verdict};
+
+/// How long a request waits for its review record to be read back.
+const READ_BACK: Duration = Duration::from_secs(15);
+
+/// The review service's shared state.
+pub struct App {
+    queue: Mutex<Queue>,
+    pub auth: Arc<Auth>,
+    pub expire_after: TimeDelta,
+    /// Bumped whenever the pending set changes (the page listens through `/api/events`).
+    pub changes: watch::Sender<u64>,
+    /// Notified whenever the consumer has read further.
+    progress: Notify,
+    /// The decisions topic has been read to its end once.
+    pub ready: AtomicBool,
+    producer: FutureProducer,
+    topic: String,
+}
+
+/// Why a review was not published or not confirmed.
+#[derive(Debug)]
+pub enum ReviewError {
+    Refused(Refusal),
+    /// Another record ended the review first; it names who.
+    Overtaken(String),
+    Unavailable(String),
+}
+
+impl App {
+    pub fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `name`'s verdict on `intent_id` and waits until it is read back: the
+    /// record, and whether it ended the review.
+    pub async fn review(
+        &self,
+        intent_id: &str,
+        name: &str,
+        role: Role,
+        verdict: Verdict,
+        comment: &str,
+    ) -> Result<(ReviewRecord, bool), ReviewError> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err(ReviewError::Unavailable(
+                "the decisions topic is still being read; try again in a moment".to_owned(),
+            ));
+        }
+        let (record, key, decided_at) = {
+            let q = self.queue();
+            let record = q
+                .review(intent_id, name, role, verdict, comment, Utc::now())
+                .map_err(ReviewError::Refused)?;
+            let hold = q.get(intent_id);
+            (
+                record,
+                hold.and_then(|h| h.key.clone()),
+                hold.map(|h| h.decided_at),
+            )
+        };
+        let (partition, offset) = self
+            .publish(&record, key.as_deref())
+            .await
+            .map_err(ReviewError::Unavailable)?;
+        if !self.read_past(partition, offset).await {
+            return Err(ReviewError::Unavailable(format!(
+                "the record was written (partition {partition}, offset {offset}) but not read back within {} s",
+                READ_BACK.as_secs()
+            )));
+        }
+        let ended = {
+            let q = self.queue();
+            match q.finished(intent_id) {
+                Some(f) if (f.partition, f.offset) == (partition, offset) => true,
+                Some(f) => return Err(ReviewError::Overtaken(f.reviewer.clone())),
+                None if verdict == Verdict::Approve
+                    && q.get(intent_id)
+                        .is_some_and(|h| h.approved_by.iter().any(|a| a == name)) =>
+                {
+                    false
+                }
+                None => {
+                    return Err(ReviewError::Overtaken(
+                        "a later decision for the same intent".to_owned(),
+                    ))
+                }
+            }
+        };
+        let m = review_metrics();
+        let outcome = match (verdict, ended) {
+            (Verdict::Approve, false) => "partial_approve",
+            (Verdict::Approve, true) => "approve",
+            (Verdict::Reject, _) => "reject",
+        };
+        m.outcomes.with_label_values(&[outcome]).inc();
+        if ended {
+            if let Some(at) = decided_at {
+                m.time_to_review_seconds
+                    .observe((Utc::now() - at).as_seconds_f64().max(0.0));
+            }
+            if !record.is_final {
+                // Another instance's approval landed between this one's check and its
+                // record: together they release the intent. Say so in a final record, so
+                // that readers of the topic need not count approvals themselves.
+                let mut done = record.clone();
+                done.is_final = true;
+                done.decision = crate::rules::Outcome::Allow;
+                done.comment = format!("approvals complete ({})", done.comment);
+                if let Err(e) = self.publish(&done, key.as_deref()).await {
+                    tracing::warn!(intent_id, error = %e, "could not publish the final record of a completed approval");
+                }
+            }
+        }
+        Ok((record, ended))
+    }
+
+    /// Writes `record` to the decisions topic, on its hold's partition with the hold's key.
+    async fn publish(
+        &self,
+        record: &ReviewRecord,
+        key: Option<&[u8]>,
+    ) -> Result<(i32, i64), String> {
+        let payload = record.to_json();
+        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+            .partition(record.hold.partition)
+            .payload(&payload);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        match self.producer.send(r, Duration::from_secs(10)).await {
+            Ok(d) => Ok((d.partition, d.offset)),
+            Err((e, _)) => Err(format!("cannot write to `{}`: {e}", self.topic)),
+        }
+    }
+
+    /// Waits until the consumer has read past `offset` of `partition`.
+    async fn read_past(&self, partition: i32, offset: i64) -> bool {
+        let deadline = tokio::time::Instant::now() + READ_BACK;
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.queue().position(partition) > offset {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.queue().position(partition) > offset;
+            }
+        }
+    }
+
+    /// Rejects, as `system:expiry`, every hold past its time that is not being expired
+    /// already.
+    async fn expire_due(&self, in_flight: &mut HashSet<String>) {
+        let due = {
+            let q = self.queue();
+            in_flight.retain(|id| q.get(id).is_some());
+            q.expired(Utc::now(), self.expire_after)
+        };
+        for record in due {
+            if !in_flight.insert(record.intent_id.clone()) {
+                continue;
+            }
+            let (key, decided_at) = {
+                let q = self.queue();
+                let h = q.get(&record.intent_id);
+                (h.and_then(|h| h.key.clone()), h.map(|h| h.decided_at))
+            };
+            match self.publish(&record, key.as_deref()).await {
+                Ok((partition, offset)) => {
+                    let ours = self.read_past(partition, offset).await
+                        && self
+                            .queue()
+                            .finished(&record.intent_id)
+                            .is_some_and(|f| (f.partition, f.offset) == (partition, offset));
+                    if ours {
+                        let m = review_metrics();
+                        m.outcomes.with_label_values(&["expire"]).inc();
+                        if let Some(at) = decided_at {
+                            m.time_to_review_seconds
+                                .observe((Utc::now() - at).as_seconds_f64().max(0.0));
+                        }
+                        tracing::info!(target: "riskgate::audit", reviewer = queue::EXPIRY_REVIEWER, intent_id = %record.intent_id, attempt = "reject", allowed = true, decision = "deny", "hold expired unreviewed: rejected");
+                    }
+                }
+                Err(e) => {
+                    in_flight.remove(&record.intent_id);
+                    tracing::warn!(intent_id = %record.intent_id, error = %e, "could not publish an expiry; retrying");
+                }
+            }
+        }
+    }
+}
+
+/// The consumer's context: the end of a partition is expected, not an error to log.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, reason, "decisions consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+/// Reads the decisions topic from the beginning into the queue, and keeps following it,
+/// until `stop`.
+fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), String> {
+    let topic = config.kafka.decisions_topic.as_str();
+    // librdkafka wants a group id even to assign partitions by hand; this consumer never
+    // joins the group nor commits: every start reads the topic from the beginning.
+    let consumer: BaseConsumer<Quiet> = client_config(config)
+        .set("group.id", format!("{}.review", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create_with_context(Quiet)
+        .map_err(|e| format!("cannot create the decisions consumer: {e}"))?;
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let partitions = loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let found = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map_err(|e| e.to_string())
+            .and_then(|md| {
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| t.partitions().len() as i32)
+                    .ok_or_else(|| format!("topic `{topic}` does not exist yet"))
+            });
+        match found {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "waiting for the decisions topic");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| format!("cannot assign the decisions partitions: {e}"))?;
+    tracing::info!(
+        topic,
+        partitions,
+        "reading the decisions topic from the beginning"
+    );
+    let max_bytes = config.engine.max_intent_bytes;
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut read: u64 = 0;
+    let m = review_metrics();
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(msg)) => {
+                read += 1;
+                let Some(payload) = msg.payload() else {
+                    continue;
+                };
+                let applied = {
+                    let mut q = app.queue();
+                    let r = q.apply(msg.partition(), msg.offset(), msg.key(), payload, max_bytes);
+                    m.pending_holds.set(q.len() as i64);
+                    r
+                };
+                match applied {
+                    Ok(Applied::Ignored(why)) => {
+                        tracing::debug!(
+                            partition = msg.partition(),
+                            offset = msg.offset(),
+                            why,
+                            "record ignored"
+                        );
+                    }
+                    Ok(_) => {
+                        app.changes.send_modify(|v| *v += 1);
+                    }
+                    Err(e) => {
+                        m.unreadable_records.inc();
+                        tracing::warn!(topic, partition = msg.partition(), offset = msg.offset(), error = %e, "skipping a record of the decisions topic that is neither a decision nor a review");
+                    }
+                }
+                app.progress.notify_waiters();
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                if at_end.len() == partitions as usize && !app.ready.load(Ordering::Relaxed) {
+                    app.ready.store(true, Ordering::Relaxed);
+                    m.ready.set(1);
+                    let pending = app.queue().len();
+                    tracing::info!(
+                        records = read,
+                        pending,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "pending holds rebuilt from the decisions topic; ready"
+                    );
+                    app.changes.send_modify(|v| *v += 1);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(topic, error = %e, "reading the decisions topic failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Runs the review service until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let review = &config.review;
+    let auth = Auth::new(
+        &review.reviewers,
+        review
+            .session_ttl
+            .to_std()
+            .unwrap_or(Duration::from_secs(8 * 3600)),
+        review.secure_cookies,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let producer: FutureProducer = client_config(&config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .map_err(|e| anyhow::anyhow!("cannot create the review producer: {e}"))?;
+    let app = Arc::new(App {
+        queue: Mutex::new(Queue::new()),
+        auth: Arc::new(auth),
+        expire_after: review.expire_after,
+        changes: watch::Sender::new(0),
+        progress: Notify::new(),
+        ready: AtomicBool::new(false),
+        producer,
+        topic: config.kafka.decisions_topic.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(review.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (review.listen): {e}", review.listen))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, reviewers = review.reviewers.len(), "serving the review page and API");
+    let router = api::router(app.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let expiry = app.clone();
+    tokio::spawn(async move {
+        let mut in_flight = HashSet::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if expiry.ready.load(Ordering::Relaxed) {
+                expiry.expire_due(&mut in_flight).await;
+            }
+        }
+    });
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "shutting down");
+        stopper.store(true, Ordering::Relaxed);
+    });
+    let follower = app.clone();
+    tokio::task::spawn_blocking(move || follow(&config, &follower, &stop))
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1110,11 +1110,14 @@ impl Builder {
                         }
                     },
                     (Some(_), Some(a)) => {
-                        errors.push(src.error(
-                            a.span(),
-                            it.clone(),
-                            "`approvals` is only allowed on rules with action = \"hold\"".to_owned(),
-                        ));
+                        errors.push(
+                            src.error(
+                                a.span(),
+                                it.clone(),
+                                "`approvals` is only allowed on rules with action = \"hold\""
+                                    .to_owned(),
+                            ),
+                        );
                         1
                     }
                     (None, Some(_)) => 1,

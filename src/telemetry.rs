@@ -195,6 +195,110 @@ impl Metrics {
     }
 }
 
+/// The review service's metrics (`riskgate review`), in their own registry: a review process
+/// exports these and nothing of the engine.
+pub struct ReviewMetrics {
+    pub registry: Registry,
+    pub pending_holds: IntGauge,
+    pub time_to_review_seconds: Histogram,
+    pub outcomes: IntCounterVec,
+    pub refusals: IntCounterVec,
+    pub unreadable_records: IntCounter,
+    pub ready: IntGauge,
+}
+
+/// Buckets for the time a hold waits for people: seconds to a week.
+const REVIEW_BUCKETS: [f64; 14] = [
+    1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+    172800.0, 604800.0,
+];
+
+impl ReviewMetrics {
+    fn new() -> Result<ReviewMetrics, prometheus::Error> {
+        let registry = Registry::new();
+        let pending_holds = IntGauge::new(
+            "riskgate_pending_holds",
+            "Held intents waiting for a review, as this review instance reads the decisions topic",
+        )?;
+        let time_to_review_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "riskgate_review_time_seconds",
+                "From the hold decision to the review that ended it (approve, reject or expiry), for reviews this instance published",
+            )
+            .buckets(REVIEW_BUCKETS.to_vec()),
+        )?;
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "riskgate_review_outcomes_total",
+                "Review records this instance published, by outcome (approve, partial_approve, reject, expire)",
+            ),
+            &["outcome"],
+        )?;
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "riskgate_review_refusals_total",
+                "Refused review requests, by reason (unauthenticated, bad_credentials, csrf, viewer, proposer, already_approved, not_pending, no_comment)",
+            ),
+            &["reason"],
+        )?;
+        let unreadable_records = IntCounter::new(
+            "riskgate_review_unreadable_records_total",
+            "Records of the decisions topic that are neither a decision nor a review (logged, skipped)",
+        )?;
+        let ready = IntGauge::new(
+            "riskgate_review_ready",
+            "1 once the decisions topic has been read to its end at start (what /readyz answers)",
+        )?;
+        registry.register(Box::new(pending_holds.clone()))?;
+        registry.register(Box::new(time_to_review_seconds.clone()))?;
+        registry.register(Box::new(outcomes.clone()))?;
+        registry.register(Box::new(refusals.clone()))?;
+        registry.register(Box::new(unreadable_records.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
+        Ok(ReviewMetrics {
+            registry,
+            pending_holds,
+            time_to_review_seconds,
+            outcomes,
+            refusals,
+            unreadable_records,
+            ready,
+        })
+    }
+
+    /// The names of every metric family, whether or not it has a value yet.
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 6] = [
+            &self.pending_holds,
+            &self.time_to_review_seconds,
+            &self.outcomes,
+            &self.refusals,
+            &self.unreadable_records,
+            &self.ready,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The review process's metrics.
+pub fn review_metrics() -> &'static ReviewMetrics {
+    static METRICS: OnceLock<ReviewMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| match ReviewMetrics::new() {
+        Ok(m) => m,
+        Err(e) => unreachable_metrics(e),
+    })
+}
+
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -207,7 +311,7 @@ pub fn metrics() -> &'static Metrics {
 }
 
 #[allow(clippy::panic)]
-fn unreachable_metrics(e: prometheus::Error) -> Metrics {
+fn unreachable_metrics<M>(e: prometheus::Error) -> M {
     panic!("metric definitions are invalid: {e}")
 }
 
@@ -232,5 +336,20 @@ mod tests {
         );
         assert!(!text.contains("abc123"), "the old version is gone: {text}");
         assert!(text.contains("riskgate_decision_evaluation_seconds_bucket{le=\"0.000001\"}"));
+    }
+
+    #[test]
+    fn review_metrics_register_apart_from_the_engine() {
+        let r = review_metrics();
+        r.outcomes.with_label_values(&["approve"]).inc();
+        r.pending_holds.set(3);
+        let text = r.render();
+        assert!(text.contains("riskgate_pending_holds 3"), "{text}");
+        assert!(
+            text.contains("riskgate_review_outcomes_total{outcome=\"approve\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("riskgate_decisions_total"), "{text}");
+        assert_eq!(r.names().len(), 6);
     }
 }

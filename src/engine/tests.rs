@@ -625,6 +625,8 @@ fn hold_reasons_carry_the_approvals_their_rule_asks_for() {
         v["reasons"][1].get("approvals").is_none(),
         "one approval, the default, is not written"
     );
-    let (back, _) = crate::decision::parse_record(&line, 65536).unwrap().unwrap();
+    let (back, _) = crate::decision::parse_record(&line, 65536)
+        .unwrap()
+        .unwrap();
     assert_eq!(back.reasons, d.reasons);
 }

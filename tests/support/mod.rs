@@ -23,6 +23,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub mod oracle;
+pub mod review;
 
 #[path = "../../examples/gen_intents.rs"]
 #[allow(dead_code)]
@@ -416,9 +417,19 @@ max_future_skew = "off"
     }
 
     pub fn start(c: &ServiceConfig<'_>) -> Service {
+        Service::spawn("run", &Service::config_text(c))
+    }
+
+    /// `riskgate review` with the same `[kafka]` and this `[review]` section text.
+    pub fn review(c: &ServiceConfig<'_>, review: &str) -> Service {
+        Service::spawn("review", &format!("{}\n{review}", Service::config_text(c)))
+    }
+
+    /// Runs `riskgate <command> --config <file with config_text>`.
+    pub fn spawn(command: &str, config_text: &str) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("riskgate.toml");
-        fs::write(&config, Service::config_text(c)).unwrap();
+        fs::write(&config, config_text).unwrap();
         let log = dir.path().join("riskgate.log");
         // Tests run the binary cargo built for them; the e2e benchmark names its own.
         let binary = std::env::var_os("RISKGATE_BINARY")
@@ -426,7 +437,7 @@ max_future_skew = "off"
             .or_else(|| option_env!("CARGO_BIN_EXE_riskgate").map(PathBuf::from))
             .expect("the riskgate binary");
         let child = Command::new(binary)
-            .args(["run", "--config"])
+            .args([command, "--config"])
             .arg(&config)
             .args(["--log-format", "json"])
             .env(
@@ -566,6 +577,75 @@ max_future_skew = "off"
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// An HTTP response as [`http`] reads it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// A plain HTTP/1.0 request with `headers` and an optional JSON `body`.
+pub fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Response {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {address}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(b) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or(""));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_owned(),
     }
 }
 

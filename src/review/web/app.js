@@ -1,0 +1,707 @@
+// riskgate review: the page to review held payment intents.
+//
+// Every value from the API is untrusted. The DOM is built only with createElement,
+// textContent and setAttribute on a fixed list of harmless attributes (see `el`); API values
+// never reach an HTML parser (no markup setters), URLs other than an encodeURIComponent'd path segment, or styles.
+"use strict";
+
+(function () {
+  const POLL_MS = 5000; // fallback polling while the event stream is down
+  const SSE_RETRY_MIN_MS = 2000;
+  const SSE_RETRY_MAX_MS = 30000;
+  const FILTERS = [
+    ["f-rule", "rule"], ["f-agent", "agent"], ["f-account", "account"],
+    ["f-min-amount", "min_amount"], ["f-max-amount", "max_amount"],
+    ["f-min-age", "min_age"], ["f-max-age", "max_age"],
+  ];
+
+  const state = {
+    session: null,      // {reviewer, role, csrf_token} while signed in
+    query: "",          // the applied filters, as a query string
+    loading: false,     // a list fetch is in flight
+    reloadQueued: false, // another list fetch was asked for meanwhile
+    ageCells: [],       // [{cell, base}]: base is age_seconds at fetch time
+    fetchedAt: 0,       // performance.now() when the list was fetched
+    selectedId: null,   // intent shown in the detail panel
+    detailSeq: 0,       // bumped on every detail fetch, to drop stale answers
+    detailLoading: false, // the first read of the chosen hold is in flight
+    detailGone: false,  // the shown hold answered 404
+    approvals: null,    // approvals object of the shown hold
+    approvalsKey: "",   // ... as JSON, to notice changes in list refreshes
+    listError: false,   // the global status shows a list loading error
+    busy: false,        // an approve/reject is in flight
+    es: null, esTimer: 0, esRetryMs: SSE_RETRY_MIN_MS, esFailed: false,
+    pollTimer: 0, ageTimer: 0,
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  // ---- Safe DOM helpers ----------------------------------------------------------------
+
+  const SAFE_ATTRS = new Set(["class", "scope", "colspan", "tabindex", "role", "aria-hidden",
+    "aria-label", "aria-current", "datetime", "title"]);
+
+  /** Creates an element. `text` sets textContent, other keys must be in SAFE_ATTRS;
+   *  children are nodes or strings (appended as text). */
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "text") node.textContent = String(v);
+      else if (SAFE_ATTRS.has(k)) node.setAttribute(k, String(v));
+      else throw new Error("refusing attribute " + k);
+    }
+    for (const c of children) if (c !== null && c !== undefined) node.append(c);
+    return node;
+  }
+
+  /** A string for a scalar API value, "" for anything else. */
+  function str(v) {
+    return typeof v === "string" ? v : (typeof v === "number" || typeof v === "boolean") ? String(v) : "";
+  }
+  const obj = (v) => (v && typeof v === "object" && !Array.isArray(v)) ? v : {};
+  const arr = (v) => Array.isArray(v) ? v : [];
+  /** Marks a missing value: a dash for the eye, "none" for screen readers. */
+  const none = () => el("span", { class: "none" }, el("span", { "aria-hidden": "true", text: "—" }),
+    el("span", { class: "visually-hidden", text: "none" }));
+  /** The text of a value, or the missing marker. */
+  const show = (v) => str(v) === "" ? none() : str(v);
+  const clear = (node) => node.replaceChildren();
+
+  // ---- Formatting ----------------------------------------------------------------------
+
+  /** 12000.5 -> "12,000.5", keeping the exact decimal string (no float rounding). */
+  function formatAmount(v) {
+    const s = str(v);
+    const m = /^(-?)(\d+)(\.\d+)?$/.exec(s);
+    return m ? m[1] + m[2].replace(/\B(?=(\d{3})+(?!\d))/g, ",") + (m[3] || "") : s;
+  }
+
+  /** Seconds -> "45s", "2m 05s", "1h 02m", "3d 4h". */
+  function formatAge(sec) {
+    const t = Math.max(0, Math.floor(sec));
+    const pad = (n) => String(n).padStart(2, "0");
+    if (t < 60) return t + "s";
+    if (t < 3600) return Math.floor(t / 60) + "m " + pad(t % 60) + "s";
+    if (t < 86400) return Math.floor(t / 3600) + "h " + pad(Math.floor(t / 60) % 60) + "m";
+    return Math.floor(t / 86400) + "d " + Math.floor(t / 3600) % 24 + "h";
+  }
+
+  /** The age of a hold at fetch time: age_seconds, else derived from created_at. */
+  function baseAge(h) {
+    if (typeof h.age_seconds === "number") return h.age_seconds;
+    const t = Date.parse(str(h.created_at));
+    return Number.isNaN(t) ? NaN : (Date.now() - t) / 1000;
+  }
+
+  /** "1 of 2" when more than one approval is needed, else null. */
+  function approvalsText(a) {
+    const required = Number(obj(a).required);
+    return required > 1 ? arr(obj(a).approved_by).length + " of " + required : null;
+  }
+
+  /** A timestamp as given (UTC ISO 8601), with an optional relative hint. */
+  function timeNode(v, relative) {
+    const s = str(v);
+    if (!s) return none();
+    const node = el("time", { datetime: s, text: s });
+    const t = Date.parse(s);
+    if (relative && !Number.isNaN(t)) {
+      const d = (t - Date.now()) / 1000;
+      return el("span", {}, node, el("span", { class: "sub", text: d > 0 ? "in " + formatAge(d) : "expired" }));
+    }
+    return node;
+  }
+
+  // ---- Status messages -----------------------------------------------------------------
+
+  function setMessage(node, text, isError) {
+    const msg = text ? (isError ? "Error: " + text : text) : "";
+    if (node.textContent !== msg) node.textContent = msg;
+    node.classList.toggle("error", Boolean(isError));
+  }
+  const setStatus = (text, isError) => setMessage($("status"), text, isError);
+  const setDetailStatus = (text, isError) => setMessage($("detail-status"), text, isError);
+
+  // ---- API -----------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+  }
+
+  /** Calls the JSON API. Resolves to the parsed body (null for 204), rejects with ApiError.
+   *  A 401 while signed in ends the session and returns to the login view. */
+  async function api(method, path, body) {
+    const headers = { "Accept": "application/json", "X-Requested-With": "riskgate" };
+    const init = { method, headers, credentials: "same-origin", cache: "no-store" };
+    if (method !== "GET" && state.session) headers["X-CSRF-Token"] = state.session.csrf_token;
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await fetch(path, init);
+    } catch (_) {
+      throw new ApiError(0, "network", "Could not reach the server.");
+    }
+    let data = null;
+    if (res.status !== 204) {
+      try { data = await res.json(); } catch (_) { data = null; }
+    }
+    if (res.ok) return data;
+    const e = obj(obj(data).error);
+    const err = new ApiError(res.status, str(e.code), str(e.message) || "Request failed (HTTP " + res.status + ").");
+    if (res.status === 401 && state.session) showLogin("Your session has ended. Please sign in again.");
+    throw err;
+  }
+
+  /** Path of one hold; "." and ".." cannot be a path segment, so they are refused. */
+  function holdPath(id, suffix) {
+    if (!id || id === "." || id === "..") throw new ApiError(0, "bad_id", "This intent id cannot be addressed.");
+    return "/api/holds/" + encodeURIComponent(id) + (suffix || "");
+  }
+
+  /** Reports a failed call in `where` unless the 401 handler already took over. */
+  function report(err, prefix, where) {
+    if (err.status === 401 || !state.session) return;
+    (where || setStatus)(prefix + ": " + err.message, true);
+  }
+
+  // ---- Session -------------------------------------------------------------------------
+
+  function showLogin(message) {
+    state.session = null;
+    stopLive();
+    closeDetail(false);
+    clear($("holds-body"));
+    state.ageCells = [];
+    $("queue-view").hidden = true;
+    $("session-info").hidden = true;
+    $("whoami").textContent = "";
+    $("login-view").hidden = false;
+    $("secret").value = "";
+    $("login-error").textContent = message || "";
+    $("reviewer").focus();
+  }
+
+  function signedIn(s) {
+    s = obj(s);
+    if (!str(s.reviewer)) throw new ApiError(0, "bad_session", "Unexpected session response.");
+    state.session = { reviewer: str(s.reviewer), role: str(s.role), csrf_token: str(s.csrf_token) };
+    $("whoami").textContent = "Signed in as " + state.session.reviewer + " (" + state.session.role + ")";
+    $("session-info").hidden = false;
+    $("login-view").hidden = true;
+    $("login-error").textContent = "";
+    $("queue-view").hidden = false;
+    loadHolds();
+    startLive();
+  }
+
+  /** Only approvers may act; anything else (including an unknown role) is treated as viewer. */
+  const canAct = () => Boolean(state.session && state.session.role === "approver");
+
+  async function login(ev) {
+    ev.preventDefault();
+    const reviewer = $("reviewer").value.trim();
+    const secret = $("secret").value;
+    $("login-error").textContent = "";
+    if (!reviewer || !secret) {
+      $("login-error").textContent = "Enter your reviewer name and secret.";
+      return;
+    }
+    $("login-submit").disabled = true;
+    try {
+      const s = await api("POST", "/api/session", { reviewer, secret });
+      $("secret").value = "";
+      signedIn(s);
+      $("main").focus();
+    } catch (err) {
+      $("login-error").textContent = err.message;
+      $("secret").value = "";
+      $("secret").focus();
+    } finally {
+      $("login-submit").disabled = false;
+    }
+  }
+
+  async function logout() {
+    try {
+      await api("DELETE", "/api/session");
+    } catch (err) {
+      if (err.status !== 401) { setStatus("Could not sign out: " + err.message, true); return; }
+    }
+    if (state.session) showLogin("");
+    setStatus("Signed out.");
+  }
+
+  // ---- Holds list ----------------------------------------------------------------------
+
+  /** Fetches the list with the applied filters. Calls made while one is in flight are
+   *  coalesced into one more fetch afterwards, so the newest filters always win. */
+  async function loadHolds() {
+    if (state.loading) { state.reloadQueued = true; return; }
+    state.loading = true;
+    try {
+      do {
+        state.reloadQueued = false;
+        const data = obj(await api("GET", "/api/holds" + (state.query ? "?" + state.query : "")));
+        if (!state.session) return;
+        renderHolds(arr(data.holds), data.count);
+      } while (state.reloadQueued && state.session);
+      if (state.listError) { state.listError = false; setStatus(""); }
+    } catch (err) {
+      if (err.status !== 401 && state.session) state.listError = true;
+      report(err, "Could not load holds");
+    } finally {
+      state.loading = false;
+    }
+  }
+
+  function renderHolds(holds, count) {
+    const body = $("holds-body");
+    const focused = document.activeElement && document.activeElement.closest
+      ? document.activeElement.closest("#holds-body tr[data-intent-id]") : null;
+    const focusedId = focused ? focused.dataset.intentId : null;
+
+    state.ageCells = [];
+    state.fetchedAt = performance.now();
+    const rows = holds.map((h) => holdRow(obj(h)));
+    if (rows.length === 0) {
+      const td = el("td", { colspan: 8, class: "empty" }, "Nothing is held.");
+      if (state.query) td.append(el("span", { class: "sub", text: "Clear the filters to see every hold." }));
+      rows.push(el("tr", {}, td));
+    }
+    body.replaceChildren(...rows);
+    updateAges();
+
+    const n = typeof count === "number" ? count : holds.length;
+    $("hold-count").textContent = n + " pending";
+    $("filter-note").hidden = !state.query;
+
+    // Keep keyboard focus on the same hold across refreshes.
+    if (focusedId !== null) {
+      const again = rowFor(focusedId);
+      if (again) again.focus();
+    }
+    // If the open hold left the list or its approvals changed, re-read it (404 = gone).
+    if (state.selectedId !== null && !state.detailLoading && !state.busy) {
+      const h = holds.find((x) => obj(x).intent_id === state.selectedId);
+      const changed = h ? JSON.stringify(obj(h).approvals || null) !== state.approvalsKey : !state.detailGone;
+      if (changed) openDetail(state.selectedId, { refresh: true });
+    }
+  }
+
+  function rowFor(id) {
+    return Array.from($("holds-body").rows).find((r) => r.dataset.intentId === id) || null;
+  }
+
+  function holdRow(h) {
+    const id = str(h.intent_id);
+    const tr = el("tr", { class: "hold-row", tabindex: 0 });
+    tr.dataset.intentId = id;
+    if (id === state.selectedId) markRow(tr, true);
+
+    const age = el("td", { class: "age" });
+    state.ageCells.push({ cell: age, base: baseAge(h) });
+
+    const amount = el("td", { class: "amount" });
+    if (str(h.amount)) {
+      amount.append(el("span", { class: "amt", text: formatAmount(h.amount) }));
+      if (str(h.currency)) amount.append(" ", el("span", { class: "ccy", text: str(h.currency) }));
+    } else {
+      amount.append(none());
+    }
+
+    const cp = obj(h.counterparty);
+    const cpCell = el("td", { class: "cp" });
+    const cpSub = [str(cp.id), str(cp.country)].filter(Boolean).join(" · ");
+    if (str(cp.name)) cpCell.append(el("span", { class: "cp-name", text: str(cp.name) }));
+    if (cpSub) cpCell.append(el("span", { class: "sub", text: cpSub }));
+    if (!cpCell.firstChild) cpCell.append(none());
+
+    const reasons = el("td", { class: "reasons" });
+    const list = arr(h.reasons);
+    if (list.length) reasons.append(el("ul", {}, ...list.map((r) => reasonItem(obj(r)))));
+    else reasons.append(none());
+
+    const a = obj(h.approvals);
+    const apText = approvalsText(a);
+    const approvals = el("td", { class: "approvals" }, apText || none());
+    const by = arr(a.approved_by).map(str).filter(Boolean);
+    if (apText && by.length) approvals.append(el("span", { class: "sub", text: "by " + by.join(", ") }));
+
+    tr.append(age, el("td", {}, show(h.agent_id)), el("td", {}, show(h.account_id)),
+      el("td", {}, show(h.action)), amount, cpCell, reasons, approvals);
+    return tr;
+  }
+
+  /** One reason as "rule: message", with a small tag for its action (text, not only color). */
+  function reasonItem(r) {
+    const li = el("li", {}, el("span", { class: "rule", text: str(r.rule) }));
+    if (str(r.message)) li.append(": " + str(r.message));
+    const action = str(r.action);
+    if (action === "hold") li.append(" ", el("span", { class: "tag tag-hold", text: "hold" }));
+    else if (action === "score" && str(r.score)) li.append(" ", el("span", { class: "tag", text: "score " + str(r.score) }));
+    else if (action) li.append(" ", el("span", { class: "tag", text: action }));
+    return li;
+  }
+
+  /** Ticks every second: age at fetch time plus the time since. */
+  function updateAges() {
+    const elapsed = (performance.now() - state.fetchedAt) / 1000;
+    for (const { cell, base } of state.ageCells) {
+      const text = Number.isNaN(base) ? "?" : formatAge(base + elapsed);
+      if (cell.textContent !== text) cell.textContent = text;
+    }
+  }
+
+  function markRow(tr, on) {
+    tr.classList.toggle("selected", on);
+    if (on) tr.setAttribute("aria-current", "true"); else tr.removeAttribute("aria-current");
+  }
+
+  // ---- Filters -------------------------------------------------------------------------
+
+  function applyFilters(ev) {
+    ev.preventDefault();
+    const params = new URLSearchParams();
+    for (const [id, key] of FILTERS) {
+      const v = $(id).value.trim();
+      if (v) params.set(key, v);
+    }
+    state.query = params.toString();
+    loadHolds();
+  }
+
+  function clearFilters() {
+    for (const [id] of FILTERS) $(id).value = "";
+    state.query = "";
+    loadHolds();
+    setStatus("Filters cleared.");
+  }
+
+  // ---- Detail --------------------------------------------------------------------------
+
+  /** Shows one hold. `refresh` re-reads the open hold without moving focus or clearing input. */
+  async function openDetail(id, opts) {
+    // Choosing the hold that is already open re-reads it, keeping the comment being written.
+    const refresh = Boolean(opts && opts.refresh) || (state.selectedId === id && !$("detail").hidden);
+    const seq = ++state.detailSeq;
+    if (refresh && opts && opts.focus) $("detail-title").focus();
+    if (!refresh || state.selectedId !== id) {
+      state.selectedId = id;
+      state.detailLoading = true;
+      state.detailGone = false;
+      state.approvals = null;
+      state.approvalsKey = "";
+      for (const r of $("holds-body").rows) markRow(r, r.dataset.intentId === id);
+      $("detail-title").textContent = "Hold " + id;
+      clear($("detail-body"));
+      $("intent-json").textContent = "";
+      $("comment").value = "";
+      $("comment").removeAttribute("aria-invalid");
+      setDetailStatus("Loading…");
+      $("detail").hidden = false;
+      $("panes").classList.add("with-detail");
+      updateActions(null);
+      if (opts && opts.focus) $("detail-title").focus();
+    }
+    const firstRead = state.detailLoading; // "Loading…" is showing
+    try {
+      const data = obj(await api("GET", holdPath(id)));
+      if (seq !== state.detailSeq || !state.session) return;
+      state.detailLoading = false;
+      state.detailGone = false;
+      renderDetail(obj(data.hold), obj(data.decision));
+      if (firstRead) setDetailStatus("");
+    } catch (err) {
+      if (seq !== state.detailSeq) return;
+      state.detailLoading = false;
+      if (err.status === 404) {
+        state.detailGone = true;
+        state.approvals = null;
+        updateActions(null);
+        setDetailStatus(err.message || id + " is no longer pending.");
+      } else {
+        report(err, "Could not load " + id, setDetailStatus);
+      }
+    }
+  }
+
+  function closeDetail(returnFocus) {
+    const id = state.selectedId;
+    state.selectedId = null;
+    state.detailSeq++;
+    state.detailLoading = state.detailGone = false;
+    state.approvals = null;
+    state.approvalsKey = "";
+    $("detail").hidden = true;
+    $("panes").classList.remove("with-detail");
+    clear($("detail-body"));
+    $("intent-json").textContent = "";
+    $("comment").value = "";
+    setDetailStatus("");
+    for (const r of $("holds-body").rows) markRow(r, false);
+    if (returnFocus) (rowFor(id) || $("hold-count")).focus();
+  }
+
+  function renderDetail(hold, dec) {
+    const intent = obj(dec.intent);
+    const pick = (k) => (hold[k] !== undefined ? hold[k] : intent[k]);
+    const cp = obj(hold.counterparty || intent.counterparty);
+    const src = obj(dec.source);      // where the intent was read from
+    const rec = obj(hold.source);     // where the hold decision is on the decisions topic
+    const a = obj(hold.approvals);
+    state.approvals = a;
+    state.approvalsKey = JSON.stringify(hold.approvals || null);
+
+    // Facts as a definition list.
+    const dl = el("dl", { class: "facts" });
+    const fact = (label, value) => dl.append(el("dt", { text: label }),
+      el("dd", {}, value instanceof Node ? value : show(value)));
+    fact("Intent", pick("intent_id"));
+    fact("Agent", pick("agent_id"));
+    fact("Account", pick("account_id"));
+    fact("Action", pick("action"));
+    fact("Amount", str(pick("amount")) ? el("span", { class: "amt", text: formatAmount(pick("amount")) }) : none());
+    fact("Currency", pick("currency"));
+    fact("Counterparty name", cp.name);
+    fact("Counterparty id", cp.id);
+    fact("Counterparty country", cp.country);
+    fact("Counterparty account", cp.account);
+    fact("Score", hold.score !== undefined ? hold.score : dec.score);
+    if (str(dec.decision)) fact("Decision", dec.decision);
+    const by = arr(a.approved_by).map(str).filter(Boolean);
+    const required = Number(a.required);
+    fact("Approvals", (required > 0 ? by.length + " of " + required : "") +
+      (by.length ? " (approved by " + by.join(", ") + ")" : ""));
+    fact("Created at", timeNode(pick("created_at")));
+    fact("Decided at", timeNode(hold.decided_at || dec.decided_at));
+    fact("Expires at", timeNode(hold.expires_at, true));
+    fact("Ruleset", hold.ruleset || dec.ruleset);
+    if (str(src.file)) {
+      fact("Source file", src.file);
+      fact("Source line", src.line);
+    } else {
+      fact("Source topic", src.topic);
+      fact("Source partition", src.partition);
+      fact("Source offset", src.offset);
+    }
+    if (str(rec.partition) || str(rec.offset)) {
+      fact("Hold record", "decisions partition " + (str(rec.partition) || "?") + ", offset " + (str(rec.offset) || "?"));
+    }
+    if (dec.duplicate === true) fact("Duplicate", "yes");
+
+    const parts = [dl];
+
+    // Reasons: prefer the hold's (they carry per-rule approvals), else the decision's.
+    const reasons = arr(hold.reasons).length ? arr(hold.reasons) : arr(dec.reasons);
+    parts.push(el("h3", { text: "Reasons" }));
+    if (reasons.length) {
+      parts.push(el("ul", { class: "reason-list" }, ...reasons.map((r) => {
+        r = obj(r);
+        const meta = [["Action", r.action], ["Score", r.score], ["Approvals", r.approvals]]
+          .filter(([, v]) => str(v) !== "").map(([k, v]) => k + " " + str(v)).join(" · ");
+        return el("li", { class: str(r.action) === "hold" ? "is-hold" : null },
+          el("span", { class: "rule", text: str(r.rule) }),
+          str(r.action) === "hold" ? el("span", { class: "tag tag-hold", text: "hold" }) : null,
+          el("span", { class: "reason-msg", text: str(r.message) }),
+          meta ? el("span", { class: "sub", text: meta }) : null);
+      })));
+    } else {
+      parts.push(el("p", { class: "muted", text: "No reasons recorded." }));
+    }
+
+    const errors = arr(dec.errors).length ? arr(dec.errors) : arr(hold.errors);
+    if (errors.length) {
+      parts.push(el("h3", { text: "Rule errors" }), el("ul", { class: "errors" },
+        ...errors.map((e) => el("li", {}, el("span", { class: "rule", text: str(obj(e).rule) }),
+          ": " + str(obj(e).message)))));
+    }
+
+    const counters = Object.entries(dec.counters !== undefined ? obj(dec.counters) : obj(hold.counters));
+    parts.push(el("h3", { text: "Counters" }));
+    parts.push(counters.length
+      ? table("Counters as the rules saw them", ["Counter", "Value"], counters, [false, true])
+      : el("p", { class: "muted", text: "No counters." }));
+
+    $("detail-body").replaceChildren(...parts);
+    $("intent-json").textContent = dec.intent === undefined ? "(not available)" : JSON.stringify(dec.intent, null, 2);
+    updateActions(a);
+  }
+
+  /** A small table; `numeric[i]` right-aligns column i. */
+  function table(caption, heads, rows, numeric) {
+    const num = numeric || [];
+    return el("table", { class: "mini" },
+      el("caption", { class: "visually-hidden", text: caption }),
+      el("thead", {}, el("tr", {}, ...heads.map((h, i) => el("th", { scope: "col", class: num[i] ? "num" : null, text: h })))),
+      el("tbody", {}, ...rows.map((cells) => el("tr", {},
+        ...cells.map((c, i) => el("td", { class: num[i] ? "num" : null }, show(c)))))));
+  }
+
+  /** Shows or hides the approve/reject controls. `approvals` is null when there is nothing to act on. */
+  function updateActions(approvals) {
+    const allowed = canAct();
+    const mine = Boolean(approvals && state.session && arr(approvals.approved_by).includes(state.session.reviewer));
+    $("detail-actions").hidden = !allowed;
+    $("viewer-note").hidden = allowed;
+    $("own-approval").hidden = !mine;
+    $("approve").disabled = !allowed || !approvals || mine || state.busy;
+    $("reject").disabled = !allowed || !approvals || state.busy;
+  }
+
+  /** Approves or rejects the open hold. */
+  async function decide(kind) {
+    const id = state.selectedId;
+    if (id === null || state.busy || !canAct()) return;
+    const box = $("comment");
+    const comment = box.value.trim();
+    if (kind === "reject" && !comment) {
+      box.setAttribute("aria-invalid", "true");
+      setDetailStatus("A comment is required to reject.", true);
+      box.focus();
+      return;
+    }
+    box.removeAttribute("aria-invalid");
+    state.busy = true;
+    $("approve").disabled = $("reject").disabled = true;
+    setDetailStatus(kind === "approve" ? "Approving…" : "Rejecting…");
+    try {
+      const data = obj(await api("POST", holdPath(id, "/" + kind), comment ? { comment } : {}));
+      state.busy = false;
+      // `final`: this review ended the hold (approved and released, or rejected).
+      // Without it, released=false means the approval still needs another approver.
+      const ended = data.final !== undefined ? data.final === true : data.released !== false;
+      if (!ended) {
+        const msg = "Approval recorded; a second approver is needed";
+        if (state.selectedId === id) {
+          box.value = "";
+          setDetailStatus(msg);
+          openDetail(id, { refresh: true });
+        } else {
+          setStatus(msg + " (" + id + ")");
+        }
+      } else {
+        if (state.selectedId === id) closeDetail(true);
+        setStatus((kind === "approve" ? "Approved " : "Rejected ") + id);
+      }
+      loadHolds();
+    } catch (err) {
+      state.busy = false;
+      if (state.selectedId === id) {
+        report(err, kind === "approve" ? "Could not approve" : "Could not reject", setDetailStatus);
+        if (err.status === 404 || err.status === 409) openDetail(id, { refresh: true });
+        else updateActions(state.detailGone ? null : state.approvals);
+      } else {
+        report(err, "Could not " + kind + " " + id);
+      }
+      if (err.status === 404 || err.status === 409) loadHolds();
+    }
+  }
+
+  // ---- Live updates --------------------------------------------------------------------
+
+  function startLive() {
+    stopLive();
+    state.ageTimer = setInterval(updateAges, 1000);
+    connectEvents();
+  }
+
+  function stopLive() {
+    if (state.es) state.es.close();
+    state.es = null;
+    clearTimeout(state.esTimer);
+    clearInterval(state.ageTimer);
+    stopPolling();
+    state.esRetryMs = SSE_RETRY_MIN_MS;
+    state.esFailed = false;
+  }
+
+  /** Listens for `holds` events; on error polls instead and retries with backoff. */
+  function connectEvents() {
+    if (!state.session) return;
+    if (typeof EventSource === "undefined") { startPolling(); return; }
+    const es = new EventSource("/api/events");
+    state.es = es;
+    es.addEventListener("open", () => {
+      state.esRetryMs = SSE_RETRY_MIN_MS;
+      stopPolling();
+      if (state.esFailed) { state.esFailed = false; loadHolds(); } // catch up on missed events
+    });
+    es.addEventListener("holds", () => loadHolds());
+    es.addEventListener("error", () => {
+      es.close();
+      if (state.es !== es || !state.session) return;
+      state.es = null;
+      state.esFailed = true;
+      startPolling();
+      clearTimeout(state.esTimer);
+      state.esTimer = setTimeout(connectEvents, state.esRetryMs);
+      state.esRetryMs = Math.min(state.esRetryMs * 2, SSE_RETRY_MAX_MS);
+    });
+  }
+
+  function startPolling() {
+    if (state.pollTimer) return;
+    loadHolds();
+    state.pollTimer = setInterval(loadHolds, POLL_MS);
+  }
+
+  function stopPolling() {
+    clearInterval(state.pollTimer);
+    state.pollTimer = 0;
+  }
+
+  // ---- Wiring --------------------------------------------------------------------------
+
+  function onRowActivate(ev) {
+    const tr = ev.target.closest("tr[data-intent-id]");
+    if (!tr) return;
+    if (ev.type === "click") {
+      const sel = window.getSelection && window.getSelection();
+      if (sel && !sel.isCollapsed && tr.contains(sel.anchorNode)) return; // the user is copying text
+      openDetail(tr.dataset.intentId, { focus: true });
+      return;
+    }
+    if (ev.target !== tr) return;
+    if (ev.key === "Enter" || ev.key === " ") {
+      ev.preventDefault();
+      openDetail(tr.dataset.intentId, { focus: true });
+    } else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+      const next = ev.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling;
+      if (next && next.dataset.intentId !== undefined) { ev.preventDefault(); next.focus(); }
+    }
+  }
+
+  async function boot() {
+    $("login-form").addEventListener("submit", login);
+    $("logout").addEventListener("click", logout);
+    $("filters").addEventListener("submit", applyFilters);
+    $("f-clear").addEventListener("click", clearFilters);
+    $("holds-body").addEventListener("click", onRowActivate);
+    $("holds-body").addEventListener("keydown", onRowActivate);
+    $("detail-close").addEventListener("click", () => closeDetail(true));
+    $("detail").addEventListener("keydown", (ev) => {
+      // Escape closes the panel, except from a comment being written (it would be lost).
+      if (ev.key !== "Escape") return;
+      if (ev.target === $("comment") && $("comment").value.trim()) return;
+      ev.preventDefault();
+      closeDetail(true);
+    });
+    $("approve").addEventListener("click", () => decide("approve"));
+    $("reject").addEventListener("click", () => decide("reject"));
+    $("comment").addEventListener("input", () => $("comment").removeAttribute("aria-invalid"));
+    $("login-submit").disabled = false;
+
+    try {
+      signedIn(await api("GET", "/api/session"));
+    } catch (err) {
+      showLogin(err.status === 401 ? "" : err.message);
+    }
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot);
+  else boot();
+})();

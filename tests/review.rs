@@ -1,0 +1,422 @@
+//! `riskgate review` against a real broker, with the real engine deciding: holds appear,
+//! outcomes are published as review records, every instance agrees, a restart rebuilds the
+//! same queue, holds expire, and only the right people may do the right things.
+
+mod support;
+
+use support::review::{intent, Stack, REVIEWERS};
+use support::serial;
+
+/// The intents of these tests: three held (one needs two approvals), one allowed.
+fn proposals() -> Vec<String> {
+    vec![
+        intent(
+            "t-1",
+            "procurement-bot",
+            "acct-1",
+            "transfer",
+            "20000.00",
+            "Acme GmbH",
+        ),
+        intent(
+            "t-2",
+            "procurement-bot",
+            "acct-2",
+            "transfer",
+            "50.00",
+            "Acme GmbH",
+        ),
+        intent(
+            "p-1",
+            "payout-bot",
+            "acct-3",
+            "payout",
+            "60000.00",
+            "Payee Ltd",
+        ),
+        intent(
+            "t-3",
+            "treasury-bot",
+            "acct-4",
+            "transfer",
+            "30000.00",
+            "Globex",
+        ),
+    ]
+}
+
+#[test]
+fn holds_are_reviewed_once_and_every_instance_agrees() {
+    let _g = serial();
+    let stack = Stack::start("review-flow");
+    stack.propose(&proposals());
+    let a = stack.review("");
+    let b = stack.review("");
+    let alice = a.sign_in("alice");
+    let bob_on_b = b.sign_in("bob");
+    a.wait_pending(&alice, &["t-1", "p-1", "t-3"]);
+    b.wait_pending(&bob_on_b, &["t-1", "p-1", "t-3"]);
+
+    // The full decision is there: reasons, counters, ruleset, the intent.
+    let detail = a.get(&alice, "/api/holds/t-1").json();
+    let reason = &detail["hold"]["reasons"][0];
+    assert_eq!(reason["rule"], "large-transfer");
+    assert_eq!(
+        reason["message"],
+        "20000.00 EUR to Acme GmbH is above 10000"
+    );
+    assert_eq!(detail["decision"]["decision"], "hold");
+    assert_eq!(detail["decision"]["intent"]["agent_id"], "procurement-bot");
+    assert_eq!(detail["hold"]["ruleset"], detail["decision"]["ruleset"]);
+    assert_eq!(detail["hold"]["amount"], "20000.00");
+    assert_eq!(detail["hold"]["approvals"]["required"], 1);
+    assert_eq!(
+        a.get(&alice, "/api/holds/p-1").json()["hold"]["approvals"]["required"],
+        2
+    );
+
+    // Filters.
+    assert_eq!(a.pending(&alice, "?rule=large-payout"), ["p-1"]);
+    assert_eq!(a.pending(&alice, "?agent=treasury-bot"), ["t-3"]);
+    assert_eq!(a.pending(&alice, "?account=acct-1"), ["t-1"]);
+    let mut big = a.pending(&alice, "?min_amount=25000");
+    big.sort();
+    assert_eq!(big, ["p-1", "t-3"]);
+    assert_eq!(a.pending(&alice, "?max_amount=20000"), ["t-1"]);
+    assert_eq!(
+        a.pending(&alice, "?max_age=1s&min_age=1h"),
+        Vec::<String>::new()
+    );
+    assert_eq!(a.pending(&alice, "?min_age=0s").len(), 3);
+    let bad = a.get(&alice, "/api/holds?min_amount=lots");
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.json()["error"]["message"],
+        "`min_amount` must be a decimal amount such as 100 or 2500.50, not `lots`"
+    );
+
+    // Approve on instance A: one review record on the topic, on the hold's partition with its key.
+    let r = a.review(&alice, "t-1", "approve", "invoice checked");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["released"].as_bool(), r.json()["final"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let records = stack.review_records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let rec = &records[0];
+    assert_eq!(rec.value["intent_id"], "t-1");
+    assert_eq!(rec.value["decision"], "allow");
+    assert_eq!(rec.value["review"], "approve");
+    assert_eq!(rec.value["final"], true);
+    assert_eq!(rec.value["reviewer"], "alice");
+    assert_eq!(rec.value["comment"], "invoice checked");
+    assert!(rec.value["reviewed_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    let hold = stack
+        .broker
+        .read_all(&stack.topics.decisions)
+        .into_iter()
+        .find(|d| d.value["intent_id"] == "t-1" && d.value["stage"].is_null())
+        .unwrap();
+    assert_eq!(
+        (rec.partition, rec.key.as_deref()),
+        (hold.partition, Some("acct-1"))
+    );
+    assert_eq!(rec.value["hold"]["offset"].as_i64(), Some(hold.offset));
+
+    // Instance B read it and dropped the hold; approving there is refused.
+    b.wait_pending(&bob_on_b, &["p-1", "t-3"]);
+    assert_eq!(b.review(&bob_on_b, "t-1", "approve", "").status, 404);
+
+    // Reject on B; A follows.
+    let r = b.review(&bob_on_b, "t-3", "reject", "unknown payee");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["review"]["decision"], "deny");
+    a.wait_pending(&alice, &["p-1"]);
+
+    // A restarted instance rebuilds the same queue, approvals given so far included.
+    let first = a.review(&alice, "p-1", "approve", "");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["released"], false);
+    drop(a);
+    let a2 = stack.review("");
+    let alice2 = a2.sign_in("alice");
+    a2.wait_pending(&alice2, &["p-1"]);
+    let approvals = &a2.get(&alice2, "/api/holds/p-1").json()["hold"]["approvals"];
+    assert_eq!(approvals["approved_by"], serde_json::json!(["alice"]));
+    assert_eq!(
+        a2.review(&alice2, "p-1", "approve", "").status,
+        409,
+        "alice counts once"
+    );
+    let second = a2.review(&a2.sign_in("bob"), "p-1", "approve", "second pair of eyes");
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.json()["released"], true);
+    b.wait_pending(&bob_on_b, &[]);
+    let mut finals: Vec<_> = stack
+        .review_records()
+        .into_iter()
+        .filter(|r| r.value["final"] == true)
+        .map(|r| r.value["intent_id"].as_str().unwrap().to_owned())
+        .collect();
+    finals.sort();
+    assert_eq!(finals, ["p-1", "t-1", "t-3"], "one final record per intent");
+
+    // Metrics of the instance that published.
+    let metrics = a2.request("GET", "/metrics", &[], None).body;
+    assert!(metrics.contains("riskgate_pending_holds 0"), "{metrics}");
+    assert!(
+        metrics.contains("riskgate_review_outcomes_total{outcome=\"approve\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("riskgate_review_refusals_total{reason=\"already_approved\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("riskgate_review_time_seconds_count 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn unreviewed_holds_expire_to_a_reject_by_the_system() {
+    let _g = serial();
+    let stack = Stack::start("review-expiry");
+    let r = stack.review("expire_after = \"3s\"");
+    let vera = r.sign_in("vera");
+    stack.propose(&proposals()[..1]);
+    r.wait_pending(&vera, &["t-1"]);
+    r.wait_pending(&vera, &[]);
+    let records = stack.review_records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let rec = &records[0].value;
+    assert_eq!(
+        (
+            &rec["intent_id"],
+            &rec["reviewer"],
+            &rec["review"],
+            &rec["decision"],
+            &rec["final"]
+        ),
+        (
+            &"t-1".into(),
+            &"system:expiry".into(),
+            &"reject".into(),
+            &"deny".into(),
+            &true.into()
+        )
+    );
+    assert_eq!(
+        rec["comment"],
+        "not reviewed within 3s; rejected automatically"
+    );
+    let metrics = r.request("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains("riskgate_review_outcomes_total{outcome=\"expire\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn only_the_right_people_may_review() {
+    let _g = serial();
+    let stack = Stack::start("review-security");
+    let mut evil = proposals();
+    let xss = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
+    evil.push(intent("x-1", xss, xss, "transfer", "99999.00", xss));
+    stack.propose(&evil);
+    let r = stack.review("");
+    let alice = r.sign_in("alice");
+    r.wait_pending(&alice, &["t-1", "p-1", "t-3", "x-1"]);
+
+    // No credentials: 401, with a Basic challenge for scripts but not for the page.
+    let none = r.request("GET", "/api/holds", &[], None);
+    assert_eq!(none.status, 401);
+    assert_eq!(none.json()["error"]["code"], "unauthenticated");
+    assert!(none
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Basic")));
+    let page = r.request(
+        "GET",
+        "/api/holds",
+        &[("X-Requested-With", "riskgate")],
+        None,
+    );
+    assert_eq!((page.status, page.header("www-authenticate")), (401, None));
+    assert_eq!(
+        r.request("POST", "/api/holds/t-1/approve", &[], Some("{}"))
+            .status,
+        401
+    );
+    // A wrong secret, an unknown reviewer.
+    for (who, secret) in [("alice", "bob-secret-456"), ("mallory", "alice-secret-123")] {
+        let body = serde_json::json!({"reviewer": who, "secret": secret}).to_string();
+        let bad = r.request("POST", "/api/session", &[], Some(&body));
+        assert_eq!(
+            (bad.status, bad.header("set-cookie")),
+            (401, None),
+            "{}",
+            bad.body
+        );
+    }
+    // A forged cookie.
+    let forged = r.request(
+        "GET",
+        "/api/holds",
+        &[("Cookie", "riskgate_session=00ff")],
+        None,
+    );
+    assert_eq!(forged.status, 401);
+
+    // The session cookie is HttpOnly and SameSite=Strict.
+    let body = serde_json::json!({"reviewer": "vera", "secret": REVIEWERS[2].2}).to_string();
+    let signed = r.request("POST", "/api/session", &[], Some(&body));
+    let cookie = signed.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("; HttpOnly") && cookie.contains("; SameSite=Strict"),
+        "{cookie}"
+    );
+
+    // A viewer sees but may not approve or reject.
+    let vera = r.sign_in("vera");
+    assert_eq!(r.pending(&vera, "").len(), 4);
+    let v = r.review(&vera, "t-3", "approve", "");
+    assert_eq!(
+        (v.status, v.json()["error"]["code"].as_str()),
+        (403, Some("viewer"))
+    );
+    assert_eq!(r.review(&vera, "t-3", "reject", "no").status, 403);
+
+    // Missing or wrong CSRF token on a session: 403, nothing published.
+    let body = Some("{\"comment\":\"\"}");
+    for headers in [
+        vec![("Cookie", alice.cookie.as_str())],
+        vec![("Cookie", alice.cookie.as_str()), ("X-CSRF-Token", "guess")],
+        vec![
+            ("Cookie", alice.cookie.as_str()),
+            ("X-CSRF-Token", vera.csrf.as_str()),
+        ],
+    ] {
+        let c = r.request("POST", "/api/holds/t-3/approve", &headers, body);
+        assert_eq!(
+            (c.status, c.json()["error"]["code"].as_str()),
+            (403, Some("csrf")),
+            "{headers:?}"
+        );
+    }
+    // A form post (not JSON) is refused too.
+    let form = r.request(
+        "POST",
+        "/api/holds/t-3/approve",
+        &[
+            ("Cookie", &alice.cookie),
+            ("X-CSRF-Token", &alice.csrf),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        None,
+    );
+    assert_eq!(form.status, 415, "{}", form.body);
+
+    // The agent that proposed an intent can never approve it, even as an approver.
+    let bot = r.sign_in("procurement-bot");
+    let own = r.review(&bot, "t-1", "approve", "looks fine to me");
+    assert_eq!(
+        (own.status, own.json()["error"]["code"].as_str()),
+        (403, Some("proposer"))
+    );
+
+    // Two approvals: one approver does not release it, and the same approver counts once.
+    let one = r.review(&alice, "p-1", "approve", "");
+    assert_eq!(
+        (one.status, one.json()["released"].as_bool()),
+        (200, Some(false)),
+        "{}",
+        one.body
+    );
+    assert_eq!(one.json()["review"]["decision"], "hold");
+    let again = r.review(&alice, "p-1", "approve", "");
+    assert_eq!(
+        (again.status, again.json()["error"]["code"].as_str()),
+        (409, Some("already_approved"))
+    );
+    assert!(r.pending(&alice, "").contains(&"p-1".to_owned()));
+    // HTTP Basic works for scripts, without a CSRF token.
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("bob:{}", REVIEWERS[1].2))
+    );
+    let two = r.request(
+        "POST",
+        "/api/holds/p-1/approve",
+        &[("Authorization", &basic)],
+        Some("{\"comment\":\"ok\"}"),
+    );
+    assert_eq!(
+        (two.status, two.json()["released"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        two.body
+    );
+    // Only t-1... and the refused attempts published nothing.
+    let records = stack.review_records();
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| (
+                r.value["intent_id"].as_str().unwrap(),
+                r.value["reviewer"].as_str().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [("p-1", "alice"), ("p-1", "bob")]
+    );
+
+    // Every attempt is logged with who and why.
+    let events = r.service.events();
+    let refused: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["message"] == "review attempt refused")
+        .map(|e| {
+            (
+                e["reviewer"].as_str().unwrap_or("").to_owned(),
+                e["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("vera", "viewer"),
+        ("alice", "csrf"),
+        ("procurement-bot", "proposer"),
+        ("alice", "already_approved"),
+        ("mallory", "bad_credentials"),
+        ("", "unauthenticated"),
+    ] {
+        assert!(
+            refused
+                .iter()
+                .any(|(w, r)| (w.as_str(), r.as_str()) == want),
+            "{want:?} in {refused:?}"
+        );
+    }
+    assert!(events.iter().any(|e| e["message"] == "review published"
+        && e["reviewer"] == "bob"
+        && e["intent_id"] == "p-1"));
+    assert!(
+        !r.service.log_text().contains("alice-secret-123"),
+        "no secret in the log"
+    );
+
+    // Intent fields come back as JSON strings, never as markup; every response forbids
+    // inline scripts (the browser test checks the page renders them inert).
+    let x = r.get(&alice, "/api/holds/x-1");
+    assert_eq!(x.json()["hold"]["counterparty"]["name"], xss);
+    assert_eq!(x.header("content-type"), Some("application/json"));
+    let csp = r.request("GET", "/", &[], None);
+    assert!(csp
+        .header("content-security-policy")
+        .is_some_and(|c| c.contains("script-src 'self'")));
+    assert_eq!(csp.header("x-content-type-options"), Some("nosniff"));
+}

@@ -1,0 +1,227 @@
+//! A review stack for tests: a broker, `riskgate run` deciding with rules that hold, and
+//! `riskgate review` instances with four reviewers.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::{http, wait_for, Broker, Response, Service, ServiceConfig, Topics};
+
+/// Holds transfers above 10000 (one approval) and payouts above 50000 (two approvals).
+pub const RULES: &str = r#"
+[[rule]]
+id = "large-transfer"
+description = "A transfer above 10000 needs a person"
+when = 'action == "transfer" && amount > 10000'
+action = "hold"
+message = "{amount} {currency} to {counterparty.name} is above 10000"
+
+[[rule]]
+id = "large-payout"
+description = "A payout above 50000 needs two people"
+when = 'action == "payout" && amount > 50000'
+action = "hold"
+approvals = 2
+"#;
+
+/// Name, role and secret of the configured reviewers. `procurement-bot` is also an agent
+/// that proposes intents: it may never approve its own.
+pub const REVIEWERS: [(&str, &str, &str); 4] = [
+    ("alice", "approver", "alice-secret-123"),
+    ("bob", "approver", "bob-secret-456"),
+    ("vera", "viewer", "vera-secret-789"),
+    ("procurement-bot", "approver", "bot-secret-000"),
+];
+
+/// The `[review]` section, with `extra` keys (e.g. `expire_after = "2s"`).
+pub fn review_section(extra: &str) -> String {
+    static HASHES: OnceLock<Vec<String>> = OnceLock::new();
+    let hashes = HASHES.get_or_init(|| {
+        REVIEWERS
+            .iter()
+            .map(|(_, _, secret)| riskgate::review::auth::hash_secret(secret).unwrap())
+            .collect()
+    });
+    let mut s = format!("[review]\nlisten = \"127.0.0.1:0\"\n{extra}\n");
+    for ((name, role, _), hash) in REVIEWERS.iter().zip(hashes) {
+        s.push_str(&format!(
+            "[[review.reviewers]]\nname = \"{name}\"\nrole = \"{role}\"\nsecret_hash = \"{hash}\"\n"
+        ));
+    }
+    s
+}
+
+pub struct Stack {
+    pub broker: Broker,
+    pub topics: Topics,
+    pub rules: tempfile::TempDir,
+    pub engine: Service,
+}
+
+/// An intent as JSON.
+pub fn intent(
+    id: &str,
+    agent: &str,
+    account: &str,
+    action: &str,
+    amount: &str,
+    counterparty: &str,
+) -> String {
+    serde_json::json!({
+        "intent_id": id, "agent_id": agent, "account_id": account, "action": action,
+        "amount": amount, "currency": "EUR",
+        "counterparty": {"id": "cp-1", "name": counterparty, "country": "DE"},
+        "created_at": chrono::Utc::now().to_rfc3339(),
+    })
+    .to_string()
+}
+
+impl Stack {
+    pub fn start(prefix: &str) -> Stack {
+        let broker = Broker::start();
+        let topics = Topics::new(prefix);
+        topics.create(&broker, 3);
+        let rules = tempfile::tempdir().unwrap();
+        std::fs::write(rules.path().join("rules.toml"), RULES).unwrap();
+        let engine = Service::start(&ServiceConfig {
+            broker: &broker,
+            topics: &topics,
+            transactional_id: &format!("{prefix}-engine"),
+            rules: rules.path(),
+            extra: "",
+        });
+        Stack {
+            broker,
+            topics,
+            rules,
+            engine,
+        }
+    }
+
+    fn config(&self) -> ServiceConfig<'_> {
+        ServiceConfig {
+            broker: &self.broker,
+            topics: &self.topics,
+            transactional_id: "unused-by-review",
+            rules: self.rules.path(),
+            extra: "",
+        }
+    }
+
+    /// Starts a review instance and waits until it has read the decisions topic.
+    pub fn review(&self, extra: &str) -> Review {
+        let mut service = Service::review(&self.config(), &review_section(extra));
+        let e = service.wait_event("serving the review page", Duration::from_secs(30), |_| true);
+        let address = e["address"].as_str().unwrap().to_owned();
+        service.wait_event("pending holds rebuilt", Duration::from_secs(60), |_| true);
+        Review { service, address }
+    }
+
+    /// Produces intents, keyed by account, to the intents topic.
+    pub fn propose(&self, intents: &[String]) {
+        let records: Vec<(Option<i32>, String, Vec<u8>)> = intents
+            .iter()
+            .map(|i| {
+                let v: serde_json::Value = serde_json::from_str(i).unwrap();
+                (
+                    None,
+                    v["account_id"].as_str().unwrap_or("").to_owned(),
+                    i.clone().into_bytes(),
+                )
+            })
+            .collect();
+        self.broker.produce(&self.topics.intents, &records);
+    }
+
+    /// The review records on the decisions topic.
+    pub fn review_records(&self) -> Vec<super::Record> {
+        self.broker
+            .read_all(&self.topics.decisions)
+            .into_iter()
+            .filter(|r| r.value["stage"] == "review")
+            .collect()
+    }
+}
+
+/// A running `riskgate review`.
+pub struct Review {
+    pub service: Service,
+    pub address: String,
+}
+
+/// A signed-in browser-like client: its session cookie and CSRF token.
+pub struct Session {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+impl Review {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Response {
+        http(&self.address, method, path, headers, body)
+    }
+
+    /// Signs `name` in with its configured secret.
+    pub fn sign_in(&self, name: &str) -> Session {
+        let secret = REVIEWERS.iter().find(|r| r.0 == name).unwrap().2;
+        let body = serde_json::json!({"reviewer": name, "secret": secret}).to_string();
+        let r = self.request("POST", "/api/session", &[], Some(&body));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let cookie = r
+            .header("set-cookie")
+            .and_then(|c| c.split(';').next())
+            .unwrap()
+            .to_owned();
+        Session {
+            cookie,
+            csrf: r.json()["csrf_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// `GET path` with `session`'s cookie.
+    pub fn get(&self, s: &Session, path: &str) -> Response {
+        self.request("GET", path, &[("Cookie", &s.cookie)], None)
+    }
+
+    /// Approves or rejects with `session`'s cookie and CSRF token.
+    pub fn review(&self, s: &Session, intent_id: &str, verdict: &str, comment: &str) -> Response {
+        let body = serde_json::json!({"comment": comment}).to_string();
+        self.request(
+            "POST",
+            &format!("/api/holds/{intent_id}/{verdict}"),
+            &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
+            Some(&body),
+        )
+    }
+
+    /// The pending intent ids (filtered by `query`), oldest first.
+    pub fn pending(&self, s: &Session, query: &str) -> Vec<String> {
+        let r = self.get(s, &format!("/api/holds{query}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["holds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["intent_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Waits until the pending set is exactly `ids` (in any order).
+    pub fn wait_pending(&self, s: &Session, ids: &[&str]) {
+        let mut want: Vec<String> = ids.iter().map(|i| (*i).to_owned()).collect();
+        want.sort();
+        wait_for(
+            &format!("pending holds {want:?}"),
+            Duration::from_secs(60),
+            || {
+                let mut got = self.pending(s, "");
+                got.sort();
+                (got == want).then_some(())
+            },
+        );
+    }
+}
