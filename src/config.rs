@@ -674,6 +674,65 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_configures_a_reviewer() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("riskgate.example.toml");
+        let c = Config::load_for(&path, env(&[]), Purpose::Review).unwrap();
+        assert_eq!(c.review.listen.port(), 9465);
+        assert_eq!(c.review.expire_after, TimeDelta::hours(24));
+        assert_eq!(c.review.reviewers[0].name, "alice");
+        assert_eq!(c.review.reviewers[0].role, Role::Approver);
+        let shown = c.to_string();
+        assert!(shown.contains("secret_hash = \"<redacted>\""), "{shown}");
+        assert!(!shown.contains("$argon2id$"), "{shown}");
+        assert!(!format!("{:?}", c.review.reviewers[0]).contains("$argon2id$"));
+    }
+
+    #[test]
+    fn review_configuration_is_checked() {
+        let text = r#"
+[kafka]
+brokers = "b:1"
+[review]
+listen = "nowhere"
+expire_after = "soon"
+colour = "blue"
+[[review.reviewers]]
+name = "bad name"
+role = "boss"
+secret = "hunter2"
+secret_hash = "plain"
+[[review.reviewers]]
+name = "ok"
+role = "viewer"
+secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$TYsaou2V1mJRInm7tCpEhA$T8mTjWOewGUZqRpO6a/eP6jhwYNMck3qrEqZeVKLdrY"
+[[review.reviewers]]
+name = "ok"
+role = "viewer"
+secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$TYsaou2V1mJRInm7tCpEhA$T8mTjWOewGUZqRpO6a/eP6jhwYNMck3qrEqZeVKLdrY"
+"#;
+        let e = Config::parse_for(text, "r.toml", env(&[]), Purpose::Review).unwrap_err();
+        assert_eq!(
+            e.problems,
+            [
+                "review.listen: `nowhere` is not an address with a port (e.g. \"127.0.0.1:9465\")",
+                "review.expire_after: `soon` is not a duration; write e.g. `100ms`, `30s`, `10m`, `1h30m`, `24h` or `30d`",
+                "review.reviewers[0].secret: secrets are never stored in plain text; put the output of `riskgate hash-secret` in `secret_hash`",
+                "review.reviewers[0].name: `bad name` is not a reviewer name (1 to 64 letters, digits, `.`, `_`, `-` or `@`)",
+                "review.reviewers[0].role: must be \"viewer\" or \"approver\", not `boss`",
+                "review.reviewers[0].secret_hash: not an Argon2 hash in PHC format (`$argon2id$v=19$...`); make one with `riskgate hash-secret`",
+                "review.reviewers[2].name: `ok` is configured twice",
+                "review.colour: unknown key",
+            ]
+        );
+        // Review needs no transactional_id but at least one reviewer; run is the other way round.
+        let e = Config::parse_for("", "e.toml", env(&[]), Purpose::Review).unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert!(e.problems[0].starts_with("review.reviewers: at least one reviewer is required"));
+        let e = Config::parse("", "e.toml", env(&[])).unwrap_err();
+        assert!(e.problems[0].starts_with("kafka.transactional_id: required"));
+    }
+
+    #[test]
     fn environment_overrides_win_and_are_typed() {
         let text = "[kafka]\nbrokers = \"a:1\"\ntransactional_id = \"t\"\n";
         let c = Config::parse(

@@ -11,6 +11,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use riskgate::config::{Config, Purpose};
+
 use support::*;
 
 fn root() -> &'static Path {
@@ -303,10 +305,16 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
         assert!(root().join(path).exists(), "{path}");
     }
     // The compose stack's own config is a valid riskgate configuration.
-    let config = riskgate::config::Config::load(&root().join("deploy/riskgate.toml"), Vec::new());
-    assert!(config.is_ok(), "{config:?}");
+    for purpose in [Purpose::Run, Purpose::Review] {
+        let config = Config::load_for(&root().join("deploy/riskgate.toml"), Vec::new(), purpose);
+        assert!(config.is_ok(), "{purpose:?}: {config:?}");
+    }
 
-    let exported: BTreeSet<String> = riskgate::telemetry::metrics().names().into_iter().collect();
+    let exported: BTreeSet<String> = riskgate::telemetry::metrics()
+        .names()
+        .into_iter()
+        .chain(riskgate::telemetry::review_metrics().names())
+        .collect();
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("deploy/grafana/dashboards/riskgate.json")).unwrap(),
     )
@@ -339,6 +347,9 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
         "riskgate_consumer_lag",
         "riskgate_invalid_intents_total",
         "riskgate_transactions_total",
+        "riskgate_pending_holds",
+        "riskgate_review_outcomes_total",
+        "riskgate_review_time_seconds",
     ] {
         assert!(
             used.contains(wanted),
