@@ -202,3 +202,50 @@ fn help_documents_every_flag() {
         assert!(text.contains(command), "{command} missing from:\n{text}");
     }
 }
+
+fn hash_secret(input: &str) -> std::process::Output {
+    let mut child = riskgate()
+        .arg("hash-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn hash_secret_prints_a_hash_that_signs_the_reviewer_in() {
+    use riskgate::config::{Reviewer, Role};
+    use riskgate::review::auth::Auth;
+    let out = hash_secret("a-long-secret-for-alice\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+    assert!(!hash.contains("a-long-secret"));
+    let reviewer = Reviewer {
+        name: "alice".into(),
+        role: Role::Approver,
+        secret_hash: hash,
+    };
+    let auth = Auth::new(&[reviewer], std::time::Duration::from_secs(60), false).unwrap();
+    assert!(auth.verify("alice", "a-long-secret-for-alice").is_some());
+    assert!(
+        auth.verify("alice", "a-long-secret-for-alice\n").is_none(),
+        "the newline is not part of it"
+    );
+
+    let short = hash_secret("short\n");
+    assert_eq!(short.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&short.stderr).contains("shorter than 12 characters"));
+}
