@@ -13,7 +13,7 @@
 //! intents of the aborted transaction, kept in memory until a commit, are decided again:
 //! the consumer never seeks back.
 
-mod restore;
+pub(crate) mod restore;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -19,15 +19,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, Role};
 use crate::pipeline::client_config;
+use crate::pipeline::restore::Quiet;
 use crate::telemetry::review_metrics;
 use auth::Auth;
 use queue::{Applied, Queue, Refusal, ReviewRecord, Verdict};
@@ -88,7 +89,7 @@ impl App {
             (
                 record,
                 hold.and_then(|h| h.key.clone()),
-                hold.map(|h| h.decided_at),
+                hold.map(|h| h.decision.decided_at),
             )
         };
         let (partition, offset) = self
@@ -197,7 +198,10 @@ impl App {
             let (key, decided_at) = {
                 let q = self.queue();
                 let h = q.get(&record.intent_id);
-                (h.and_then(|h| h.key.clone()), h.map(|h| h.decided_at))
+                (
+                    h.and_then(|h| h.key.clone()),
+                    h.map(|h| h.decision.decided_at),
+                )
             };
             match self.publish(&record, key.as_deref()).await {
                 Ok((partition, offset)) => {
@@ -224,19 +228,6 @@ impl App {
         }
     }
 }
-
-/// The consumer's context: the end of a partition is expected, not an error to log.
-struct Quiet;
-
-impl ClientContext for Quiet {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::warn!(error = %error, reason, "decisions consumer error");
-        }
-    }
-}
-
-impl ConsumerContext for Quiet {}
 
 /// Reads the decisions topic from the beginning into the queue, and keeps following it,
 /// until `stop`.

@@ -162,8 +162,7 @@ impl Metrics {
     /// The names of every metric family, whether or not it has a value yet (what dashboards
     /// and alerts may refer to).
     pub fn names(&self) -> Vec<String> {
-        use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 16] = [
+        family_names(&[
             &self.decisions,
             &self.rule_matches,
             &self.invalid_intents,
@@ -180,19 +179,26 @@ impl Metrics {
             &self.partitions_assigned,
             &self.partitions_restoring,
             &self.ready,
-        ];
-        collectors
-            .iter()
-            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
-            .collect()
+        ])
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        render(&self.registry)
     }
+}
+
+fn family_names(collectors: &[&dyn prometheus::core::Collector]) -> Vec<String> {
+    collectors
+        .iter()
+        .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+        .collect()
+}
+
+fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The review service's metrics (`riskgate review`), in their own registry: a review process
@@ -268,25 +274,18 @@ impl ReviewMetrics {
 
     /// The names of every metric family, whether or not it has a value yet.
     pub fn names(&self) -> Vec<String> {
-        use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 6] = [
+        family_names(&[
             &self.pending_holds,
             &self.time_to_review_seconds,
             &self.outcomes,
             &self.refusals,
             &self.unreadable_records,
             &self.ready,
-        ];
-        collectors
-            .iter()
-            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
-            .collect()
+        ])
     }
 
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        render(&self.registry)
     }
 }
 

@@ -16,14 +16,11 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use support::review::{intent, Stack};
+use support::review::{hostile, proposals, Stack, XSS};
 use support::serial;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// Markup in every field the page displays; if any of it ran, `window.__xss` would be set.
-const XSS: &str = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
 
 /// ChromeDriver in its own process group (Chromium joins it): dropping this kills the
 /// whole group, also when the test fails, so no browser outlives the test.
@@ -117,28 +114,12 @@ fn artifacts() -> PathBuf {
 fn a_reviewer_approves_a_hold_in_a_real_browser() {
     let _g = serial();
     let stack = Stack::start("browser");
-    stack.propose(&[
-        intent(
-            "t-1",
-            "procurement-bot",
-            "acct-1",
-            "transfer",
-            "20000.00",
-            "Acme GmbH",
-        ),
-        intent(
-            "p-1",
-            "payout-bot",
-            "acct-3",
-            "payout",
-            "60000.00",
-            "Payee Ltd",
-        ),
-        intent("x-1", XSS, XSS, "transfer", "99999.00", XSS),
-    ]);
+    let mut intents = proposals();
+    intents.push(hostile());
+    stack.propose(&intents);
     let review = stack.review("");
     let s = review.sign_in("vera");
-    review.wait_pending(&s, &["t-1", "p-1", "x-1"]);
+    review.wait_pending(&s, &["t-1", "p-1", "t-3", "x-1"]);
     let base = format!("http://{}/", review.address);
 
     let scratch = tempfile::tempdir().unwrap();
@@ -173,10 +154,10 @@ fn a_reviewer_approves_a_hold_in_a_real_browser() {
             let x = wait_js(
                 &c,
                 "the x-1 row",
-                "const r = document.querySelector('#holds tr[data-intent-id]:not([data-intent-id=\"t-1\"]):not([data-intent-id=\"p-1\"])'); return r && {text: r.innerText, id: r.getAttribute('data-intent-id'), injected: r.querySelectorAll('script, img').length, xss: window.__xss === undefined ? null : window.__xss};",
+                "const r = document.querySelector('#holds tr[data-intent-id=\"x-1\"]'); return r && {text: r.innerText, agent: r.cells[1].textContent, injected: r.querySelectorAll('script, img').length, xss: window.__xss === undefined ? null : window.__xss};",
             )
             .await;
-            assert_eq!(x["id"], "x-1");
+            assert_eq!(x["agent"], XSS, "the agent cell shows the markup as text");
             assert!(x["text"].as_str().unwrap().contains("<script>window.__xss=1</script>"), "{x}");
             assert_eq!((x["injected"].as_i64(), &x["xss"]), (Some(0), &serde_json::Value::Null), "{x}");
 

@@ -6,46 +6,8 @@
 
 mod support;
 
-use support::review::{intent, Stack, REVIEWERS};
+use support::review::{hostile, proposals, Stack, REVIEWERS, XSS};
 use support::serial;
-
-/// The intents of these tests: three held (one needs two approvals), one allowed.
-fn proposals() -> Vec<String> {
-    vec![
-        intent(
-            "t-1",
-            "procurement-bot",
-            "acct-1",
-            "transfer",
-            "20000.00",
-            "Acme GmbH",
-        ),
-        intent(
-            "t-2",
-            "procurement-bot",
-            "acct-2",
-            "transfer",
-            "50.00",
-            "Acme GmbH",
-        ),
-        intent(
-            "p-1",
-            "payout-bot",
-            "acct-3",
-            "payout",
-            "60000.00",
-            "Payee Ltd",
-        ),
-        intent(
-            "t-3",
-            "treasury-bot",
-            "acct-4",
-            "transfer",
-            "30000.00",
-            "Globex",
-        ),
-    ]
-}
 
 #[test]
 fn holds_are_reviewed_once_and_every_instance_agrees() {
@@ -227,8 +189,7 @@ fn only_the_right_people_may_review() {
     let _g = serial();
     let stack = Stack::start("review-security");
     let mut evil = proposals();
-    let xss = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
-    evil.push(intent("x-1", xss, xss, "transfer", "99999.00", xss));
+    evil.push(hostile());
     stack.propose(&evil);
     let r = stack.review("");
     let alice = r.sign_in("alice");
@@ -414,7 +375,7 @@ fn only_the_right_people_may_review() {
     // Intent fields come back as JSON strings, never as markup; every response forbids
     // inline scripts (the browser test checks the page renders them inert).
     let x = r.get(&alice, "/api/holds/x-1");
-    assert_eq!(x.json()["hold"]["counterparty"]["name"], xss);
+    assert_eq!(x.json()["hold"]["counterparty"]["name"], XSS);
     assert_eq!(x.header("content-type"), Some("application/json"));
     let csp = r.request("GET", "/", &[], None);
     assert!(csp

@@ -24,14 +24,14 @@ use crate::intent::Intent;
 
 use super::{client_config, engine_options, Error};
 
-/// The restore consumer's context: the end of the partition is the expected way for a
-/// restore to finish, not an error worth logging.
-struct Quiet;
+/// The context of consumers that read a topic to its end (restore, review): the end of a
+/// partition is the expected way to get there, not an error worth logging.
+pub(crate) struct Quiet;
 
 impl ClientContext for Quiet {
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::warn!(error = %error, reason, "restore consumer error");
+            tracing::warn!(error = %error, reason, "decisions consumer error");
         }
     }
 }

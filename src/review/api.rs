@@ -370,7 +370,8 @@ fn time(t: &chrono::DateTime<Utc>) -> String {
 }
 
 /// A hold as the API shows it.
-fn hold_json(app: &App, h: &Hold, now: chrono::DateTime<Utc>) -> Value {
+fn hold_json(app: &App, hold: &Hold, now: chrono::DateTime<Utc>) -> Value {
+    let h = &hold.decision;
     let counters: serde_json::Map<String, Value> = h
         .counters
         .iter()
@@ -412,9 +413,9 @@ fn hold_json(app: &App, h: &Hold, now: chrono::DateTime<Utc>) -> Value {
         "created_at": time(&h.created_at),
         "decided_at": time(&h.decided_at),
         "age_seconds": (now - h.decided_at).num_seconds().max(0),
-        "expires_at": time(&h.expires_at(app.expire_after)),
-        "approvals": {"required": h.required, "approved_by": h.approved_by},
-        "source": {"partition": h.partition, "offset": h.offset},
+        "expires_at": time(&hold.expires_at(app.expire_after)),
+        "approvals": {"required": hold.required, "approved_by": hold.approved_by},
+        "source": {"partition": hold.partition, "offset": hold.offset},
     });
     if let Some(a) = &h.amount {
         o["amount"] = json!(a.to_string());
@@ -422,7 +423,7 @@ fn hold_json(app: &App, h: &Hold, now: chrono::DateTime<Utc>) -> Value {
     if let Some(c) = &h.currency {
         o["currency"] = json!(c);
     }
-    if let Some(cp) = &h.counterparty {
+    if let Some(cp) = &hold.counterparty {
         o["counterparty"] = json!(cp);
     }
     o

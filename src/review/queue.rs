@@ -20,10 +20,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Role;
-use crate::decision::{parse_record, Reason, RuleFailure};
+use crate::decision::{parse_record, Decision};
 use crate::intent::Counterparty;
 use crate::rules::{Outcome, RuleAction};
-use crate::window::CounterValue;
 
 /// The reviewer name of holds that expired unreviewed.
 pub const EXPIRY_REVIEWER: &str = "system:expiry";
@@ -48,20 +47,9 @@ impl Verdict {
 /// A held intent waiting for reviewers.
 #[derive(Debug, Clone)]
 pub struct Hold {
-    pub intent_id: String,
-    pub agent_id: String,
-    pub account_id: String,
-    pub action: String,
-    pub amount: Option<Decimal>,
-    pub currency: Option<String>,
+    /// The hold decision, as the engine made it.
+    pub decision: Decision,
     pub counterparty: Option<Counterparty>,
-    pub created_at: DateTime<Utc>,
-    pub decided_at: DateTime<Utc>,
-    pub score: i64,
-    pub reasons: Vec<Reason>,
-    pub errors: Vec<RuleFailure>,
-    pub counters: Vec<(Arc<str>, CounterValue)>,
-    pub ruleset: Arc<str>,
     /// How many different reviewers must approve.
     pub required: u8,
     /// Who approved so far, in order.
@@ -78,12 +66,16 @@ pub struct Hold {
 impl Hold {
     /// When an unreviewed hold is rejected by [`EXPIRY_REVIEWER`].
     pub fn expires_at(&self, expire_after: TimeDelta) -> DateTime<Utc> {
-        self.decided_at + expire_after
+        self.decision.decided_at + expire_after
     }
 
     /// Whether any reason names `rule`.
     pub fn matched(&self, rule: &str) -> bool {
-        self.reasons.iter().any(|r| &*r.rule == rule)
+        self.decision.reasons.iter().any(|r| &*r.rule == rule)
+    }
+
+    pub fn intent_id(&self) -> &str {
+        &self.decision.intent_id
     }
 }
 
@@ -206,9 +198,10 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn accepts(&self, h: &Hold, now: DateTime<Utc>) -> bool {
+    pub fn accepts(&self, hold: &Hold, now: DateTime<Utc>) -> bool {
+        let h = &hold.decision;
         let age = now - h.decided_at;
-        self.rule.as_deref().is_none_or(|r| h.matched(r))
+        self.rule.as_deref().is_none_or(|r| hold.matched(r))
             && self.agent.as_deref().is_none_or(|a| h.agent_id == a)
             && self.account.as_deref().is_none_or(|a| h.account_id == a)
             && self
@@ -269,7 +262,9 @@ impl Queue {
             .values()
             .filter(|h| filter.accepts(h, now))
             .collect();
-        out.sort_by(|a, b| (a.decided_at, &a.intent_id).cmp(&(b.decided_at, &b.intent_id)));
+        out.sort_by(|a, b| {
+            (a.decision.decided_at, a.intent_id()).cmp(&(b.decision.decided_at, b.intent_id()))
+        });
         out
     }
 
@@ -326,20 +321,8 @@ impl Queue {
             .map(|h| h.approved_by)
             .unwrap_or_default();
         let hold = Hold {
-            intent_id: decision.intent_id,
-            agent_id: decision.agent_id,
-            account_id: decision.account_id,
-            action: decision.action,
-            amount: decision.amount,
-            currency: decision.currency,
+            decision,
             counterparty: intent.counterparty,
-            created_at: decision.created_at,
-            decided_at: decision.decided_at,
-            score: decision.score,
-            reasons: decision.reasons,
-            errors: decision.errors,
-            counters: decision.counters,
-            ruleset: decision.ruleset,
             required,
             approved_by,
             partition,
@@ -347,7 +330,7 @@ impl Queue {
             key: key.map(<[u8]>::to_vec),
             record: Arc::from(String::from_utf8_lossy(payload)),
         };
-        let id = hold.intent_id.clone();
+        let id = hold.decision.intent_id.clone();
         let released = hold
             .approved_by
             .last()
@@ -391,7 +374,7 @@ impl Queue {
                 if hold.approved_by.contains(&r.reviewer) {
                     return Applied::Ignored("this reviewer has already approved");
                 }
-                if r.reviewer == hold.agent_id {
+                if r.reviewer == hold.decision.agent_id {
                     return Applied::Ignored("the proposer cannot approve");
                 }
                 hold.approved_by.push(r.reviewer.clone());
@@ -449,7 +432,7 @@ impl Queue {
             .get(intent_id)
             .ok_or_else(|| Refusal::NotPending(intent_id.to_owned()))?;
         if verdict == Verdict::Approve {
-            if hold.agent_id == reviewer {
+            if hold.decision.agent_id == reviewer {
                 return Err(Refusal::Proposer(reviewer.to_owned()));
             }
             if hold.approved_by.iter().any(|a| a == reviewer) {
@@ -488,6 +471,7 @@ fn record(
     comment: &str,
     now: DateTime<Utc>,
 ) -> ReviewRecord {
+    let d = &hold.decision;
     let mut approved_by = hold.approved_by.clone();
     let decision = match verdict {
         Verdict::Reject => Outcome::Deny,
@@ -502,12 +486,12 @@ fn record(
     };
     ReviewRecord {
         stage: "review".to_owned(),
-        intent_id: hold.intent_id.clone(),
-        agent_id: hold.agent_id.clone(),
-        account_id: hold.account_id.clone(),
-        action: hold.action.clone(),
-        amount: hold.amount.map(|a| a.to_string()),
-        currency: hold.currency.clone(),
+        intent_id: d.intent_id.clone(),
+        agent_id: d.agent_id.clone(),
+        account_id: d.account_id.clone(),
+        action: d.action.clone(),
+        amount: d.amount.map(|a| a.to_string()),
+        currency: d.currency.clone(),
         decision,
         review: verdict,
         is_final: decision != Outcome::Hold,
@@ -521,8 +505,8 @@ fn record(
         hold: HoldRef {
             partition: hold.partition,
             offset: hold.offset,
-            decided_at: time(&hold.decided_at),
-            ruleset: hold.ruleset.to_string(),
+            decided_at: time(&d.decided_at),
+            ruleset: d.ruleset.to_string(),
         },
     }
 }

@@ -50,6 +50,52 @@ pub fn review_section(extra: &str) -> String {
     s
 }
 
+/// The intents of the review tests: three held (`p-1` needs two approvals), one allowed.
+pub fn proposals() -> Vec<String> {
+    vec![
+        intent(
+            "t-1",
+            "procurement-bot",
+            "acct-1",
+            "transfer",
+            "20000.00",
+            "Acme GmbH",
+        ),
+        intent(
+            "t-2",
+            "procurement-bot",
+            "acct-2",
+            "transfer",
+            "50.00",
+            "Acme GmbH",
+        ),
+        intent(
+            "p-1",
+            "payout-bot",
+            "acct-3",
+            "payout",
+            "60000.00",
+            "Payee Ltd",
+        ),
+        intent(
+            "t-3",
+            "treasury-bot",
+            "acct-4",
+            "transfer",
+            "30000.00",
+            "Globex",
+        ),
+    ]
+}
+
+/// Markup for every field the page displays; if any of it ran, `window.__xss` would be set.
+pub const XSS: &str = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
+
+/// A held intent, `x-1`, whose agent, account and counterparty are [`XSS`].
+pub fn hostile() -> String {
+    intent("x-1", XSS, XSS, "transfer", "99999.00", XSS)
+}
+
 pub struct Stack {
     pub broker: Broker,
     pub topics: Topics,

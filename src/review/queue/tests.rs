@@ -98,7 +98,10 @@ fn holds_enter_the_queue_and_other_decisions_do_not() {
     );
     assert_eq!(log.queue.len(), 1);
     let h = log.queue.get("big").unwrap();
-    assert_eq!((h.required, h.amount), (1, Some(Decimal::new(20000, 0))));
+    assert_eq!(
+        (h.required, h.decision.amount),
+        (1, Some(Decimal::new(20000, 0)))
+    );
     assert_eq!(
         h.counterparty.as_ref().and_then(|c| c.name.as_deref()),
         Some("<script>x</script>")
@@ -342,7 +345,7 @@ fn filters_combine() {
         log.queue
             .list(&f, now)
             .iter()
-            .map(|h| h.intent_id.clone())
+            .map(|h| h.intent_id().to_owned())
             .collect()
     };
     assert_eq!(ids(Filter::default()), ["t", "p"], "oldest first");
