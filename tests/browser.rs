@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use support::review::{hostile, proposals, Stack, XSS};
+use support::review::{hostile, intent, proposals, Stack, XSS};
 use support::serial;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -195,6 +195,15 @@ fn a_reviewer_approves_a_hold_in_a_real_browser() {
                 &c,
                 "t-1 to leave the queue",
                 "return document.querySelector('#holds tr[data-intent-id=\"p-1\"]') && !document.querySelector('#holds tr[data-intent-id=\"t-1\"]');",
+            )
+            .await;
+
+            // A new hold shows up by itself: the page follows the server's events.
+            stack.propose(&[intent("t-9", "treasury-bot", "acct-9", "transfer", "45000.00", "Initech")]);
+            wait_js(
+                &c,
+                "the new hold t-9 to appear without a reload",
+                "return !!document.querySelector('#holds tr[data-intent-id=\"t-9\"]');",
             )
             .await;
         }
