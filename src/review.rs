@@ -47,6 +47,8 @@ pub struct App {
     progress: Notify,
     /// The decisions topic has been read to its end once.
     pub ready: AtomicBool,
+    /// Secrets checked at once (Argon2 is slow on purpose).
+    pub verifying: tokio::sync::Semaphore,
     producer: FutureProducer,
     topic: String,
 }
@@ -369,6 +371,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         changes: watch::Sender::new(0),
         progress: Notify::new(),
         ready: AtomicBool::new(false),
+        verifying: tokio::sync::Semaphore::new(2),
         producer,
         topic: config.kafka.decisions_topic.clone(),
     });

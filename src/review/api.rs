@@ -29,6 +29,7 @@ use tokio_stream::StreamExt as _;
 use super::auth::{token_in, Identity, Session};
 use super::queue::{Filter, Hold, Refusal, Verdict};
 use super::App;
+use crate::config::is_reviewer_name;
 use crate::expr::parse_duration;
 use crate::telemetry::review_metrics;
 use crate::window::CounterValue;
@@ -146,8 +147,14 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// Logs a refused attempt, counts it, and turns it into its HTTP error.
+/// Logs a refused attempt, counts it, and turns it into its HTTP error. A name that cannot be
+/// a reviewer's (anything a caller typed) is not logged as such.
 fn refuse(who: &str, attempt: &str, intent_id: Option<&str>, err: ApiError) -> ApiError {
+    let who = if who.is_empty() || is_reviewer_name(who) {
+        who
+    } else {
+        "<not a reviewer name>"
+    };
     review_metrics()
         .refusals
         .with_label_values(&[err.code])
@@ -234,15 +241,7 @@ async fn authenticate(
                 ApiError::bad_request("the Authorization header is not Basic base64(name:secret)");
             return Err(refuse("", attempt, intent_id, err));
         };
-        let (name, secret) = (name.to_owned(), secret.to_owned());
-        let auth = Arc::clone(&app.auth);
-        let verified = {
-            let name = name.clone();
-            tokio::task::spawn_blocking(move || auth.verify(&name, &secret))
-                .await
-                .ok()
-                .flatten()
-        };
+        let verified = verify(app, name.to_owned(), secret.to_owned()).await;
         return match verified {
             Some(identity) => Ok(Caller::Basic(identity)),
             None => {
@@ -252,7 +251,7 @@ async fn authenticate(
                     "unknown reviewer or wrong secret",
                 );
                 err.challenge = !from_page;
-                Err(refuse(&name, attempt, intent_id, err))
+                Err(refuse(name, attempt, intent_id, err))
             }
         };
     }
@@ -263,6 +262,17 @@ async fn authenticate(
     );
     err.challenge = !from_page;
     Err(refuse("", attempt, intent_id, err))
+}
+
+/// Checks a secret off the async workers, at most [`App::verifying`]'s permits at a time: a
+/// flood of sign-in attempts queues up instead of taking every core.
+async fn verify(app: &App, name: String, secret: String) -> Option<Identity> {
+    let _permit = app.verifying.acquire().await.ok()?;
+    let auth = Arc::clone(&app.auth);
+    tokio::task::spawn_blocking(move || auth.verify(&name, &secret))
+        .await
+        .ok()
+        .flatten()
 }
 
 fn session_body(s: &Session) -> Value {
@@ -291,12 +301,7 @@ async fn sign_in(
     body: Result<Json<SignIn>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(SignIn { reviewer, secret }) = body?;
-    let auth = Arc::clone(&app.auth);
-    let name = reviewer.clone();
-    let verified = tokio::task::spawn_blocking(move || auth.verify(&name, &secret))
-        .await
-        .ok()
-        .flatten();
+    let verified = verify(&app, reviewer.clone(), secret).await;
     let Some(identity) = verified else {
         let err = ApiError::new(
             StatusCode::UNAUTHORIZED,
