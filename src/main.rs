@@ -123,6 +123,7 @@ fn duration_arg(s: &str) -> Result<TimeDelta, String> {
 }
 
 fn main() -> ExitCode {
+    riskgate::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { rules_dir } => check(&rules_dir),
