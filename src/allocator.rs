@@ -21,9 +21,9 @@ pub fn keep_freed_memory() {
 }
 
 /// mimalloc's current purge delay (milliseconds; -1: never).
-pub fn purge_delay() -> i64 {
+pub fn purge_delay() -> std::os::raw::c_long {
     // SAFETY: reading an option is always allowed.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) })
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
 }
 
 #[cfg(test)]
