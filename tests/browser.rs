@@ -169,10 +169,12 @@ fn a_reviewer_approves_a_hold_in_a_real_browser() {
             let detail = wait_js(
                 &c,
                 "the x-1 detail",
-                "const d = document.querySelector('#detail'); return d && !d.hidden && d.innerText.includes('onerror') && {injected: d.querySelectorAll('script, img').length, xss: window.__xss === undefined ? null : window.__xss};",
+                "const d = document.querySelector('#detail'); return d && !d.hidden && d.innerText.includes('onerror') && {injected: d.querySelectorAll('script, img').length, xss: window.__xss === undefined ? null : window.__xss, json: document.querySelector('#intent-json').textContent};",
             )
             .await;
             assert_eq!((detail["injected"].as_i64(), &detail["xss"]), (Some(0), &serde_json::Value::Null), "{detail}");
+            let json: serde_json::Value = serde_json::from_str(detail["json"].as_str().unwrap()).unwrap();
+            assert_eq!(json["attributes"]["note"], XSS, "the intent is shown as its JSON text");
 
             // Open t-1 with the keyboard, comment, approve.
             let row = c.find(Locator::Css("#holds tr[data-intent-id=\"t-1\"]")).await.unwrap();

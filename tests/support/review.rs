@@ -91,9 +91,17 @@ pub fn proposals() -> Vec<String> {
 /// Markup for every field the page displays; if any of it ran, `window.__xss` would be set.
 pub const XSS: &str = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
 
-/// A held intent, `x-1`, whose agent, account and counterparty are [`XSS`].
+/// A held intent, `x-1`, whose agent, account, counterparty name and id, and an attribute
+/// are [`XSS`] (the hold reason's message quotes the counterparty's name).
 pub fn hostile() -> String {
-    intent("x-1", XSS, XSS, "transfer", "99999.00", XSS)
+    serde_json::json!({
+        "intent_id": "x-1", "agent_id": XSS, "account_id": XSS, "action": "transfer",
+        "amount": "99999.00", "currency": "EUR",
+        "counterparty": {"id": XSS, "name": XSS, "country": "DE"},
+        "attributes": {"note": XSS},
+        "created_at": chrono::Utc::now().to_rfc3339(),
+    })
+    .to_string()
 }
 
 pub struct Stack {
