@@ -122,29 +122,22 @@ impl App {
                 }
             }
         };
-        let m = review_metrics();
         let outcome = match (verdict, ended) {
             (Verdict::Approve, false) => "partial_approve",
             (Verdict::Approve, true) => "approve",
             (Verdict::Reject, _) => "reject",
         };
-        m.outcomes.with_label_values(&[outcome]).inc();
-        if ended {
-            if let Some(at) = decided_at {
-                m.time_to_review_seconds
-                    .observe((Utc::now() - at).as_seconds_f64().max(0.0));
-            }
-            if !record.is_final {
-                // Another instance's approval landed between this one's check and its
-                // record: together they release the intent. Say so in a final record, so
-                // that readers of the topic need not count approvals themselves.
-                let mut done = record.clone();
-                done.is_final = true;
-                done.decision = crate::rules::Outcome::Allow;
-                done.comment = format!("approvals complete ({})", done.comment);
-                if let Err(e) = self.publish(&done, key.as_deref()).await {
-                    tracing::warn!(intent_id, error = %e, "could not publish the final record of a completed approval");
-                }
+        count_outcome(outcome, decided_at.filter(|_| ended));
+        if ended && !record.is_final {
+            // Another instance's approval landed between this one's check and its record:
+            // together they release the intent. Say so in a final record, so that readers of
+            // the topic need not count approvals themselves.
+            let mut done = record.clone();
+            done.is_final = true;
+            done.decision = crate::rules::Outcome::Allow;
+            done.comment = format!("approvals complete ({})", done.comment);
+            if let Err(e) = self.publish(&done, key.as_deref()).await {
+                tracing::warn!(intent_id, error = %e, "could not publish the final record of a completed approval");
             }
         }
         Ok((record, ended))
@@ -213,12 +206,7 @@ impl App {
                             .finished(&record.intent_id)
                             .is_some_and(|f| (f.partition, f.offset) == (partition, offset));
                     if ours {
-                        let m = review_metrics();
-                        m.outcomes.with_label_values(&["expire"]).inc();
-                        if let Some(at) = decided_at {
-                            m.time_to_review_seconds
-                                .observe((Utc::now() - at).as_seconds_f64().max(0.0));
-                        }
+                        count_outcome("expire", decided_at);
                         tracing::info!(target: "riskgate::audit", reviewer = queue::EXPIRY_REVIEWER, intent_id = %record.intent_id, attempt = "reject", allowed = true, decision = "deny", "hold expired unreviewed: rejected");
                     }
                 }
@@ -228,6 +216,17 @@ impl App {
                 }
             }
         }
+    }
+}
+
+/// Counts a published review `outcome`; `ended_hold_decided_at`, when the review ended a
+/// hold decided then, also gives the time it waited.
+fn count_outcome(outcome: &str, ended_hold_decided_at: Option<chrono::DateTime<Utc>>) {
+    let m = review_metrics();
+    m.outcomes.with_label_values(&[outcome]).inc();
+    if let Some(at) = ended_hold_decided_at {
+        m.time_to_review_seconds
+            .observe((Utc::now() - at).as_seconds_f64().max(0.0));
     }
 }
 
