@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -28,7 +28,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, Role};
 use crate::pipeline::client_config;
-use crate::pipeline::restore::Quiet;
+use crate::pipeline::restore::decisions_reader;
 use crate::telemetry::review_metrics;
 use auth::Auth;
 use queue::{Applied, Queue, Refusal, ReviewRecord, Verdict};
@@ -234,15 +234,8 @@ fn count_outcome(outcome: &str, ended_hold_decided_at: Option<chrono::DateTime<U
 /// until `stop`.
 fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), String> {
     let topic = config.kafka.decisions_topic.as_str();
-    // librdkafka wants a group id even to assign partitions by hand; this consumer never
-    // joins the group nor commits: every start reads the topic from the beginning.
-    let consumer: BaseConsumer<Quiet> = client_config(config)
-        .set("group.id", format!("{}.review", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create_with_context(Quiet)
+    // Every start reads the topic from the beginning.
+    let consumer = decisions_reader(config, "review")
         .map_err(|e| format!("cannot create the decisions consumer: {e}"))?;
     let started = Instant::now();
     let mut backoff = Duration::from_millis(200);

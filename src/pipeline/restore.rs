@@ -38,6 +38,23 @@ impl ClientContext for Quiet {
 
 impl ConsumerContext for Quiet {}
 
+/// A consumer that reads committed records of partitions it is assigned by hand, from
+/// wherever it is told, and says when it reaches a partition's end. librdkafka wants a group
+/// id even then (`<group_id>.<purpose>`); the consumer never joins that group nor commits.
+pub(crate) fn decisions_reader(
+    config: &Config,
+    purpose: &str,
+) -> Result<BaseConsumer<Quiet>, KafkaError> {
+    client_config(config)
+        .set("group.id", format!("{}.{purpose}", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(Quiet)
+}
+
 /// What a restore did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestoreStats {
@@ -78,15 +95,8 @@ pub fn restore(
         return Ok((engine, stats));
     };
     let topic = config.kafka.decisions_topic.as_str();
-    let consumer: BaseConsumer<Quiet> = client_config(config)
-        .set("group.id", format!("{}.restore", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(Quiet)
-        .map_err(Error::kafka("create the restore consumer"))?;
+    let consumer =
+        decisions_reader(config, "restore").map_err(Error::kafka("create the restore consumer"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)
         .map_err(Error::kafka("assign the decisions partition"))?;
