@@ -32,7 +32,6 @@ use super::App;
 use crate::config::is_reviewer_name;
 use crate::expr::parse_duration;
 use crate::telemetry::review_metrics;
-use crate::window::CounterValue;
 
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
@@ -374,64 +373,44 @@ fn time(t: &chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// A hold as the API shows it.
-fn hold_json(app: &App, hold: &Hold, now: chrono::DateTime<Utc>) -> Value {
+/// A hold as the API shows it. Amount, reasons, errors, counters, score, ruleset and
+/// `created_at` are copied from `record`, the decision as the engine wrote it, so the page
+/// shows exactly what agents read on the topic.
+fn hold_json(app: &App, hold: &Hold, record: &Value, now: chrono::DateTime<Utc>) -> Value {
     let h = &hold.decision;
-    let counters: serde_json::Map<String, Value> = h
-        .counters
-        .iter()
-        .map(|(id, v)| {
-            let v = match v {
-                CounterValue::Int(i) => json!(i),
-                CounterValue::Num(n) => json!(n.to_string()),
-            };
-            (id.to_string(), v)
-        })
-        .collect();
-    let reasons: Vec<Value> = h
-        .reasons
-        .iter()
-        .map(|r| {
-            let mut o = json!({"rule": &*r.rule, "action": r.action});
-            if let Some(s) = r.score {
-                o["score"] = json!(s);
-            }
-            if let Some(m) = &r.message {
-                o["message"] = json!(m);
-            }
-            if r.approvals > 1 {
-                o["approvals"] = json!(r.approvals);
-            }
-            o
-        })
-        .collect();
     let mut o = json!({
         "intent_id": h.intent_id,
         "agent_id": h.agent_id,
         "account_id": h.account_id,
         "action": h.action,
-        "score": h.score,
-        "reasons": reasons,
-        "errors": h.errors.iter().map(|e| json!({"rule": &*e.rule, "message": e.message})).collect::<Vec<_>>(),
-        "counters": counters,
-        "ruleset": &*h.ruleset,
-        "created_at": time(&h.created_at),
         "decided_at": time(&h.decided_at),
         "age_seconds": (now - h.decided_at).num_seconds().max(0),
         "expires_at": time(&hold.expires_at(app.expire_after)),
         "approvals": {"required": hold.required, "approved_by": hold.approved_by},
         "source": {"partition": hold.partition, "offset": hold.offset},
     });
-    if let Some(a) = &h.amount {
-        o["amount"] = json!(a.to_string());
-    }
-    if let Some(c) = &h.currency {
-        o["currency"] = json!(c);
+    for key in [
+        "amount",
+        "currency",
+        "created_at",
+        "score",
+        "reasons",
+        "errors",
+        "counters",
+        "ruleset",
+    ] {
+        if let Some(v) = record.get(key) {
+            o[key] = v.clone();
+        }
     }
     if let Some(cp) = &hold.counterparty {
         o["counterparty"] = json!(cp);
     }
     o
+}
+
+fn record_json(hold: &Hold) -> Value {
+    serde_json::from_str(&hold.record).unwrap_or(Value::Null)
 }
 
 async fn list_holds(
@@ -446,7 +425,7 @@ async fn list_holds(
     let holds: Vec<Value> = q
         .list(&f, now)
         .into_iter()
-        .map(|h| hold_json(&app, h, now))
+        .map(|h| hold_json(&app, h, &record_json(h), now))
         .collect();
     Ok(Json(json!({"count": holds.len(), "holds": holds})))
 }
@@ -473,9 +452,9 @@ async fn get_hold(
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_pending", msg));
     };
-    let decision: Value = serde_json::from_str(&h.record).unwrap_or(Value::Null);
+    let decision = record_json(h);
     Ok(Json(
-        json!({"hold": hold_json(&app, h, now), "decision": decision}),
+        json!({"hold": hold_json(&app, h, &decision, now), "decision": decision}),
     ))
 }
 
