@@ -29,11 +29,19 @@ pub struct EngineOptions {
     /// offline replay leaves it unset by default so that its decisions depend only on its
     /// input, never on when it runs.
     pub max_future_skew: Option<TimeDelta>,
-    /// Expired buckets, keys and duplicate entries are swept after at least this many
-    /// decisions, and never more often than once per entry of state left by the last sweep,
-    /// so that sweeping costs at most about one entry visited per decision.
+    /// Expired buckets and keys are swept after at least this many decisions, and never
+    /// more often than once per entry of state left by the last sweep, so that sweeping
+    /// costs at most about one entry visited per decision. Intents past the duplicate
+    /// horizon are swept with them, and also on their own, more often: whenever as many
+    /// decisions as remembered intents left by their last sweep (at least
+    /// [`FORGET_EVERY_MIN`]) have been made. That keeps the duplicate state within about
+    /// twice its live size (a decision is its largest part) for about two entries visited
+    /// per decision.
     pub sweep_every: u64,
 }
+
+/// The fewest decisions between two sweeps of the duplicate horizon alone.
+pub const FORGET_EVERY_MIN: u64 = 1_024;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -67,6 +75,8 @@ pub struct Engine {
     decided: AtomicU64,
     /// The decision count at which the next sweep runs.
     next_sweep: AtomicU64,
+    /// The decision count at which the duplicate horizon is next swept on its own.
+    next_forget: AtomicU64,
 }
 
 const KEY_SEPARATOR: char = '\u{1f}';
@@ -81,6 +91,7 @@ impl Engine {
             watermark_ns: AtomicI64::new(i64::MIN),
             decided: AtomicU64::new(0),
             next_sweep: AtomicU64::new(options.sweep_every),
+            next_forget: AtomicU64::new(options.sweep_every.min(FORGET_EVERY_MIN)),
         }
     }
 
@@ -229,6 +240,12 @@ impl Engine {
                 decided + self.options.sweep_every.max(entries),
                 Ordering::Relaxed,
             );
+        } else if decided >= self.next_forget.load(Ordering::Relaxed) {
+            let left = self.forget() as u64;
+            self.next_forget.store(
+                decided + left.max(self.options.sweep_every.min(FORGET_EVERY_MIN)),
+                Ordering::Relaxed,
+            );
         }
         decision
     }
@@ -343,6 +360,12 @@ impl Engine {
             return;
         }
         self.velocity.sweep(watermark);
+        self.forget();
+    }
+
+    /// Drops intents past the duplicate horizon; says how many are left.
+    fn forget(&self) -> usize {
+        let watermark = self.watermark_ns.load(Ordering::Relaxed);
         let horizon = self
             .options
             .duplicate_horizon
@@ -350,6 +373,7 @@ impl Engine {
             .unwrap_or(i64::MAX);
         let floor = watermark.saturating_sub(horizon);
         self.remembered.retain(|_, r| r.created_at_ns >= floor);
+        self.remembered.len()
     }
 
     pub fn size(&self) -> EngineSize {
