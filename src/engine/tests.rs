@@ -608,6 +608,48 @@ fn state_is_swept_as_time_moves_on() {
 }
 
 #[test]
+fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
+    // Default options: the full sweep waits for 65,536 decisions; the duplicate horizon
+    // (24 hours) must not keep every intent until then.
+    let e = engine_with(
+        VELOCITY_RULES,
+        EngineOptions {
+            max_future_skew: None,
+            ..EngineOptions::default()
+        },
+    );
+    let start: DateTime<Utc> = "2026-11-28T00:00:00Z".parse().unwrap();
+    let at = |i: i64| {
+        (start + TimeDelta::minutes(30 * i)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let n = 6_000;
+    for i in 0..n {
+        let extra = format!(
+            r#""account_id":"acct-{i}","amount":"0.01","created_at":"{}""#,
+            at(i)
+        );
+        decide(&e, &format!("i{i}"), &extra);
+    }
+    // 48 intents are live (24 hours at one per 30 minutes); sweeps run whenever as many
+    // decisions as were left by the last one (at least 1,024) have been made.
+    let size = e.size();
+    assert!(
+        size.remembered_intents <= 1_024 + 48,
+        "the duplicate horizon grew to {size:?}"
+    );
+    assert_eq!(
+        size.velocity.keys, n as usize,
+        "the velocity state waits for its own sweep"
+    );
+    // What is within the horizon is still a duplicate.
+    let again = format!(
+        r#""account_id":"acct-1","amount":"0.01","created_at":"{}""#,
+        at(n - 3)
+    );
+    assert!(decide(&e, &format!("i{}", n - 3), &again).duplicate);
+}
+
+#[test]
 fn hold_reasons_carry_the_approvals_their_rule_asks_for() {
     let e = engine(
         "[[rule]]\nid = \"big\"\nwhen = 'amount > 100'\naction = \"hold\"\napprovals = 2\n\n[[rule]]\nid = \"any\"\nwhen = 'amount > 1'\naction = \"hold\"\n",
