@@ -33,8 +33,8 @@ pub struct EngineOptions {
     /// more often than once per entry of state left by the last sweep, so that sweeping
     /// costs at most about one entry visited per decision. Intents past the duplicate
     /// horizon are swept with them, and also on their own, more often: whenever as many
-    /// decisions as remembered intents left by their last sweep (at least
-    /// [`FORGET_EVERY_MIN`]) have been made. That keeps the duplicate state within about
+    /// intents as were left by their last sweep (at least [`FORGET_EVERY_MIN`]) have been
+    /// remembered since, by deciding or by a restore. That keeps the duplicate state within about
     /// twice its live size (a decision is its largest part) for about two entries visited
     /// per decision.
     pub sweep_every: u64,
@@ -75,7 +75,9 @@ pub struct Engine {
     decided: AtomicU64,
     /// The decision count at which the next sweep runs.
     next_sweep: AtomicU64,
-    /// The decision count at which the duplicate horizon is next swept on its own.
+    /// Intents remembered so far (decided or restored).
+    remembers: AtomicU64,
+    /// The `remembers` count at which the duplicate horizon is next swept on its own.
     next_forget: AtomicU64,
 }
 
@@ -91,6 +93,7 @@ impl Engine {
             watermark_ns: AtomicI64::new(i64::MIN),
             decided: AtomicU64::new(0),
             next_sweep: AtomicU64::new(options.sweep_every),
+            remembers: AtomicU64::new(0),
             next_forget: AtomicU64::new(options.sweep_every.min(FORGET_EVERY_MIN)),
         }
     }
@@ -240,12 +243,6 @@ impl Engine {
                 decided + self.options.sweep_every.max(entries),
                 Ordering::Relaxed,
             );
-        } else if decided >= self.next_forget.load(Ordering::Relaxed) {
-            let left = self.forget() as u64;
-            self.next_forget.store(
-                decided + left.max(self.options.sweep_every.min(FORGET_EVERY_MIN)),
-                Ordering::Relaxed,
-            );
         }
         decision
     }
@@ -326,6 +323,16 @@ impl Engine {
                 decision,
             },
         );
+        // The duplicate horizon is swept on its own, more often than the rest of the state,
+        // here, so that a restore is bounded too (see `EngineOptions::sweep_every`).
+        let remembers = self.remembers.fetch_add(1, Ordering::Relaxed) + 1;
+        if remembers >= self.next_forget.load(Ordering::Relaxed) {
+            let left = self.forget() as u64;
+            self.next_forget.store(
+                remembers + left.max(self.options.sweep_every.min(FORGET_EVERY_MIN)),
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// The ruleset this engine decides with.
@@ -340,8 +347,15 @@ impl Engine {
             .num_nanoseconds()
             .unwrap_or(i64::MAX);
         let entry = self.remembered.get(intent_id)?;
-        (entry.created_at_ns.abs_diff(at_ns) <= horizon.unsigned_abs())
-            .then(|| entry.decision.clone())
+        // An entry past the horizon behind the watermark counts as forgotten whether or not a
+        // sweep has dropped it yet: when sweeps run changes no decision.
+        let floor = self
+            .watermark_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(horizon);
+        (entry.created_at_ns >= floor
+            && entry.created_at_ns.abs_diff(at_ns) <= horizon.unsigned_abs())
+        .then(|| entry.decision.clone())
     }
 
     fn advance_watermark(&self, at_ns: i64, now: DateTime<Utc>) -> i64 {

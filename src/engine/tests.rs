@@ -623,13 +623,27 @@ fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
         (start + TimeDelta::minutes(30 * i)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     };
     let n = 6_000;
+    let restored = engine_with(
+        VELOCITY_RULES,
+        EngineOptions {
+            max_future_skew: None,
+            ..EngineOptions::default()
+        },
+    );
     for i in 0..n {
         let extra = format!(
             r#""account_id":"acct-{i}","amount":"0.01","created_at":"{}""#,
             at(i)
         );
-        decide(&e, &format!("i{i}"), &extra);
+        let d = decide(&e, &format!("i{i}"), &extra);
+        // A restore from these decisions is bounded the same way.
+        restored.restore(&intent(&format!("i{i}"), &extra), (*d).clone());
     }
+    assert!(
+        restored.size().remembered_intents <= 1_024 + 48,
+        "a restore grew the duplicate horizon to {:?}",
+        restored.size()
+    );
     // 48 intents are live (24 hours at one per 30 minutes); sweeps run whenever as many
     // decisions as were left by the last one (at least 1,024) have been made.
     let size = e.size();
@@ -647,6 +661,43 @@ fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
         at(n - 3)
     );
     assert!(decide(&e, &format!("i{}", n - 3), &again).duplicate);
+}
+
+#[test]
+fn when_sweeps_run_changes_no_duplicate() {
+    let sweeping = |every: u64| {
+        engine_with(
+            VELOCITY_RULES,
+            EngineOptions {
+                sweep_every: every,
+                max_future_skew: None,
+                ..EngineOptions::default()
+            },
+        )
+    };
+    // One engine sweeps after every decision, the other not before 65,536 of them.
+    for e in [sweeping(1), sweeping(65_536)] {
+        let old = r#""amount":"0.01","created_at":"2026-11-28T10:00:00Z""#;
+        assert!(!decide(&e, "old", old).duplicate);
+        decide(
+            &e,
+            "a",
+            r#""amount":"0.01","created_at":"2026-11-29T09:00:00Z""#,
+        );
+        assert!(
+            decide(&e, "old", old).duplicate,
+            "23 hours behind the watermark: within the horizon"
+        );
+        decide(
+            &e,
+            "b",
+            r#""amount":"0.01","created_at":"2026-11-29T16:00:00Z""#,
+        );
+        assert!(
+            !decide(&e, "old", old).duplicate,
+            "30 hours behind the watermark: forgotten, swept or not"
+        );
+    }
 }
 
 #[test]

@@ -577,6 +577,19 @@ max_future_skew = "off"
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the service said (the harness prints a failed test's
+        // output): the last lines of its log.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- last {} lines of {} ---\n{}",
+                tail.len(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
