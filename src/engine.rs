@@ -33,14 +33,14 @@ pub struct EngineOptions {
     /// more often than once per entry of state left by the last sweep, so that sweeping
     /// costs at most about one entry visited per decision. Intents past the duplicate
     /// horizon are swept with them, and also on their own, more often: whenever as many
-    /// intents as were left by their last sweep (at least [`FORGET_EVERY_MIN`]) have been
-    /// remembered since, by deciding or by a restore. That keeps the duplicate state within about
-    /// twice its live size (a decision is its largest part) for about two entries visited
-    /// per decision.
+    /// intents as were left by their last sweep (at least [`FORGET_EVERY_MIN`], or this
+    /// setting if smaller) have been remembered since, by deciding or by a restore. That
+    /// keeps the duplicate state, whose remembered decisions are most of the memory, within
+    /// about twice its live size for about two entries visited per intent.
     pub sweep_every: u64,
 }
 
-/// The fewest decisions between two sweeps of the duplicate horizon alone.
+/// The fewest intents remembered between two sweeps of the duplicate horizon alone.
 pub const FORGET_EVERY_MIN: u64 = 1_024;
 
 impl Default for EngineOptions {
