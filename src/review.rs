@@ -357,7 +357,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .create()
         .map_err(|e| anyhow::anyhow!("cannot create the review producer: {e}"))?;
     let app = Arc::new(App {
-        queue: Mutex::new(Queue::new()),
+        queue: Mutex::new(Queue::with_duplicate_horizon(
+            config.engine.duplicate_horizon,
+        )),
         auth: Arc::new(auth),
         expire_after: review.expire_after,
         changes: watch::Sender::new(0),

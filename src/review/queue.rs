@@ -10,7 +10,11 @@
 //! * an approval counts once per reviewer; the intent is released (final, `allow`) when as
 //!   many different reviewers as its hold asks for have approved it;
 //! * a rejection (by a reviewer or by `system:expiry`) is final at once (`deny`);
-//! * the first final record for an intent wins; anything later about it is ignored.
+//! * the first final record for an intent wins; anything later about it is ignored, except a
+//!   new hold of the same intent id proposed again after the duplicate horizon (a later
+//!   source, not a duplicate), whose review starts afresh;
+//! * an ended review is forgotten once its partition's decisions are two duplicate horizons
+//!   past its intent: no copy of its hold can come after that.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Role;
-use crate::decision::{parse_record, Decision};
+use crate::decision::{parse_record, Decision, Source};
 use crate::intent::Counterparty;
 use crate::rules::{Outcome, RuleAction};
 
@@ -86,6 +90,13 @@ pub struct Final {
     pub reviewer: String,
     pub partition: i32,
     pub offset: i64,
+    /// The intent the hold decided, as its `source` names it (partition and offset), when
+    /// the hold was seen: a later decision of the same intent id from a later source (not a
+    /// duplicate) is a new proposal.
+    hold_source: Option<(i32, i64)>,
+    /// The held intent's `created_at` (its hold's `decided_at` when the hold was not seen):
+    /// the ended review is forgotten once its partition has moved on well past it.
+    created_at: Option<DateTime<Utc>>,
 }
 
 /// What a hold a review record points at was, for the record.
@@ -216,12 +227,28 @@ impl Filter {
 }
 
 /// The pending holds, and how the reviews that ended ended.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Queue {
     pending: HashMap<String, Hold>,
     finished: HashMap<String, Final>,
     /// Next offset to read, per decisions partition.
     positions: HashMap<i32, i64>,
+    /// The latest `created_at` of a decision read, per decisions partition.
+    watermarks: HashMap<i32, DateTime<Utc>>,
+    /// An ended review is forgotten once its partition's watermark is this far past its
+    /// intent: twice the engine's duplicate horizon, after which no copy of its hold can come.
+    forget_after: TimeDelta,
+    /// `finished` is swept of forgotten reviews when it reaches this size.
+    next_forget: usize,
+}
+
+/// The fewest ended reviews kept before they are swept.
+const FORGET_MIN: usize = 1_024;
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue::with_duplicate_horizon(TimeDelta::hours(24))
+    }
 }
 
 fn time(t: &DateTime<Utc>) -> String {
@@ -229,6 +256,18 @@ fn time(t: &DateTime<Utc>) -> String {
 }
 
 impl Queue {
+    /// A queue for decisions made with the engine's duplicate horizon `horizon`.
+    pub fn with_duplicate_horizon(horizon: TimeDelta) -> Self {
+        Queue {
+            pending: HashMap::new(),
+            finished: HashMap::new(),
+            positions: HashMap::new(),
+            watermarks: HashMap::new(),
+            forget_after: horizon * 2,
+            next_forget: FORGET_MIN,
+        }
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -292,8 +331,27 @@ impl Queue {
             None | Some("decision") => {}
             Some(_) => return Ok(Applied::Ignored("a record of an unknown stage")),
         }
-        if self.finished.contains_key(&*head.intent_id) {
-            return Ok(Applied::Ignored("the review of this intent has ended"));
+        if let Some(at) = head.created_at {
+            let w = self.watermarks.entry(partition).or_insert(at);
+            *w = (*w).max(at);
+        }
+        if let Some(ended) = self.finished.get(&*head.intent_id) {
+            // A duplicate re-emits the hold; a decision from the same source, or an earlier
+            // one, is a copy (an aborted transaction's record, then the committed one).
+            // Either way that review has ended. Only a decision of the same intent id
+            // proposed again after the duplicate horizon (a later source, not a duplicate)
+            // starts afresh.
+            let later = match (
+                head.source.as_ref().and_then(SourceRef::position),
+                ended.hold_source,
+            ) {
+                (Some((p, o)), Some((held_p, held_o))) => p != held_p || o > held_o,
+                _ => false,
+            };
+            if head.duplicate || !later {
+                return Ok(Applied::Ignored("the review of this intent has ended"));
+            }
+            self.finished.remove(&*head.intent_id);
         }
         if head.decision != Some(Outcome::Hold) {
             return Ok(match self.pending.remove(&*head.intent_id) {
@@ -353,13 +411,16 @@ impl Queue {
             // or is gone with retention): the review still ends it, so that a late copy of
             // the decision cannot bring it back.
             if r.review == Verdict::Reject || r.is_final {
-                self.finished.insert(
+                let created_at = r.hold.decided_at.parse().ok();
+                self.end(
                     r.intent_id,
                     Final {
                         verdict: r.review,
                         reviewer: r.reviewer,
                         partition,
                         offset,
+                        hold_source: None,
+                        created_at,
                     },
                 );
                 return Applied::Ignored("a review of an intent that is not pending");
@@ -401,17 +462,41 @@ impl Queue {
         partition: i32,
         offset: i64,
     ) -> Applied {
-        self.pending.remove(intent_id);
-        self.finished.insert(
+        let hold = self.pending.remove(intent_id);
+        let hold_source = hold.as_ref().and_then(|h| match h.decision.source {
+            Source::Kafka {
+                partition, offset, ..
+            } => Some((partition, offset)),
+            Source::File { .. } => None,
+        });
+        self.end(
             intent_id.to_owned(),
             Final {
                 verdict,
                 reviewer,
                 partition,
                 offset,
+                hold_source,
+                created_at: hold.map(|h| h.decision.created_at),
             },
         );
         Applied::Finished(verdict)
+    }
+
+    /// Records how the review of `intent_id` ended; now and then, forgets reviews whose
+    /// partition has moved on past them (see `forget_after`): the map stays within about
+    /// twice what is live, for about two entries visited per review.
+    fn end(&mut self, intent_id: String, ended: Final) {
+        self.finished.insert(intent_id, ended);
+        if self.finished.len() >= self.next_forget {
+            let (watermarks, after) = (&self.watermarks, self.forget_after);
+            self.finished
+                .retain(|_, f| match (f.created_at, watermarks.get(&f.partition)) {
+                    (Some(at), Some(w)) => at >= *w - after,
+                    _ => true,
+                });
+            self.next_forget = (2 * self.finished.len()).max(FORGET_MIN);
+        }
     }
 
     /// The review record `reviewer` asks to publish, or why they may not.
@@ -531,6 +616,25 @@ struct Head<'a> {
     intent_id: std::borrow::Cow<'a, str>,
     #[serde(default)]
     decision: Option<Outcome>,
+    #[serde(default)]
+    created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    source: Option<SourceRef>,
+}
+
+/// Where a decision's intent came from, as far as telling two proposals apart needs.
+#[derive(Deserialize)]
+struct SourceRef {
+    partition: Option<i32>,
+    offset: Option<i64>,
+}
+
+impl SourceRef {
+    fn position(&self) -> Option<(i32, i64)> {
+        Some((self.partition?, self.offset?))
+    }
 }
 
 #[cfg(test)]

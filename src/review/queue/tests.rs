@@ -30,6 +30,19 @@ fn at(text: &str) -> DateTime<Utc> {
 
 /// The record the engine writes for an intent, as it is on the decisions topic.
 fn decided(e: &Engine, id: &str, agent: &str, action: &str, amount: &str, now: &str) -> Vec<u8> {
+    decided_from(e, 0, id, agent, action, amount, now)
+}
+
+/// [`decided`] for the intent at `offset` of intents partition 0.
+fn decided_from(
+    e: &Engine,
+    offset: i64,
+    id: &str,
+    agent: &str,
+    action: &str,
+    amount: &str,
+    now: &str,
+) -> Vec<u8> {
     let json = format!(
         r#"{{"intent_id":"{id}","agent_id":"{agent}","account_id":"acct-1","action":"{action}","amount":"{amount}","currency":"EUR","counterparty":{{"name":"<script>x</script>"}},"created_at":"{now}"}}"#
     );
@@ -39,7 +52,7 @@ fn decided(e: &Engine, id: &str, agent: &str, action: &str, amount: &str, now: &
         Source::Kafka {
             topic: Arc::from("intents"),
             partition: 0,
-            offset: 0,
+            offset,
         },
         at(now),
     );
@@ -410,4 +423,83 @@ fn unreadable_records_are_errors_that_change_nothing() {
         .starts_with("a review record"));
     assert!(q.is_empty());
     assert_eq!(q.position(0), 2, "the position moves past them");
+}
+
+#[test]
+fn an_ended_review_ignores_copies_and_duplicates_of_its_hold_but_not_a_new_proposal() {
+    let e = engine();
+    let mut log = Log::new();
+    let hold = decided_from(&e, 3, "i", "bot", "transfer", "20000", T0);
+    assert_eq!(log.push(&hold), Applied::Held);
+    log.review("i", "alice", Verdict::Reject, T0).unwrap();
+    assert!(log.queue.finished("i").is_some());
+    // The same record again (an aborted transaction's copy, then the committed one), and a
+    // decision of the id from an earlier source.
+    assert!(matches!(log.push(&hold), Applied::Ignored(_)));
+    let earlier = decided_from(&engine(), 2, "i", "bot", "transfer", "20000", T0);
+    assert!(matches!(log.push(&earlier), Applied::Ignored(_)));
+    // The engine re-emitting it for a duplicate, from another source offset.
+    let duplicate = decided_from(&e, 9, "i", "bot", "transfer", "20000", T0);
+    assert!(String::from_utf8_lossy(&duplicate).contains(r#""duplicate":true"#));
+    assert!(matches!(log.push(&duplicate), Applied::Ignored(_)));
+    assert!(log.queue.is_empty());
+    // The same intent id proposed again after the duplicate horizon: the engine (here, one
+    // that has forgotten it) decides it anew, from another source. Its review starts afresh.
+    let again = decided_from(
+        &engine(),
+        12,
+        "i",
+        "bot",
+        "transfer",
+        "20000",
+        "2026-11-30T10:00:00Z",
+    );
+    assert_eq!(log.push(&again), Applied::Held);
+    assert!(log.queue.finished("i").is_none());
+    assert_eq!(
+        log.queue.get("i").map(|h| h.decision.source.clone()),
+        Some(Source::Kafka {
+            topic: Arc::from("intents"),
+            partition: 0,
+            offset: 12,
+        })
+    );
+}
+
+#[test]
+fn ended_reviews_are_forgotten_two_duplicate_horizons_later() {
+    let e = engine();
+    let mut log = Log::new();
+    // Holds `{prefix}0..count`, decided at `now` from offsets `first..`, each rejected.
+    let mut end_reviews = |prefix: &str, first: i64, count: i64, now: &str| {
+        for i in 0..count {
+            let id = format!("{prefix}{i}");
+            log.push(&decided_from(
+                &e,
+                first + i,
+                &id,
+                "bot",
+                "transfer",
+                "20000",
+                now,
+            ));
+            log.review(&id, "alice", Verdict::Reject, now).unwrap();
+        }
+        log.queue.finished("h0").is_some()
+    };
+    // More ended reviews than are kept before a sweep, all on the first day.
+    let n = 1_100;
+    assert!(end_reviews("h", 0, n, T0), "kept: nothing has moved on yet");
+    // The partition moves on by 47 hours: within two horizons, still kept.
+    assert!(
+        end_reviews("k", 10_000, n, "2026-11-30T09:00:00Z"),
+        "47 hours on: kept"
+    );
+    // Past two horizons, the first day's reviews go at the next sweep.
+    assert!(
+        !end_reviews("m", 20_000, 2 * n, "2026-11-30T11:00:00Z"),
+        "49 hours on: forgotten"
+    );
+    assert!(log.queue.finished("k0").is_some());
+    assert!(log.queue.finished(&format!("m{}", 2 * n - 1)).is_some());
 }
