@@ -245,9 +245,10 @@ pub struct Queue {
 /// The fewest ended reviews kept before they are swept.
 const FORGET_MIN: usize = 1_024;
 
+/// A queue for decisions made with the engine's default duplicate horizon.
 impl Default for Queue {
     fn default() -> Self {
-        Queue::with_duplicate_horizon(TimeDelta::hours(24))
+        Queue::with_duplicate_horizon(crate::engine::EngineOptions::default().duplicate_horizon)
     }
 }
 
