@@ -79,13 +79,28 @@ pub struct Engine {
     remembers: AtomicU64,
     /// The `remembers` count at which the duplicate horizon is next swept on its own.
     next_forget: AtomicU64,
+    /// Per counter: an earlier counter with the same `where`, whose answer it shares (counters
+    /// often filter alike, e.g. on `action in lists.payment_actions`).
+    same_filter: Vec<Option<usize>>,
 }
 
 const KEY_SEPARATOR: char = '\u{1f}';
 
 impl Engine {
     pub fn new(ruleset: Arc<Ruleset>, options: EngineOptions) -> Engine {
+        let counters = &ruleset.counters;
+        let same_filter = counters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let text = c.filter_text.as_ref()?;
+                counters[..i]
+                    .iter()
+                    .position(|earlier| earlier.filter_text.as_ref() == Some(text))
+            })
+            .collect();
         Engine {
+            same_filter,
             velocity: Velocity::new(&ruleset.counters),
             ruleset,
             options,
@@ -211,8 +226,8 @@ impl Engine {
             .iter()
             .zip(&rs.counters)
             .filter_map(|(v, c)| match v {
-                Ok(Value::Int(n)) => Some((c.id.clone(), CounterValue::Int(*n))),
-                Ok(Value::Num(n)) => Some((c.id.clone(), CounterValue::Num(*n))),
+                Ok(Value::Int(n)) => Some((CompactString::from(&*c.id), CounterValue::Int(*n))),
+                Ok(Value::Num(n)) => Some((CompactString::from(&*c.id), CounterValue::Num(*n))),
                 _ => None,
             })
             .collect();
@@ -298,6 +313,9 @@ impl Engine {
         positions: &[Position],
         slots: &mut [Result<Slot<'_>, usize>],
     ) {
+        // Each distinct `where` is evaluated at most once per intent.
+        let mut passed: SmallVec<[Option<bool>; 16]> =
+            SmallVec::from_elem(None, self.ruleset.counters.len());
         for (i, c) in self.ruleset.counters.iter().enumerate() {
             let (g, m) = self.velocity.place(i);
             let Ok(slot) = &mut slots[g] else { continue };
@@ -305,7 +323,9 @@ impl Engine {
                 continue;
             }
             if let Some(filter) = &c.filter {
-                if filter.eval_bool(act) != Ok(true) {
+                let first = self.same_filter[i].unwrap_or(i);
+                let pass = *passed[first].get_or_insert_with(|| filter.eval_bool(act) == Ok(true));
+                if !pass {
                     continue;
                 }
             }

@@ -207,6 +207,8 @@ pub struct CounterDef {
     pub resolution: TimeDelta,
     pub buckets: i64,
     pub filter: Option<Program>,
+    /// The `where` text, as written.
+    pub filter_text: Option<String>,
     pub contributes: Contributes,
     /// Per key path: why the counter is unavailable when the intent lacks that path.
     pub unavailable: Vec<String>,
@@ -1038,6 +1040,7 @@ impl Builder {
             resolution,
             buckets: (win_ns + res_ns - 1) / res_ns,
             filter,
+            filter_text: c.filter.as_ref().map(|w| w.get_ref().clone()),
             contributes,
         })
     }

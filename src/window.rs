@@ -162,10 +162,11 @@ impl Series {
 
     /// Drops buckets at or below `floor`.
     fn prune(&mut self, floor: i64) {
-        let gone = self.buckets.partition_point(|(b, _)| *b <= floor);
-        if gone == 0 {
+        // Usually nothing is due: the oldest bucket says so without a search.
+        if self.buckets.first().is_none_or(|(b, _)| *b > floor) {
             return;
         }
+        let gone = self.buckets.partition_point(|(b, _)| *b <= floor);
         match self.buckets.drain(..gone).next_back() {
             Some((_, Agg::Count(n))) => self.base_count = n,
             Some((_, Agg::Sum(s))) => self.base_sum = s,
@@ -210,7 +211,12 @@ impl Window {
     /// Buckets at or below this index can no longer matter: they are more than two windows
     /// behind the watermark (one window of history for intents up to one window late).
     fn floor(&self, watermark_ns: i64) -> i64 {
-        self.bucket(watermark_ns).saturating_sub(2 * self.buckets)
+        self.floor_of(self.bucket(watermark_ns))
+    }
+
+    /// [`Window::floor`] for a watermark in bucket `b`.
+    fn floor_of(&self, b: i64) -> i64 {
+        b.saturating_sub(2 * self.buckets)
     }
 
     fn add(&self, series: &mut Series, at: Position, c: Contribution) {
@@ -313,9 +319,16 @@ impl Velocity {
     pub fn position(&self, counter: usize, at_ns: i64, watermark_ns: i64) -> Position {
         let (g, m) = self.place[counter];
         let w = &self.groups[g].windows[m];
+        let bucket = w.bucket(at_ns);
+        // In order, an intent is the watermark: one division instead of two.
+        let watermark_bucket = if at_ns == watermark_ns {
+            bucket
+        } else {
+            w.bucket(watermark_ns)
+        };
         Position {
-            bucket: w.bucket(at_ns),
-            floor: w.floor(watermark_ns),
+            bucket,
+            floor: w.floor_of(watermark_bucket),
         }
     }
 
@@ -335,16 +348,26 @@ impl Velocity {
     /// The series of group `g` for `key`, locked for one intent.
     pub fn slot(&self, g: usize, key: &str) -> Slot<'_> {
         let group = &self.groups[g];
-        let series = match group.keys.get_mut(key) {
-            Some(s) => s,
-            None => group
+        let new = || {
+            std::iter::repeat_with(Series::default)
+                .take(group.windows.len())
+                .collect()
+        };
+        // A key short enough to be stored inline costs nothing to own: one lookup finds or
+        // inserts it. A longer one is looked up first, so that only a new key allocates.
+        let series = if key.len() <= std::mem::size_of::<CompactString>() {
+            group
                 .keys
                 .entry(CompactString::from(key))
-                .or_insert_with(|| {
-                    std::iter::repeat_with(Series::default)
-                        .take(group.windows.len())
-                        .collect()
-                }),
+                .or_insert_with(new)
+        } else {
+            match group.keys.get_mut(key) {
+                Some(s) => s,
+                None => group
+                    .keys
+                    .entry(CompactString::from(key))
+                    .or_insert_with(new),
+            }
         };
         Slot { group, series }
     }

@@ -210,10 +210,7 @@ fn a_failing_rule_contributes_on_error() {
     // With the key present, the counter is available and nothing fails.
     let d = decide(&e, "b", r#""counterparty":{"id":"cp-1"}"#);
     assert_eq!((d.outcome, d.errors.len()), (Outcome::Allow, 0));
-    assert_eq!(
-        d.counters,
-        vec![(Arc::from("per_cp"), CounterValue::Int(0))]
-    );
+    assert_eq!(d.counters, vec![("per_cp".into(), CounterValue::Int(0))]);
 }
 
 const VELOCITY_RULES: &str = r#"
@@ -292,6 +289,70 @@ fn counters_see_earlier_intents_only_and_respect_where_and_contributes() {
     assert_eq!(
         decide(&e, "t", r#""amount":"0.01""#).outcome,
         Outcome::Allow
+    );
+}
+
+#[test]
+fn counters_sharing_a_where_each_count_as_their_own_where_says() {
+    // `a` is unavailable without a counterparty and `b` takes allowed intents only, so when
+    // either skips an intent, `c` still answers the shared `where` for itself.
+    let e = engine(
+        r#"
+[[counter]]
+id = "a"
+key = ["counterparty.id"]
+aggregate = "count"
+window = "1h"
+where = 'action == "transfer"'
+
+[[counter]]
+id = "b"
+key = ["account_id"]
+aggregate = "count"
+window = "1h"
+where = 'action == "transfer"'
+contributes = "allowed"
+
+[[counter]]
+id = "c"
+key = ["account_id"]
+aggregate = "count"
+window = "1h"
+where = 'action == "transfer"'
+
+[[counter]]
+id = "d"
+key = ["account_id"]
+aggregate = "count"
+window = "1h"
+where = 'action == "payment"'
+
+[[rule]]
+id = "big"
+when = 'amount > 1000'
+action = "hold"
+"#,
+    );
+    let held = decide(&e, "t1", r#""amount":"2000""#);
+    assert_eq!(held.outcome, Outcome::Hold);
+    decide(&e, "p1", r#""action":"payment""#);
+    let values = |d: &Decision| -> Vec<(String, CounterValue)> {
+        d.counters
+            .iter()
+            .map(|(id, v)| (id.to_string(), *v))
+            .collect()
+    };
+    let cp = r#""counterparty":{"id":"cp-1"}"#;
+    let d = decide(&e, "t2", cp);
+    let int = |id: &str, n| (id.to_owned(), CounterValue::Int(n));
+    assert_eq!(
+        values(&d),
+        [int("a", 0), int("b", 0), int("c", 1), int("d", 1)]
+    );
+    let d = decide(&e, "t3", cp);
+    assert_eq!(
+        values(&d),
+        [int("a", 1), int("b", 1), int("c", 2), int("d", 1)]
     );
 }
 
@@ -378,7 +439,7 @@ fn duplicates_repeat_the_original_and_move_no_counter() {
     let d = decide(&e, "next", r#""amount":"0.10""#);
     assert_eq!(
         d.counters[0],
-        (Arc::from("transfers_1h"), CounterValue::Int(1)),
+        ("transfers_1h".into(), CounterValue::Int(1)),
         "the duplicate did not count"
     );
     // Beyond the horizon the same id is a new intent.
