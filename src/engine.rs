@@ -82,6 +82,8 @@ pub struct Engine {
     /// Per counter: an earlier counter with the same `where`, whose answer it shares (counters
     /// often filter alike, e.g. on `action in lists.payment_actions`).
     same_filter: Vec<Option<usize>>,
+    /// The counter ids, in the form a decision keeps them.
+    counter_ids: Vec<CompactString>,
 }
 
 const KEY_SEPARATOR: char = '\u{1f}';
@@ -101,6 +103,7 @@ impl Engine {
             .collect();
         Engine {
             same_filter,
+            counter_ids: counters.iter().map(|c| CompactString::from(&*c.id)).collect(),
             velocity: Velocity::new(&ruleset.counters),
             ruleset,
             options,
@@ -224,10 +227,10 @@ impl Engine {
 
         let counters = values
             .iter()
-            .zip(&rs.counters)
-            .filter_map(|(v, c)| match v {
-                Ok(Value::Int(n)) => Some((CompactString::from(&*c.id), CounterValue::Int(*n))),
-                Ok(Value::Num(n)) => Some((CompactString::from(&*c.id), CounterValue::Num(*n))),
+            .zip(&self.counter_ids)
+            .filter_map(|(v, id)| match v {
+                Ok(Value::Int(n)) => Some((id.clone(), CounterValue::Int(*n))),
+                Ok(Value::Num(n)) => Some((id.clone(), CounterValue::Num(*n))),
                 _ => None,
             })
             .collect();

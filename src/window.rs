@@ -72,8 +72,16 @@ struct Series {
 
 impl Series {
     fn aggregate(&self, kind: Aggregate, from: i64, to: i64) -> CounterValue {
-        let start = self.buckets.partition_point(|(b, _)| *b <= from);
-        let end = self.buckets.partition_point(|(b, _)| *b <= to);
+        // Usually the window reaches past the newest bucket, and often past the oldest too:
+        // checking the ends first saves both searches.
+        let start = match self.buckets.first() {
+            Some((b, _)) if *b <= from => self.buckets.partition_point(|(b, _)| *b <= from),
+            _ => 0,
+        };
+        let end = match self.buckets.last() {
+            Some((b, _)) if *b > to => self.buckets.partition_point(|(b, _)| *b <= to),
+            _ => self.buckets.len(),
+        };
         let live = self.buckets[start..end.max(start)].iter().map(|(_, a)| a);
         match kind {
             Aggregate::Count | Aggregate::Sum => {
