@@ -103,7 +103,10 @@ impl Engine {
             .collect();
         Engine {
             same_filter,
-            counter_ids: counters.iter().map(|c| CompactString::from(&*c.id)).collect(),
+            counter_ids: counters
+                .iter()
+                .map(|c| CompactString::from(&*c.id))
+                .collect(),
             velocity: Velocity::new(&ruleset.counters),
             ruleset,
             options,
