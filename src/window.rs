@@ -363,19 +363,17 @@ impl Velocity {
         };
         // A key short enough to be stored inline costs nothing to own: one lookup finds or
         // inserts it. A longer one is looked up first, so that only a new key allocates.
-        let series = if key.len() <= std::mem::size_of::<CompactString>() {
-            group
+        let found = if key.len() > std::mem::size_of::<CompactString>() {
+            group.keys.get_mut(key)
+        } else {
+            None
+        };
+        let series = match found {
+            Some(s) => s,
+            None => group
                 .keys
                 .entry(CompactString::from(key))
-                .or_insert_with(new)
-        } else {
-            match group.keys.get_mut(key) {
-                Some(s) => s,
-                None => group
-                    .keys
-                    .entry(CompactString::from(key))
-                    .or_insert_with(new),
-            }
+                .or_insert_with(new),
         };
         Slot { group, series }
     }
