@@ -115,7 +115,7 @@ impl Engine {
             decided: AtomicU64::new(0),
             next_sweep: AtomicU64::new(options.sweep_every),
             remembers: AtomicU64::new(0),
-            next_forget: AtomicU64::new(options.sweep_every.min(FORGET_EVERY_MIN)),
+            next_forget: AtomicU64::new(Engine::forget_every_min(&options)),
         }
     }
 
@@ -355,7 +355,7 @@ impl Engine {
         if remembers >= self.next_forget.load(Ordering::Relaxed) {
             let left = self.forget() as u64;
             self.next_forget.store(
-                remembers + left.max(self.options.sweep_every.min(FORGET_EVERY_MIN)),
+                remembers + left.max(Engine::forget_every_min(&self.options)),
                 Ordering::Relaxed,
             );
         }
@@ -366,20 +366,32 @@ impl Engine {
         &self.ruleset
     }
 
-    fn duplicate_of(&self, intent_id: &str, at_ns: i64) -> Option<Arc<Decision>> {
-        let horizon = self
-            .options
+    /// The duplicate horizon in nanoseconds.
+    fn horizon_ns(&self) -> i64 {
+        self.options
             .duplicate_horizon
             .num_nanoseconds()
-            .unwrap_or(i64::MAX);
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Remembered intents created before this are forgotten, swept or not.
+    fn forget_floor(&self) -> i64 {
+        self.watermark_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.horizon_ns())
+    }
+
+    /// The fewest intents remembered between two sweeps of the duplicate horizon alone.
+    fn forget_every_min(options: &EngineOptions) -> u64 {
+        options.sweep_every.min(FORGET_EVERY_MIN)
+    }
+
+    fn duplicate_of(&self, intent_id: &str, at_ns: i64) -> Option<Arc<Decision>> {
+        let horizon = self.horizon_ns();
         let entry = self.remembered.get(intent_id)?;
         // An entry past the horizon behind the watermark counts as forgotten whether or not a
         // sweep has dropped it yet: when sweeps run changes no decision.
-        let floor = self
-            .watermark_ns
-            .load(Ordering::Relaxed)
-            .saturating_sub(horizon);
-        (entry.created_at_ns >= floor
+        (entry.created_at_ns >= self.forget_floor()
             && entry.created_at_ns.abs_diff(at_ns) <= horizon.unsigned_abs())
         .then(|| entry.decision.clone())
     }
@@ -405,13 +417,7 @@ impl Engine {
 
     /// Drops intents past the duplicate horizon; says how many are left.
     fn forget(&self) -> usize {
-        let watermark = self.watermark_ns.load(Ordering::Relaxed);
-        let horizon = self
-            .options
-            .duplicate_horizon
-            .num_nanoseconds()
-            .unwrap_or(i64::MAX);
-        let floor = watermark.saturating_sub(horizon);
+        let floor = self.forget_floor();
         self.remembered.retain(|_, r| r.created_at_ns >= floor);
         self.remembered.len()
     }
