@@ -4,6 +4,7 @@
 //! [`InvalidIntent`] that says which field was wrong and how, ready for the dead-letter output.
 //! Amounts go from the JSON text straight to an exact [`Decimal`], never through a float.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -246,6 +247,123 @@ fn valid_action(s: &str) -> bool {
         })
 }
 
+/// Text read from the payload: borrowed when it holds no escapes, so that reading a key or a
+/// value that is only checked (or parsed into a number or a time) allocates nothing.
+struct Text;
+
+impl<'de> DeserializeSeed<'de> for Text {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Text {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// The value of an intent or counterparty field. None of them holds an array or an object, so
+/// those are skipped and stand only for their type; strings and numbers keep their text.
+enum Scalar<'de> {
+    Null,
+    Bool,
+    Number(Cow<'de, str>),
+    Str(Cow<'de, str>),
+    Array,
+    Object,
+}
+
+impl Scalar<'_> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Scalar::Null => "null",
+            Scalar::Bool => "a boolean",
+            Scalar::Number(_) => "a number",
+            Scalar::Str(_) => "a string",
+            Scalar::Array => "an array",
+            Scalar::Object => "an object",
+        }
+    }
+}
+
+/// Reads a [`Scalar`].
+struct ScalarSeed;
+
+impl<'de> DeserializeSeed<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool)
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Number(Cow::Owned(v.to_string())))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::Number(Cow::Owned(v.to_string())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Number(Cow::Owned(v.to_string())))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // With serde_json's `arbitrary_precision`, a number arrives as a one-entry map under a
+        // private key, its exact text as the value.
+        match map.next_key_seed(Text)? {
+            Some(key) if key == NUMBER_TOKEN => Ok(Scalar::Number(map.next_value_seed(Text)?)),
+            Some(_) => {
+                map.next_value::<IgnoredAny>()?;
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Object)
+            }
+            None => Ok(Scalar::Object),
+        }
+    }
+}
+
 /// A JSON value as read from the payload: strict about duplicate keys at every depth.
 enum Field {
     Value(Json),
@@ -253,23 +371,9 @@ enum Field {
     DuplicateKey(String),
 }
 
-/// Reads a JSON value. In `scalar` mode (every top-level field but `attributes`), arrays and
-/// objects are skipped and stand only for their type: such fields never hold them.
+/// Reads any JSON value, nested ones included (`attributes`).
 #[derive(Clone, Copy)]
-struct StrictValue {
-    scalar: bool,
-}
-
-impl StrictValue {
-    /// Every JSON value, nested ones included.
-    fn full() -> StrictValue {
-        StrictValue { scalar: false }
-    }
-
-    fn scalar() -> StrictValue {
-        StrictValue { scalar: true }
-    }
-}
+struct StrictValue;
 
 impl<'de> DeserializeSeed<'de> for StrictValue {
     type Value = Field;
@@ -312,10 +416,6 @@ impl<'de> Visitor<'de> for StrictValue {
         d.deserialize_any(self)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
-        if self.scalar {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            return Ok(Field::Value(Json::Array(Vec::new())));
-        }
         let mut items = Vec::new();
         let mut dup = None;
         let mut index = 0usize;
@@ -335,17 +435,12 @@ impl<'de> Visitor<'de> for StrictValue {
         // private key; `Json` knows how to read that back, so hand such maps over to it.
         let mut object = Map::new();
         let mut dup: Option<String> = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(key) = map.next_key_seed(Text)? {
             if key == NUMBER_TOKEN {
                 let text: String = map.next_value()?;
                 return Ok(Field::Value(Json::Number(
                     serde_json::Number::from_string_unchecked(text),
                 )));
-            }
-            if self.scalar {
-                map.next_value::<IgnoredAny>()?;
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                return Ok(Field::Value(Json::Object(Map::new())));
             }
             let key = key.into_owned();
             match map.next_value_seed(self)? {
@@ -362,6 +457,38 @@ impl<'de> Visitor<'de> for StrictValue {
             }
         }
         Ok(dup.map_or(Field::Value(Json::Object(object)), Field::DuplicateKey))
+    }
+}
+
+/// The top-level fields of an intent, in the order of [`INTENT_FIELDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Top {
+    IntentId,
+    AgentId,
+    AccountId,
+    Action,
+    Amount,
+    Currency,
+    Counterparty,
+    CreatedAt,
+    Attributes,
+}
+
+impl Top {
+    const ALL: [Top; INTENT_FIELDS.len()] = [
+        Top::IntentId,
+        Top::AgentId,
+        Top::AccountId,
+        Top::Action,
+        Top::Amount,
+        Top::Currency,
+        Top::Counterparty,
+        Top::CreatedAt,
+        Top::Attributes,
+    ];
+
+    fn name(self) -> &'static str {
+        INTENT_FIELDS[self as usize]
     }
 }
 
@@ -391,7 +518,7 @@ impl<'de> Visitor<'de> for IntentVisitor {
         let mut raw = Raw::default();
         let mut seen = [false; INTENT_FIELDS.len()];
         let mut error: Option<InvalidIntent> = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(key) = map.next_key_seed(Text)? {
             if error.is_some() {
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -413,29 +540,21 @@ impl<'de> Visitor<'de> for IntentVisitor {
                 error = Some(InvalidIntent::field(&key, format!("duplicate key `{key}`")));
                 continue;
             }
-            if key == "counterparty" {
-                match map.next_value_seed(CounterpartySeed)? {
-                    Ok(cp) => raw.counterparty = cp,
-                    Err(e) => error = Some(e),
-                }
-                continue;
-            }
-            let seed = if key == "attributes" {
-                StrictValue::full()
-            } else {
-                StrictValue::scalar()
-            };
-            let value = match map.next_value_seed(seed)? {
-                Field::Value(v) => v,
-                Field::DuplicateKey(path) => {
-                    error = Some(InvalidIntent::field(
+            let field = Top::ALL[index];
+            let result = match field {
+                Top::Counterparty => map
+                    .next_value_seed(CounterpartySeed)?
+                    .map(|cp| raw.counterparty = cp),
+                Top::Attributes => match map.next_value_seed(StrictValue)? {
+                    Field::Value(v) => raw.set_attributes(v),
+                    Field::DuplicateKey(path) => Err(InvalidIntent::field(
                         &format!("{key}.{path}"),
                         format!("duplicate key `{key}.{path}`"),
-                    ));
-                    continue;
-                }
+                    )),
+                },
+                _ => raw.set(field, map.next_value_seed(ScalarSeed)?),
             };
-            if let Err(e) = raw.set(INTENT_FIELDS[index], value) {
+            if let Err(e) = result {
                 error = Some(e);
             }
         }
@@ -454,124 +573,127 @@ fn backticked(names: &[&str]) -> String {
         .join(", ")
 }
 
-fn required_string(field: &str, value: Json) -> Result<Option<String>, InvalidIntent> {
+fn required_string<'de>(field: &str, value: Scalar<'de>) -> Result<Cow<'de, str>, InvalidIntent> {
     match value {
-        Json::String(s) if s.is_empty() => Err(InvalidIntent::field(
+        Scalar::Str(s) if s.is_empty() => Err(InvalidIntent::field(
             field,
             format!("`{field}` must not be empty"),
         )),
-        Json::String(s) => Ok(Some(s)),
-        Json::Null => Err(InvalidIntent::new(
+        Scalar::Str(s) => Ok(s),
+        Scalar::Null => Err(InvalidIntent::new(
             InvalidKind::MissingField,
             Some(field),
             format!("required field `{field}` is null"),
         )),
         other => Err(InvalidIntent::field(
             field,
-            format!("`{field}` must be a string, found {}", json_type(&other)),
+            format!("`{field}` must be a string, found {}", other.type_name()),
         )),
     }
 }
 
-fn optional_string(field: &str, value: Json) -> Result<Option<String>, InvalidIntent> {
+fn optional_string<'de>(
+    field: &str,
+    value: Scalar<'de>,
+) -> Result<Option<Cow<'de, str>>, InvalidIntent> {
     match value {
-        Json::Null => Ok(None),
-        Json::String(s) => Ok(Some(s)),
+        Scalar::Null => Ok(None),
+        Scalar::Str(s) => Ok(Some(s)),
         other => Err(InvalidIntent::field(
             field,
-            format!("`{field}` must be a string, found {}", json_type(&other)),
+            format!("`{field}` must be a string, found {}", other.type_name()),
         )),
     }
 }
 
 impl Raw {
-    fn set(&mut self, field: &'static str, value: Json) -> Result<(), InvalidIntent> {
+    /// Sets a scalar field (any but `counterparty` and `attributes`).
+    fn set(&mut self, field: Top, value: Scalar<'_>) -> Result<(), InvalidIntent> {
+        let name = field.name();
         match field {
-            "intent_id" => {
-                self.intent_id = required_string(field, value)?;
-                let chars = self.intent_id.as_deref().map_or(0, |s| s.chars().count());
+            Top::IntentId => {
+                let id = required_string(name, value)?;
+                let chars = id.chars().count();
                 if chars > MAX_INTENT_ID_CHARS {
                     return Err(InvalidIntent::field(
-                        field,
+                        name,
                         format!("`intent_id` is {chars} characters long; at most {MAX_INTENT_ID_CHARS} are allowed"),
                     ));
                 }
+                self.intent_id = Some(id.into_owned());
             }
-            "agent_id" => self.agent_id = required_string(field, value)?,
-            "account_id" => self.account_id = required_string(field, value)?,
-            "action" => {
-                let action = required_string(field, value)?;
-                if let Some(a) = &action {
-                    if !valid_action(a) {
-                        return Err(InvalidIntent::field(
-                            field,
-                            format!("`action` `{a}` must be 1 to 64 lower-case letters, digits, `_`, `.` or `-` (e.g. `transfer`)"),
-                        ));
-                    }
+            Top::AgentId => self.agent_id = Some(required_string(name, value)?.into_owned()),
+            Top::AccountId => self.account_id = Some(required_string(name, value)?.into_owned()),
+            Top::Action => {
+                let action = required_string(name, value)?;
+                if !valid_action(&action) {
+                    return Err(InvalidIntent::field(
+                        name,
+                        format!("`action` `{action}` must be 1 to 64 lower-case letters, digits, `_`, `.` or `-` (e.g. `transfer`)"),
+                    ));
                 }
-                self.action = action;
+                self.action = Some(action.into_owned());
             }
-            "amount" => {
+            Top::Amount => {
                 self.amount = match value {
-                    Json::Null => None,
-                    Json::String(s) => Some(parse_amount(&s, false)),
-                    Json::Number(n) => Some(parse_amount(n.as_str(), true)),
+                    Scalar::Null => None,
+                    Scalar::Str(s) => Some(parse_amount(&s, false)),
+                    Scalar::Number(n) => Some(parse_amount(&n, true)),
                     other => {
                         return Err(InvalidIntent::field(
-                            field,
+                            name,
                             format!(
                                 "`amount` must be a decimal string or number, found {}",
-                                json_type(&other)
+                                other.type_name()
                             ),
                         ))
                     }
                 }
                 .transpose()
-                .map_err(|e| InvalidIntent::field(field, format!("`amount` {e}")))?;
+                .map_err(|e| InvalidIntent::field(name, format!("`amount` {e}")))?;
             }
-            "currency" => {
-                let currency = optional_string(field, value)?;
+            Top::Currency => {
+                let currency = optional_string(name, value)?;
                 if let Some(c) = &currency {
                     if !is_iso4217(c) {
                         return Err(InvalidIntent::field(
-                            field,
+                            name,
                             format!("`currency` `{c}` is not an ISO 4217 currency code (three upper-case letters, e.g. `EUR`)"),
                         ));
                     }
                 }
-                self.currency = currency;
+                self.currency = currency.map(Cow::into_owned);
             }
-            // `counterparty` is read by `CounterpartySeed`, never through `set`.
-            "created_at" => {
+            Top::CreatedAt => {
                 let text = match value {
-                    Json::String(s) => s,
-                    Json::Null => {
+                    Scalar::Str(s) => s,
+                    Scalar::Null => {
                         return Err(InvalidIntent::new(
                             InvalidKind::MissingField,
-                            Some(field),
+                            Some(name),
                             "required field `created_at` is null".to_owned(),
                         ))
                     }
                     other => {
                         return Err(InvalidIntent::field(
-                            field,
+                            name,
                             format!(
                                 "`created_at` must be an RFC 3339 timestamp string, found {}",
-                                json_type(&other)
+                                other.type_name()
                             ),
                         ))
                     }
                 };
                 let parsed = DateTime::parse_from_rfc3339(&text).map_err(|e| {
                     InvalidIntent::field(
-                        field,
+                        name,
                         format!("`created_at` `{text}` is not an RFC 3339 timestamp ({e}); example: `2026-11-28T10:00:00Z`"),
                     )
                 })?;
                 let utc = parsed.with_timezone(&Utc);
                 if utc.timestamp_nanos_opt().is_none() {
                     return Err(InvalidIntent::field(
-                        field,
+                        name,
                         format!(
                             "`created_at` `{text}` is outside the supported years 1678 to 2261"
                         ),
@@ -579,24 +701,26 @@ impl Raw {
                 }
                 self.created_at = Some(utc);
             }
-            "attributes" => {
-                self.attributes = match value {
-                    Json::Null => None,
-                    Json::Object(o) => Some(o),
-                    other => {
-                        return Err(InvalidIntent::field(
-                            field,
-                            format!(
-                                "`attributes` must be an object, found {}",
-                                json_type(&other)
-                            ),
-                        ))
-                    }
-                }
-            }
-            // `set` is only called with names taken from `INTENT_FIELDS`.
-            _ => {}
+            // Read by `CounterpartySeed` and `set_attributes`, never through `set`.
+            Top::Counterparty | Top::Attributes => {}
         }
+        Ok(())
+    }
+
+    fn set_attributes(&mut self, value: Json) -> Result<(), InvalidIntent> {
+        self.attributes = match value {
+            Json::Null => None,
+            Json::Object(o) => Some(o),
+            other => {
+                return Err(InvalidIntent::field(
+                    Top::Attributes.name(),
+                    format!(
+                        "`attributes` must be an object, found {}",
+                        json_type(&other)
+                    ),
+                ))
+            }
+        };
         Ok(())
     }
 
@@ -674,7 +798,7 @@ impl<'de> Visitor<'de> for CounterpartySeed {
         let mut cp = Counterparty::default();
         let mut seen = [false; COUNTERPARTY_FIELDS.len()];
         let mut error = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(key) = map.next_key_seed(Text)? {
             if key == NUMBER_TOKEN {
                 map.next_value::<IgnoredAny>()?;
                 return Ok(not_an_object("a number"));
@@ -705,9 +829,7 @@ impl<'de> Visitor<'de> for CounterpartySeed {
                 ));
                 continue;
             }
-            let Field::Value(value) = map.next_value_seed(StrictValue::scalar())? else {
-                continue; // Scalar mode reports no nested duplicates.
-            };
+            let value = map.next_value_seed(ScalarSeed)?;
             let slot = match index {
                 0 => &mut cp.id,
                 1 => &mut cp.name,
@@ -715,7 +837,7 @@ impl<'de> Visitor<'de> for CounterpartySeed {
                 _ => &mut cp.account,
             };
             match optional_string(path, value) {
-                Ok(v) => *slot = v,
+                Ok(v) => *slot = v.map(Cow::into_owned),
                 Err(e) => error = Some(e),
             }
         }
