@@ -79,12 +79,12 @@ pub struct RuleFailure {
 /// The decision on one intent, with everything that explains it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    pub intent_id: String,
-    pub agent_id: String,
-    pub account_id: String,
-    pub action: String,
+    pub intent_id: CompactString,
+    pub agent_id: CompactString,
+    pub account_id: CompactString,
+    pub action: CompactString,
     pub amount: Option<Decimal>,
-    pub currency: Option<String>,
+    pub currency: Option<CompactString>,
     pub created_at: DateTime<Utc>,
     pub outcome: Outcome,
     pub score: i64,

@@ -9,6 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
@@ -25,14 +26,14 @@ pub const MAX_INTENT_ID_CHARS: usize = 128;
 /// A valid intent: a proposed action by a non-human identity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Intent {
-    pub intent_id: String,
-    pub agent_id: String,
-    pub account_id: String,
-    pub action: String,
+    pub intent_id: CompactString,
+    pub agent_id: CompactString,
+    pub account_id: CompactString,
+    pub action: CompactString,
     /// Exact amount, `>= 0`; `None` for non-monetary actions.
     pub amount: Option<Decimal>,
     /// ISO 4217 code; always present when `amount` is.
-    pub currency: Option<String>,
+    pub currency: Option<CompactString>,
     pub counterparty: Option<Counterparty>,
     pub created_at: DateTime<Utc>,
     /// Any extra JSON object the producer wants rules to see.
@@ -43,14 +44,14 @@ pub struct Intent {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Counterparty {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub id: Option<CompactString>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<CompactString>,
     /// ISO 3166 alpha-2 (two upper-case letters).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub country: Option<String>,
+    pub country: Option<CompactString>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
+    pub account: Option<CompactString>,
 }
 
 impl Counterparty {
@@ -496,12 +497,12 @@ struct IntentVisitor;
 
 #[derive(Default)]
 struct Raw {
-    intent_id: Option<String>,
-    agent_id: Option<String>,
-    account_id: Option<String>,
-    action: Option<String>,
+    intent_id: Option<CompactString>,
+    agent_id: Option<CompactString>,
+    account_id: Option<CompactString>,
+    action: Option<CompactString>,
     amount: Option<Decimal>,
-    currency: Option<String>,
+    currency: Option<CompactString>,
     counterparty: Option<Counterparty>,
     created_at: Option<DateTime<Utc>>,
     attributes: Option<Map<String, Json>>,
@@ -620,10 +621,10 @@ impl Raw {
                         format!("`intent_id` is {chars} characters long; at most {MAX_INTENT_ID_CHARS} are allowed"),
                     ));
                 }
-                self.intent_id = Some(id.into_owned());
+                self.intent_id = Some(id.into());
             }
-            Top::AgentId => self.agent_id = Some(required_string(name, value)?.into_owned()),
-            Top::AccountId => self.account_id = Some(required_string(name, value)?.into_owned()),
+            Top::AgentId => self.agent_id = Some(required_string(name, value)?.into()),
+            Top::AccountId => self.account_id = Some(required_string(name, value)?.into()),
             Top::Action => {
                 let action = required_string(name, value)?;
                 if !valid_action(&action) {
@@ -632,7 +633,7 @@ impl Raw {
                         format!("`action` `{action}` must be 1 to 64 lower-case letters, digits, `_`, `.` or `-` (e.g. `transfer`)"),
                     ));
                 }
-                self.action = Some(action.into_owned());
+                self.action = Some(action.into());
             }
             Top::Amount => {
                 self.amount = match value {
@@ -662,7 +663,7 @@ impl Raw {
                         ));
                     }
                 }
-                self.currency = currency.map(Cow::into_owned);
+                self.currency = currency.map(CompactString::from);
             }
             Top::CreatedAt => {
                 let text = match value {
@@ -837,7 +838,7 @@ impl<'de> Visitor<'de> for CounterpartySeed {
                 _ => &mut cp.account,
             };
             match optional_string(path, value) {
-                Ok(v) => *slot = v.map(Cow::into_owned),
+                Ok(v) => *slot = v.map(CompactString::from),
                 Err(e) => error = Some(e),
             }
         }

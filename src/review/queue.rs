@@ -376,7 +376,7 @@ impl Queue {
         // keeps the approvals already given.
         let approved_by = self
             .pending
-            .remove(&decision.intent_id)
+            .remove(decision.intent_id.as_str())
             .map(|h| h.approved_by)
             .unwrap_or_default();
         let hold = Hold {
@@ -389,7 +389,7 @@ impl Queue {
             key: key.map(<[u8]>::to_vec),
             record: Arc::from(String::from_utf8_lossy(payload)),
         };
-        let id = hold.decision.intent_id.clone();
+        let id = hold.decision.intent_id.to_string();
         let released = hold
             .approved_by
             .last()
@@ -572,12 +572,12 @@ fn record(
     };
     ReviewRecord {
         stage: "review".to_owned(),
-        intent_id: d.intent_id.clone(),
-        agent_id: d.agent_id.clone(),
-        account_id: d.account_id.clone(),
-        action: d.action.clone(),
+        intent_id: d.intent_id.to_string(),
+        agent_id: d.agent_id.to_string(),
+        account_id: d.account_id.to_string(),
+        action: d.action.to_string(),
         amount: d.amount.map(|a| a.to_string()),
-        currency: d.currency.clone(),
+        currency: d.currency.as_ref().map(ToString::to_string),
         decision,
         review: verdict,
         is_final: decision != Outcome::Hold,
