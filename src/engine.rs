@@ -138,16 +138,14 @@ impl Engine {
         };
         // One locked slot per group of counters sharing a key: read now, contributed to after
         // deciding. A key path the intent lacks makes the group's counters unavailable.
-        let mut key = String::with_capacity(64);
+        let mut key = CompactString::default();
         let mut slots: Vec<Result<Slot<'_>, usize>> =
             Vec::with_capacity(self.velocity.groups().len());
         for (g, group) in self.velocity.groups().iter().enumerate() {
             let paths = &rs.counters[group.counters[0]].key;
             slots.push(counter_key(paths, &intent, &mut key).map(|()| self.velocity.slot(g, &key)));
         }
-        let positions: SmallVec<[Position; 16]> = (0..rs.counters.len())
-            .map(|i| self.velocity.position(i, at_ns, watermark))
-            .collect();
+        let positions = self.positions(at_ns, watermark);
         let values: Vec<Result<Value<'static>, &str>> = rs
             .counters
             .iter()
@@ -285,7 +283,7 @@ impl Engine {
             (Some(a), None) => Ok(a),
             (Some(a), Some(fx)) => fx.convert(a, intent.currency.as_deref().unwrap_or("")),
         };
-        let mut key = String::with_capacity(64);
+        let mut key = CompactString::default();
         let mut slots: Vec<Result<Slot<'_>, usize>> = self
             .velocity
             .groups()
@@ -296,9 +294,7 @@ impl Engine {
                 counter_key(paths, intent, &mut key).map(|()| self.velocity.slot(g, &key))
             })
             .collect();
-        let positions: SmallVec<[Position; 16]> = (0..rs.counters.len())
-            .map(|i| self.velocity.position(i, at_ns, watermark))
-            .collect();
+        let positions = self.positions(at_ns, watermark);
         // A counter's `where` cannot read counters, so none are offered.
         let act = Activation {
             intent,
@@ -309,6 +305,16 @@ impl Engine {
         self.contribute(&act, decision.outcome, &positions, &mut slots);
         drop(slots);
         self.remember(at_ns, Arc::new(decision));
+    }
+
+    /// Where an intent created at `at_ns` falls for each counter.
+    fn positions(&self, at_ns: i64, watermark: i64) -> SmallVec<[Position; 16]> {
+        // Filled in place: collecting would build the vector and then copy it out.
+        let mut positions = SmallVec::new();
+        positions.extend(
+            (0..self.ruleset.counters.len()).map(|i| self.velocity.position(i, at_ns, watermark)),
+        );
+        positions
     }
 
     /// Adds the intent of `act`, decided `outcome`, to every counter that takes it.
@@ -431,7 +437,7 @@ impl Engine {
 }
 
 /// Writes the key made of `paths` for `intent` into `key`, or says which path the intent lacks.
-fn counter_key(paths: &[FieldPath], intent: &Intent, key: &mut String) -> Result<(), usize> {
+fn counter_key(paths: &[FieldPath], intent: &Intent, key: &mut CompactString) -> Result<(), usize> {
     key.clear();
     for (i, path) in paths.iter().enumerate() {
         let part = path.text(intent).ok_or(i)?;

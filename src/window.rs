@@ -354,7 +354,7 @@ impl Velocity {
     }
 
     /// The series of group `g` for `key`, locked for one intent.
-    pub fn slot(&self, g: usize, key: &str) -> Slot<'_> {
+    pub fn slot(&self, g: usize, key: &CompactString) -> Slot<'_> {
         let group = &self.groups[g];
         let new = || {
             std::iter::repeat_with(Series::default)
@@ -364,16 +364,13 @@ impl Velocity {
         // A key short enough to be stored inline costs nothing to own: one lookup finds or
         // inserts it. A longer one is looked up first, so that only a new key allocates.
         let found = if key.len() > std::mem::size_of::<CompactString>() {
-            group.keys.get_mut(key)
+            group.keys.get_mut(key.as_str())
         } else {
             None
         };
         let series = match found {
             Some(s) => s,
-            None => group
-                .keys
-                .entry(CompactString::from(key))
-                .or_insert_with(new),
+            None => group.keys.entry(key.clone()).or_insert_with(new),
         };
         Slot { group, series }
     }
@@ -397,7 +394,7 @@ impl Velocity {
         let (g, m) = self.place[counter];
         let at = self.position(counter, at_ns, watermark_ns);
         if at.bucket > at.floor {
-            self.slot(g, key).add(m, at, c);
+            self.slot(g, &CompactString::from(key)).add(m, at, c);
         }
     }
 
