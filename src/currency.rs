@@ -1,7 +1,7 @@
 //! ISO 4217 currency codes.
 
 /// The active ISO 4217 alphabetic codes (list published by the ISO 4217 maintenance agency,
-/// as of 2026), sorted for binary search. Withdrawn codes (`HRK`, `BGN`, `SLL`, `ANG`, `CUC`,
+/// as of 2026), sorted. Withdrawn codes (`HRK`, `BGN`, `SLL`, `ANG`, `CUC`,
 /// `ZWL`) and the testing / no-currency codes `XTS` and `XXX` are not accepted.
 const CODES: &[&str] = &[
     "AED", "AFN", "ALL", "AMD", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BHD",
@@ -20,9 +20,35 @@ const CODES: &[&str] = &[
     "XSU", "XUA", "YER", "ZAR", "ZMW", "ZWG",
 ];
 
+/// One bit per three-letter code `AAA`..`ZZZ`, set for the codes in [`CODES`].
+static ACTIVE: [u64; BITS.div_ceil(64)] = active();
+
+const BITS: usize = 26 * 26 * 26;
+
+/// The bit of a three-letter upper-case code.
+const fn bit(code: &[u8]) -> usize {
+    ((code[0] - b'A') as usize * 26 + (code[1] - b'A') as usize) * 26 + (code[2] - b'A') as usize
+}
+
+const fn active() -> [u64; BITS.div_ceil(64)] {
+    let mut set = [0u64; BITS.div_ceil(64)];
+    let mut i = 0;
+    while i < CODES.len() {
+        let b = bit(CODES[i].as_bytes());
+        set[b / 64] |= 1 << (b % 64);
+        i += 1;
+    }
+    set
+}
+
 /// Whether `code` is an active ISO 4217 alphabetic currency code.
 pub fn is_iso4217(code: &str) -> bool {
-    CODES.binary_search(&code).is_ok()
+    let code = code.as_bytes();
+    if code.len() != 3 || !code.iter().all(u8::is_ascii_uppercase) {
+        return false;
+    }
+    let b = bit(code);
+    ACTIVE[b / 64] & (1 << (b % 64)) != 0
 }
 
 #[cfg(test)]
@@ -32,6 +58,22 @@ mod tests {
     #[test]
     fn codes_are_sorted_and_unique() {
         assert!(CODES.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn the_bit_set_holds_exactly_the_listed_codes() {
+        let mut accepted = 0;
+        for a in b'A'..=b'Z' {
+            for b in b'A'..=b'Z' {
+                for c in b'A'..=b'Z' {
+                    let code = String::from_utf8(vec![a, b, c]).unwrap();
+                    let listed = CODES.contains(&code.as_str());
+                    assert_eq!(is_iso4217(&code), listed, "{code}");
+                    accepted += usize::from(listed);
+                }
+            }
+        }
+        assert_eq!(accepted, CODES.len());
     }
 
     #[test]

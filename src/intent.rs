@@ -160,12 +160,26 @@ pub fn parse_intent(payload: &[u8], max_bytes: usize) -> Result<Intent, InvalidI
             ),
         ));
     }
-    let mut de = serde_json::Deserializer::from_slice(payload);
+    // Checked once here, the text needs no check string by string while it is read.
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        InvalidIntent::new(
+            InvalidKind::InvalidJson,
+            None,
+            format!(
+                "invalid JSON: the payload is not UTF-8 (byte {} is not valid)",
+                e.valid_up_to() + 1
+            ),
+        )
+    })?;
+    let mut raw = Raw::default();
+    let mut de = serde_json::Deserializer::from_str(text);
+    // The fields are read into `raw` in place: an intent is large, and moving it through the
+    // layers of results below would copy it each time.
     let parsed = de
-        .deserialize_any(IntentVisitor)
-        .and_then(|intent| de.end().map(|()| intent));
+        .deserialize_any(IntentVisitor { raw: &mut raw })
+        .and_then(|checked| de.end().map(|()| checked));
     match parsed {
-        Ok(result) => result,
+        Ok(checked) => checked.and_then(|()| raw.finish()),
         Err(e) => Err(InvalidIntent::new(
             InvalidKind::InvalidJson,
             None,
@@ -476,24 +490,31 @@ enum Top {
 }
 
 impl Top {
-    const ALL: [Top; INTENT_FIELDS.len()] = [
-        Top::IntentId,
-        Top::AgentId,
-        Top::AccountId,
-        Top::Action,
-        Top::Amount,
-        Top::Currency,
-        Top::Counterparty,
-        Top::CreatedAt,
-        Top::Attributes,
-    ];
+    /// The field called `name` (one `match`: a jump on the length, then one comparison).
+    fn named(name: &str) -> Option<Top> {
+        Some(match name {
+            "intent_id" => Top::IntentId,
+            "agent_id" => Top::AgentId,
+            "account_id" => Top::AccountId,
+            "action" => Top::Action,
+            "amount" => Top::Amount,
+            "currency" => Top::Currency,
+            "counterparty" => Top::Counterparty,
+            "created_at" => Top::CreatedAt,
+            "attributes" => Top::Attributes,
+            _ => return None,
+        })
+    }
 
     fn name(self) -> &'static str {
         INTENT_FIELDS[self as usize]
     }
 }
 
-struct IntentVisitor;
+/// Reads an intent's fields into `raw`; says whether they were valid.
+struct IntentVisitor<'r> {
+    raw: &'r mut Raw,
+}
 
 #[derive(Default)]
 struct Raw {
@@ -508,15 +529,15 @@ struct Raw {
     attributes: Option<Map<String, Json>>,
 }
 
-impl<'de> Visitor<'de> for IntentVisitor {
-    type Value = Result<Intent, InvalidIntent>;
+impl<'de> Visitor<'de> for IntentVisitor<'_> {
+    type Value = Result<(), InvalidIntent>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut raw = Raw::default();
+        let raw = self.raw;
         let mut seen = [false; INTENT_FIELDS.len()];
         let mut error: Option<InvalidIntent> = None;
         while let Some(key) = map.next_key_seed(Text)? {
@@ -524,7 +545,7 @@ impl<'de> Visitor<'de> for IntentVisitor {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            let Some(index) = INTENT_FIELDS.iter().position(|f| *f == key) else {
+            let Some(field) = Top::named(&key) else {
                 map.next_value::<IgnoredAny>()?;
                 error = Some(InvalidIntent::new(
                     InvalidKind::UnknownField,
@@ -536,12 +557,11 @@ impl<'de> Visitor<'de> for IntentVisitor {
                 ));
                 continue;
             };
-            if std::mem::replace(&mut seen[index], true) {
+            if std::mem::replace(&mut seen[field as usize], true) {
                 map.next_value::<IgnoredAny>()?;
                 error = Some(InvalidIntent::field(&key, format!("duplicate key `{key}`")));
                 continue;
             }
-            let field = Top::ALL[index];
             let result = match field {
                 Top::Counterparty => map
                     .next_value_seed(CounterpartySeed)?
@@ -559,10 +579,7 @@ impl<'de> Visitor<'de> for IntentVisitor {
                 error = Some(e);
             }
         }
-        Ok(match error {
-            Some(e) => Err(e),
-            None => raw.finish(),
-        })
+        Ok(error.map_or(Ok(()), Err))
     }
 }
 
@@ -808,7 +825,7 @@ impl<'de> Visitor<'de> for CounterpartySeed {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            let Some(index) = COUNTERPARTY_FIELDS.iter().position(|f| *f == key) else {
+            let Some(index) = counterparty_field(&key) else {
                 map.next_value::<IgnoredAny>()?;
                 let path = format!("counterparty.{key}");
                 error = Some(InvalidIntent::new(
@@ -847,6 +864,17 @@ impl<'de> Visitor<'de> for CounterpartySeed {
             None => validate_counterparty(cp).map(Some),
         })
     }
+}
+
+/// The index in [`COUNTERPARTY_FIELDS`] of the field called `name`.
+fn counterparty_field(name: &str) -> Option<usize> {
+    Some(match name {
+        "id" => 0,
+        "name" => 1,
+        "country" => 2,
+        "account" => 3,
+        _ => return None,
+    })
 }
 
 fn validate_counterparty(cp: Counterparty) -> Result<Counterparty, InvalidIntent> {
@@ -939,6 +967,33 @@ mod tests {
         assert_eq!(
             (e.kind, e.field.as_deref()),
             (InvalidKind::MissingField, Some("agent_id"))
+        );
+    }
+
+    #[test]
+    fn field_names_match_their_lists() {
+        for (i, name) in INTENT_FIELDS.iter().enumerate() {
+            assert_eq!(Top::named(name).map(|f| f as usize), Some(i), "{name}");
+            assert_eq!(Top::named(name).map(Top::name), Some(*name));
+        }
+        for (i, name) in COUNTERPARTY_FIELDS.iter().enumerate() {
+            assert_eq!(counterparty_field(name), Some(i), "{name}");
+        }
+        assert_eq!(Top::named("intent"), None);
+        assert_eq!(counterparty_field("ids"), None);
+    }
+
+    #[test]
+    fn payloads_that_are_not_utf8_are_invalid_json() {
+        let mut payload = VALID.as_bytes().to_vec();
+        let at = VALID.find("bot").unwrap();
+        payload[at] = 0xff;
+        let e = parse_intent(&payload, DEFAULT_MAX_BYTES).unwrap_err();
+        assert_eq!(e.kind, InvalidKind::InvalidJson);
+        assert!(
+            e.message.contains(&format!("byte {}", at + 1)),
+            "{}",
+            e.message
         );
     }
 
