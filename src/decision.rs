@@ -154,26 +154,26 @@ impl<'b> Writer<'b> {
         let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (year, month, day) = civil_from_days(days);
         if (0..=9999).contains(&year) {
-            // `YYYY-MM-DDTHH:MM:SS.mmmZ`, digit by digit.
+            // `YYYY-MM-DDTHH:MM:SS.mmmZ`, digit by digit into a fixed buffer, which is then
+            // appended at once.
+            let mut text = *b"0000-00-00T00:00:00.000Z";
             let fields = [
-                (year as u32, 4, b'-'),
-                (month, 2, b'-'),
-                (day, 2, b'T'),
-                ((of_day / 3600) as u32, 2, b':'),
-                ((of_day / 60 % 60) as u32, 2, b':'),
-                ((of_day % 60) as u32, 2, b'.'),
-                (t.timestamp_subsec_millis().min(999), 3, b'Z'),
+                (year as u32, 0..4),
+                (month, 5..7),
+                (day, 8..10),
+                ((of_day / 3600) as u32, 11..13),
+                ((of_day / 60 % 60) as u32, 14..16),
+                ((of_day % 60) as u32, 17..19),
+                (t.timestamp_subsec_millis().min(999), 20..23),
             ];
-            for (value, width, after) in fields {
-                let mut digits = [b'0'; 4];
+            for (value, at) in fields {
                 let mut v = value;
-                for d in digits[..width].iter_mut().rev() {
+                for d in text[at].iter_mut().rev() {
                     *d = b'0' + (v % 10) as u8;
                     v /= 10;
                 }
-                out.extend_from_slice(&digits[..width]);
-                out.push(after);
             }
+            out.extend_from_slice(&text);
         } else {
             out.extend_from_slice(timestamp(t).as_bytes());
         }

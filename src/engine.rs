@@ -145,7 +145,8 @@ impl Engine {
             let paths = &rs.counters[group.counters[0]].key;
             slots.push(counter_key(paths, &intent, &mut key).map(|()| self.velocity.slot(g, &key)));
         }
-        let positions = self.positions(at_ns, watermark);
+        let mut positions = SmallVec::new();
+        self.positions(at_ns, watermark, &mut positions);
         let values: Vec<Result<Value<'static>, &str>> = rs
             .counters
             .iter()
@@ -294,7 +295,8 @@ impl Engine {
                 counter_key(paths, intent, &mut key).map(|()| self.velocity.slot(g, &key))
             })
             .collect();
-        let positions = self.positions(at_ns, watermark);
+        let mut positions = SmallVec::new();
+        self.positions(at_ns, watermark, &mut positions);
         // A counter's `where` cannot read counters, so none are offered.
         let act = Activation {
             intent,
@@ -307,14 +309,12 @@ impl Engine {
         self.remember(at_ns, Arc::new(decision));
     }
 
-    /// Where an intent created at `at_ns` falls for each counter.
-    fn positions(&self, at_ns: i64, watermark: i64) -> SmallVec<[Position; 16]> {
-        // Filled in place: collecting would build the vector and then copy it out.
-        let mut positions = SmallVec::new();
+    /// Where an intent created at `at_ns` falls for each counter, written into `positions`
+    /// (filled in place: returning the vector would copy it).
+    fn positions(&self, at_ns: i64, watermark: i64, positions: &mut SmallVec<[Position; 16]>) {
         positions.extend(
             (0..self.ruleset.counters.len()).map(|i| self.velocity.position(i, at_ns, watermark)),
         );
-        positions
     }
 
     /// Adds the intent of `act`, decided `outcome`, to every counter that takes it.
