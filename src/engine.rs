@@ -169,6 +169,7 @@ impl Engine {
             amount_base: amount_base.as_ref().copied().map_err(String::as_str),
             counters: &values,
             lists: &rs.list_values,
+            action_bit: rs.actions.bit(&intent.action),
         };
 
         let mut contributed = [false; 3];
@@ -303,6 +304,7 @@ impl Engine {
             amount_base: amount_base.as_ref().copied().map_err(String::as_str),
             counters: &[],
             lists: &rs.list_values,
+            action_bit: rs.actions.bit(&intent.action),
         };
         self.contribute(&act, decision.outcome, &positions, &mut slots);
         drop(slots);

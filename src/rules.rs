@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::currency::is_iso4217;
-use crate::expr::{self, Activation, CompileError, ConstList, Elem, Program, Scalar, Scope, Ty};
+use crate::expr::{
+    self, Actions, Activation, CompileError, ConstList, Elem, Program, Scalar, Scope, Ty,
+};
 use crate::intent::{Intent, COUNTERPARTY_FIELDS};
 
 /// A decision outcome.
@@ -220,6 +222,8 @@ pub struct CounterDef {
 #[derive(Debug)]
 pub struct Template {
     parts: Vec<Part>,
+    /// Room for a typical rendering: the text, and 24 bytes per placeholder.
+    capacity: usize,
 }
 
 #[derive(Debug)]
@@ -231,7 +235,7 @@ enum Part {
 impl Template {
     /// Renders the template; a placeholder that cannot be read renders as `?`.
     pub fn render(&self, act: &Activation<'_>) -> String {
-        let mut out = String::with_capacity(64);
+        let mut out = String::with_capacity(self.capacity);
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
@@ -315,6 +319,8 @@ pub struct Ruleset {
     pub counters: Vec<CounterDef>,
     pub rules: Vec<RuleDef>,
     pub files: Vec<PathBuf>,
+    /// The actions the conditions' guards name, for [`Activation::action_bit`].
+    pub actions: Actions,
 }
 
 /// One problem found while loading a ruleset.
@@ -602,6 +608,14 @@ impl Ruleset {
             return Err(LoadErrors(errors));
         }
         let list_values = std::mem::take(&mut b.list_values);
+        let actions = Actions::assign(
+            &mut b
+                .rules
+                .iter_mut()
+                .map(|r| &mut r.when)
+                .chain(b.counters.iter_mut().filter_map(|c| c.filter.as_mut()))
+                .collect::<Vec<_>>(),
+        );
         Ok(Ruleset {
             version: version.into(),
             precedence: b
@@ -614,6 +628,7 @@ impl Ruleset {
             counters: b.counters,
             rules: b.rules,
             files: files.iter().map(|(p, _)| p.clone()).collect(),
+            actions,
         })
     }
 }
@@ -1271,7 +1286,14 @@ fn template(
     if !literal.is_empty() {
         parts.push(Part::Text(literal));
     }
-    (errors.len() == before).then_some(Template { parts })
+    let capacity = parts
+        .iter()
+        .map(|p| match p {
+            Part::Text(t) => t.len(),
+            Part::Name(_) => 24,
+        })
+        .sum();
+    (errors.len() == before).then_some(Template { parts, capacity })
 }
 
 #[cfg(test)]

@@ -134,6 +134,64 @@ pub struct Activation<'a> {
     /// Counter values by counter index, or why the counter is unavailable to this intent.
     pub counters: &'a [Result<Value<'static>, &'a str>],
     pub lists: &'a [ConstList],
+    /// The intent's action as a bit of the ruleset's [`Actions`] (0 when no guard names it),
+    /// or [`Actions::UNKNOWN`], which makes every guard compare the action by name.
+    pub action_bit: u64,
+}
+
+/// Every action the guards of a ruleset's conditions name (see
+/// [`Program::with_action_guard`]), up to 64: an intent's action is then looked up once, and
+/// each guard is one bit test instead of a comparison of names.
+#[derive(Debug, Default)]
+pub struct Actions {
+    /// Sorted; empty when the guards name more than 64 actions.
+    names: Vec<Box<str>>,
+}
+
+impl Actions {
+    /// The action bit that stands for "not looked up".
+    pub const UNKNOWN: u64 = u64::MAX;
+
+    /// Collects the actions the guards of `programs` name, and gives each guard its bits.
+    pub fn assign(programs: &mut [&mut Program]) -> Actions {
+        let mut names: Vec<Box<str>> = programs
+            .iter()
+            .filter_map(|p| p.guard.as_ref())
+            .flat_map(|g| g.actions.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        if names.len() > 64 {
+            return Actions::default();
+        }
+        let actions = Actions { names };
+        for p in programs.iter_mut() {
+            if let Some(g) = &mut p.guard {
+                g.mask = Some(g.actions.iter().fold(0, |m, a| m | actions.bit(a)));
+            }
+        }
+        actions
+    }
+
+    /// The bit of `action`: 0 when no guard names it, [`Actions::UNKNOWN`] when the guards
+    /// named too many actions to have bits.
+    pub fn bit(&self, action: &str) -> u64 {
+        if self.names.is_empty() {
+            return Actions::UNKNOWN;
+        }
+        match self.names.binary_search_by(|n| (**n).cmp(action)) {
+            Ok(i) => 1 << i,
+            Err(_) => 0,
+        }
+    }
+}
+
+/// The actions for which a condition can be true, as names and, once a ruleset has assigned
+/// them (see [`Actions`]), as bits.
+#[derive(Debug)]
+struct Guard {
+    actions: Vec<Box<str>>,
+    mask: Option<u64>,
 }
 
 /// A compiled condition.
@@ -144,7 +202,7 @@ pub struct Program {
     slots: usize,
     /// The actions for which the condition can be true, when it says so up front
     /// (`action == "transfer" && ...`): any other action is `false` without evaluating.
-    guard: Option<Vec<Box<str>>>,
+    guard: Option<Guard>,
 }
 
 impl Program {
@@ -159,8 +217,12 @@ impl Program {
 
     /// Evaluates a condition that must be true or false.
     pub fn eval_bool(&self, act: &Activation<'_>) -> Result<bool, EvalError> {
-        if let Some(actions) = &self.guard {
-            if !actions.iter().any(|a| **a == *act.intent.action) {
+        if let Some(guard) = &self.guard {
+            let admitted = match guard.mask {
+                Some(mask) if act.action_bit != Actions::UNKNOWN => mask & act.action_bit != 0,
+                _ => guard.actions.iter().any(|a| **a == *act.intent.action),
+            };
+            if !admitted {
                 return Ok(false);
             }
         }
@@ -220,7 +282,10 @@ impl Program {
                 _ => None,
             }
         }
-        self.guard = actions(&self.node, lists);
+        self.guard = actions(&self.node, lists).map(|actions| Guard {
+            actions,
+            mask: None,
+        });
         self
     }
 

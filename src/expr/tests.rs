@@ -41,6 +41,7 @@ fn run(src: &str) -> Result<String, String> {
         amount_base: Ok(Decimal::new(1000001, 2)),
         counters: &counter_values,
         lists: &list_values,
+        action_bit: Actions::UNKNOWN,
     };
     program
         .eval(&act)
@@ -279,13 +280,34 @@ fn action_guards_answer_exactly_as_evaluation_does() {
         ("action == \"transfer\" || amount > 1", None),
         ("!(action == \"transfer\")", None),
     ];
+    // Guards with bits assigned among themselves and with a second condition's, so that
+    // some actions have bits the first does not hold; `export` has no bit at all.
+    let other = || {
+        compile("action == \"refund\" && amount > 1", &scope, true)
+            .unwrap()
+            .with_action_guard(&list_values)
+    };
     for (src, guarded) in conditions {
         let plain = compile(src, &scope, true).unwrap();
         let fast = compile(src, &scope, true)
             .unwrap()
             .with_action_guard(&list_values);
-        assert_eq!(fast.guard.as_ref().map(Vec::len), guarded, "{src}");
-        for action in ["transfer", "payout", "deploy", "export"] {
+        assert_eq!(
+            fast.guard.as_ref().map(|g| g.actions.len()),
+            guarded,
+            "{src}"
+        );
+        let mut masked = compile(src, &scope, true)
+            .unwrap()
+            .with_action_guard(&list_values);
+        let mut refund = other();
+        let actions = Actions::assign(&mut [&mut masked, &mut refund]);
+        assert_eq!(
+            masked.guard.as_ref().map(|g| g.mask.is_some()),
+            guarded.map(|_| true),
+            "{src}"
+        );
+        for action in ["transfer", "payout", "deploy", "export", "refund"] {
             let json = INTENT.replace("\"transfer\"", &format!("\"{action}\""));
             let intent = parse_intent(json.as_bytes(), 1 << 16).unwrap();
             let counter_values = [
@@ -293,17 +315,59 @@ fn action_guards_answer_exactly_as_evaluation_does() {
                 Ok(Value::Num(Decimal::ONE)),
                 Err("unavailable"),
             ];
-            let act = Activation {
+            let mut act = Activation {
                 intent: &intent,
                 amount_base: Ok(Decimal::ONE),
                 counters: &counter_values,
                 lists: &list_values,
+                action_bit: Actions::UNKNOWN,
             };
             assert_eq!(
                 fast.eval_bool(&act),
                 plain.eval_bool(&act),
                 "{src} for {action}"
             );
+            act.action_bit = actions.bit(action);
+            assert_eq!(action_has_bit(&actions, action), act.action_bit != 0);
+            assert_eq!(
+                masked.eval_bool(&act),
+                plain.eval_bool(&act),
+                "{src} for {action}, by bits"
+            );
         }
     }
+}
+
+/// Whether some guard given to [`Actions::assign`] named `action`.
+fn action_has_bit(actions: &Actions, action: &str) -> bool {
+    actions.names.iter().any(|n| **n == *action)
+}
+
+#[test]
+fn too_many_guarded_actions_fall_back_to_names() {
+    let lists = scope_lists();
+    let scope = Scope {
+        counters: None,
+        lists: &lists,
+    };
+    let mut programs: Vec<Program> = (0..65)
+        .map(|i| {
+            compile(&format!("action == \"a{i}\""), &scope, true)
+                .unwrap()
+                .with_action_guard(&[])
+        })
+        .collect();
+    let actions = Actions::assign(&mut programs.iter_mut().collect::<Vec<_>>());
+    assert_eq!(actions.bit("a1"), Actions::UNKNOWN);
+    let intent =
+        parse_intent(INTENT.replace("\"transfer\"", "\"a1\"").as_bytes(), 1 << 16).unwrap();
+    let act = Activation {
+        intent: &intent,
+        amount_base: Ok(Decimal::ONE),
+        counters: &[],
+        lists: &[],
+        action_bit: actions.bit(&intent.action),
+    };
+    assert_eq!(programs[1].eval_bool(&act), Ok(true));
+    assert_eq!(programs[2].eval_bool(&act), Ok(false));
 }
