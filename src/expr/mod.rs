@@ -192,6 +192,18 @@ impl Actions {
 struct Guard {
     actions: Vec<Box<str>>,
     mask: Option<u64>,
+    cover: Cover,
+}
+
+/// What a guard that admits an action says about the rest of its condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cover {
+    /// The condition is the action test: it is true.
+    Whole,
+    /// The action test is the first conjunct: the second decides.
+    First,
+    /// The action test is implied: the whole condition decides.
+    Implied,
 }
 
 /// A compiled condition.
@@ -217,6 +229,7 @@ impl Program {
 
     /// Evaluates a condition that must be true or false.
     pub fn eval_bool(&self, act: &Activation<'_>) -> Result<bool, EvalError> {
+        let mut node = &self.node;
         if let Some(guard) = &self.guard {
             let admitted = match guard.mask {
                 Some(mask) if act.action_bit != Actions::UNKNOWN => mask & act.action_bit != 0,
@@ -225,9 +238,15 @@ impl Program {
             if !admitted {
                 return Ok(false);
             }
+            // Admitted, the action test is true: `true && x` is `x`.
+            match (guard.cover, node) {
+                (Cover::Whole, _) => return Ok(true),
+                (Cover::First, Node::And(_, rest)) => node = rest,
+                _ => {}
+            }
         }
         let mut locals = Vec::with_capacity(self.slots);
-        test(&self.node, act, &mut locals)
+        test(node, act, &mut locals)
     }
 
     /// Finds the actions this condition is limited to, so that [`Program::eval_bool`] can
@@ -282,9 +301,33 @@ impl Program {
                 _ => None,
             }
         }
+        // `(a && b) && c` is `a && (b && c)` (same value, same first error): with the first
+        // conjunct alone on the left, a guard taken from it can stand in for it.
+        while let Node::And(l, _) = &self.node {
+            if !matches!(**l, Node::And(..)) {
+                break;
+            }
+            let Node::And(l, c) = std::mem::replace(&mut self.node, Node::Const(Scalar::Null))
+            else {
+                unreachable!("matched above")
+            };
+            let Node::And(a, b) = *l else {
+                unreachable!("matched above")
+            };
+            self.node = Node::And(a, Box::new(Node::And(b, c)));
+        }
+        // An action test alone (no `&&`, `||`) is exactly its guard.
+        let pure =
+            |n: &Node| !matches!(n, Node::And(..) | Node::Or(..)) && actions(n, lists).is_some();
+        let cover = match &self.node {
+            n if pure(n) => Cover::Whole,
+            Node::And(l, _) if pure(l) => Cover::First,
+            _ => Cover::Implied,
+        };
         self.guard = actions(&self.node, lists).map(|actions| Guard {
             actions,
             mask: None,
+            cover,
         });
         self
     }

@@ -277,6 +277,17 @@ fn action_guards_answer_exactly_as_evaluation_does() {
             "(action == \"transfer\" && amount > 1) || (action == \"deploy\" && amount > 1)",
             Some(2),
         ),
+        (
+            "action == \"transfer\" && amount > 1 && counters.missing > 1",
+            Some(1),
+        ),
+        (
+            "action in lists.sanctioned && (amount > 1 && counters.missing > 1) && amount < 5",
+            Some(2),
+        ),
+        ("action == \"payout\"", Some(1)),
+        ("action in lists.sanctioned", Some(2)),
+        ("amount > 1 && action == \"transfer\"", Some(1)),
         ("action == \"transfer\" || amount > 1", None),
         ("!(action == \"transfer\")", None),
     ];
@@ -336,6 +347,30 @@ fn action_guards_answer_exactly_as_evaluation_does() {
             );
         }
     }
+}
+
+#[test]
+fn a_leading_action_test_is_answered_by_its_guard() {
+    let lists = scope_lists();
+    let scope = Scope {
+        counters: None,
+        lists: &lists,
+    };
+    let cover = |src: &str| {
+        compile(src, &scope, true)
+            .unwrap()
+            .with_action_guard(&[])
+            .guard
+            .map(|g| g.cover)
+    };
+    assert_eq!(cover("action == \"x\""), Some(Cover::Whole));
+    assert_eq!(cover("action == \"x\" && amount > 1"), Some(Cover::First));
+    assert_eq!(
+        cover("action == \"x\" && amount > 1 && amount < 5 && has(counterparty.id)"),
+        Some(Cover::First)
+    );
+    assert_eq!(cover("amount > 1 && action == \"x\""), Some(Cover::Implied));
+    assert_eq!(cover("amount > 1"), None);
 }
 
 /// Whether some guard given to [`Actions::assign`] named `action`.
