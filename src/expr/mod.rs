@@ -144,7 +144,7 @@ pub struct Activation<'a> {
 /// each guard is one bit test instead of a comparison of names.
 #[derive(Debug, Default)]
 pub struct Actions {
-    /// Sorted; empty when the guards name more than 64 actions.
+    /// Sorted; empty when the guards name no action, or more than 64.
     names: Vec<Box<str>>,
 }
 
@@ -301,21 +301,20 @@ impl Program {
                 _ => None,
             }
         }
-        // `(a && b) && c` is `a && (b && c)` (same value, same first error): with the first
-        // conjunct alone on the left, a guard taken from it can stand in for it.
-        while let Node::And(l, _) = &self.node {
-            if !matches!(**l, Node::And(..)) {
-                break;
+        /// `(a && b) && c` is `a && (b && c)` (same value, same first error): with the first
+        /// conjunct alone on the left, a guard taken from it can stand in for it.
+        fn first_conjunct_alone(node: Node) -> Node {
+            match node {
+                Node::And(l, c) => match *l {
+                    Node::And(a, b) => {
+                        first_conjunct_alone(Node::And(a, Box::new(Node::And(b, c))))
+                    }
+                    l => Node::And(Box::new(l), c),
+                },
+                other => other,
             }
-            let Node::And(l, c) = std::mem::replace(&mut self.node, Node::Const(Scalar::Null))
-            else {
-                unreachable!("matched above")
-            };
-            let Node::And(a, b) = *l else {
-                unreachable!("matched above")
-            };
-            self.node = Node::And(a, Box::new(Node::And(b, c)));
         }
+        self.node = first_conjunct_alone(self.node);
         // An action test alone (no `&&`, `||`) is exactly its guard.
         let pure =
             |n: &Node| !matches!(n, Node::And(..) | Node::Or(..)) && actions(n, lists).is_some();
