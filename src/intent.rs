@@ -160,7 +160,7 @@ pub fn parse_intent(payload: &[u8], max_bytes: usize) -> Result<Intent, InvalidI
             ),
         ));
     }
-    // Checked once here, the text needs no check string by string while it is read.
+    // UTF-8 is checked once, here: serde_json then reads a `str` and checks no string again.
     let text = std::str::from_utf8(payload).map_err(|e| {
         InvalidIntent::new(
             InvalidKind::InvalidJson,
