@@ -351,7 +351,7 @@ impl Engine {
 
     fn remember(&self, at_ns: i64, decision: Arc<Decision>) {
         self.remembered.insert(
-            CompactString::from(decision.intent_id.as_str()),
+            decision.intent_id.clone(),
             Remembered {
                 created_at_ns: at_ns,
                 decision,
