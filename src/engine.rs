@@ -4,11 +4,14 @@
 //! as an argument, nothing is read from the environment, nothing is logged, and bad data
 //! never makes it fail: a rule that cannot be evaluated becomes an entry in `errors`.
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use compact_str::CompactString;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use rust_decimal::Decimal;
 use smallvec::SmallVec;
@@ -60,9 +63,37 @@ pub struct EngineSize {
     pub remembered_intents: usize,
 }
 
+/// A decision remembered for the duplicate horizon. It is its own key: found by its intent id
+/// (hashing and comparing as that string), it costs no copy of the id.
 struct Remembered {
     created_at_ns: i64,
     decision: Arc<Decision>,
+}
+
+impl Remembered {
+    fn intent_id(&self) -> &str {
+        &self.decision.intent_id
+    }
+}
+
+impl Hash for Remembered {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.intent_id().hash(state)
+    }
+}
+
+impl PartialEq for Remembered {
+    fn eq(&self, other: &Remembered) -> bool {
+        self.intent_id() == other.intent_id()
+    }
+}
+
+impl Eq for Remembered {}
+
+impl Borrow<str> for Remembered {
+    fn borrow(&self) -> &str {
+        self.intent_id()
+    }
 }
 
 /// A ruleset with the velocity and duplicate state of one partition.
@@ -70,7 +101,7 @@ pub struct Engine {
     ruleset: Arc<Ruleset>,
     options: EngineOptions,
     velocity: Velocity,
-    remembered: DashMap<CompactString, Remembered, ahash::RandomState>,
+    remembered: DashMap<Remembered, (), ahash::RandomState>,
     watermark_ns: AtomicI64,
     decided: AtomicU64,
     /// The decision count at which the next sweep runs.
@@ -350,13 +381,15 @@ impl Engine {
     }
 
     fn remember(&self, at_ns: i64, decision: Arc<Decision>) {
-        self.remembered.insert(
-            decision.intent_id.clone(),
-            Remembered {
-                created_at_ns: at_ns,
-                decision,
-            },
-        );
+        let remembered = Remembered {
+            created_at_ns: at_ns,
+            decision,
+        };
+        // An intent id seen before (beyond the horizon) now stands for this decision.
+        match self.remembered.entry(remembered) {
+            Entry::Occupied(old) => drop(old.replace_entry(())),
+            Entry::Vacant(new) => drop(new.insert(())),
+        }
         // The duplicate horizon is swept on its own, more often than the rest of the state,
         // here, so that a restore is bounded too (see `EngineOptions::sweep_every`).
         let remembers = self.remembers.fetch_add(1, Ordering::Relaxed) + 1;
@@ -396,7 +429,8 @@ impl Engine {
 
     fn duplicate_of(&self, intent_id: &str, at_ns: i64) -> Option<Arc<Decision>> {
         let horizon = self.horizon_ns();
-        let entry = self.remembered.get(intent_id)?;
+        let found = self.remembered.get(intent_id)?;
+        let entry = found.key();
         // An entry past the horizon behind the watermark counts as forgotten whether or not a
         // sweep has dropped it yet: when sweeps run changes no decision.
         (entry.created_at_ns >= self.forget_floor()
@@ -426,7 +460,7 @@ impl Engine {
     /// Drops intents past the duplicate horizon; says how many are left.
     fn forget(&self) -> usize {
         let floor = self.forget_floor();
-        self.remembered.retain(|_, r| r.created_at_ns >= floor);
+        self.remembered.retain(|r, ()| r.created_at_ns >= floor);
         self.remembered.len()
     }
 
