@@ -169,13 +169,25 @@ impl Series {
     }
 
     /// Drops buckets at or below `floor`.
+    #[inline]
     fn prune(&mut self, floor: i64) {
-        // Usually nothing is due: the oldest bucket says so without a search.
-        if self.buckets.first().is_none_or(|(b, _)| *b > floor) {
-            return;
+        // Usually nothing is due: the oldest bucket says so without a search (and without a
+        // call).
+        if self.buckets.first().is_some_and(|(b, _)| *b <= floor) {
+            self.drop_until(floor);
         }
+    }
+
+    /// [`Series::prune`], when some bucket is due.
+    #[inline(never)]
+    fn drop_until(&mut self, floor: i64) {
         let gone = self.buckets.partition_point(|(b, _)| *b <= floor);
-        match self.buckets.drain(..gone).next_back() {
+        let last = self.buckets.drain(..gone).next_back();
+        if self.buckets.spilled() && self.buckets.len() <= self.buckets.inline_size() {
+            // Back inline: the key's next read finds its buckets in the map entry.
+            self.buckets.shrink_to_fit();
+        }
+        match last {
             Some((_, Agg::Count(n))) => self.base_count = n,
             Some((_, Agg::Sum(s))) => self.base_sum = s,
             _ => return,
@@ -228,10 +240,12 @@ impl Window {
     }
 
     fn add(&self, series: &mut Series, at: Position, c: Contribution) {
+        // Pruning first makes room: a key seen rarely (most are) has its old bucket dropped
+        // before the new one arrives, which then fits inline again.
+        series.prune(at.floor);
         if at.bucket > at.floor {
             series.add(self.kind, at.bucket, c);
         }
-        series.prune(at.floor);
     }
 }
 
