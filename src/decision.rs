@@ -203,48 +203,42 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// Writes an integer in decimal.
 fn integer(out: &mut Vec<u8>, value: i64) {
-    if value < 0 {
-        out.push(b'-');
-    }
-    digits(out, value.unsigned_abs() as u128, 0);
-}
-
-/// Writes `magnitude` in decimal with a point before its last `scale` digits.
-fn digits(out: &mut Vec<u8>, magnitude: u128, scale: u32) {
-    let mut buf = [b'0'; 40];
-    let mut at = buf.len();
-    let mut written = 0;
-    let mut v = magnitude;
-    while v > 0 || written <= scale {
-        if written == scale && scale > 0 {
-            at -= 1;
-            buf[at] = b'.';
-        }
-        // 128-bit division is slow: only digits of values above 64 bits take it.
-        let digit = match u64::try_from(v) {
-            Ok(small) => {
-                v = u128::from(small / 10);
-                small % 10
-            }
-            Err(_) => {
-                let d = (v % 10) as u64;
-                v /= 10;
-                d
-            }
-        };
-        at -= 1;
-        buf[at] = b'0' + digit as u8;
-        written += 1;
-    }
-    out.extend_from_slice(&buf[at..]);
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// Writes an exact decimal as `Decimal`'s `Display` does (`12000.50`, `0.001`, `-3`).
 fn decimal(out: &mut Vec<u8>, value: &Decimal) {
+    decimal_text(value, |s| out.extend_from_slice(s.as_bytes()));
+}
+
+/// Gives the text of `value`, as `Decimal`'s `Display` writes it, to `emit` piece by piece,
+/// without the formatting machinery.
+pub(crate) fn decimal_text(value: &Decimal, mut emit: impl FnMut(&str)) {
+    const ZEROS: &str = "0000000000000000000000000000";
     if value.is_sign_negative() && !value.is_zero() {
-        out.push(b'-');
+        emit("-");
     }
-    digits(out, value.mantissa().unsigned_abs(), value.scale());
+    let mut buf = itoa::Buffer::new();
+    let magnitude = value.mantissa().unsigned_abs();
+    // Most mantissas fit in 64 bits, whose formatting is the cheaper one.
+    let digits = match u64::try_from(magnitude) {
+        Ok(small) => buf.format(small),
+        Err(_) => buf.format(magnitude),
+    };
+    // At most 28 (`Decimal`'s largest scale).
+    let scale = value.scale() as usize;
+    if scale == 0 {
+        emit(digits);
+    } else if digits.len() > scale {
+        let (whole, fraction) = digits.split_at(digits.len() - scale);
+        emit(whole);
+        emit(".");
+        emit(fraction);
+    } else {
+        emit("0.");
+        emit(&ZEROS[..scale - digits.len()]);
+        emit(digits);
+    }
 }
 
 /// Writes `items` as a JSON array of objects, each filled in by `fields`.

@@ -242,6 +242,13 @@ impl Template {
                 Part::Name(p) => match p.eval(act) {
                     // Strings, the usual placeholder, skip the formatting machinery.
                     Ok(crate::expr::Value::Str(v)) => out.push_str(&v),
+                    // So are numbers (the same text as their `Display`).
+                    Ok(crate::expr::Value::Int(i)) => {
+                        out.push_str(itoa::Buffer::new().format(i));
+                    }
+                    Ok(crate::expr::Value::Num(n)) => {
+                        crate::decision::decimal_text(&n, |s| out.push_str(s));
+                    }
                     Ok(v) => {
                         use std::fmt::Write;
                         let _ = write!(out, "{v}");

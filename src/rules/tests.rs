@@ -188,10 +188,10 @@ fn counter_where_is_checked_and_cannot_read_counters() {
 
 #[test]
 fn templates_render_placeholders_and_escaped_braces() {
-    let text = "[[rule]]\nid = \"t\"\nwhen = 'true'\naction = \"hold\"\nmessage = \"{{literal}} {amount} {currency} for {counterparty.id}\"\n";
+    let text = "[[rule]]\nid = \"t\"\nwhen = 'true'\naction = \"hold\"\nmessage = \"{{literal}} {amount} {currency} for {counterparty.id}: {attributes.n} {attributes.neg} {attributes.ok}\"\n";
     let rs = load(&[("a.toml", text)]).unwrap();
     let intent = crate::intent::parse_intent(
-        br#"{"intent_id":"i","agent_id":"a","account_id":"b","action":"transfer","amount":"5.50","currency":"EUR","created_at":"2026-01-01T00:00:00Z"}"#,
+        br#"{"intent_id":"i","agent_id":"a","account_id":"b","action":"transfer","amount":"5.50","currency":"EUR","created_at":"2026-01-01T00:00:00Z","attributes":{"n":-42,"neg":-0.050,"ok":true}}"#,
         1 << 16,
     )
     .unwrap();
@@ -203,7 +203,10 @@ fn templates_render_placeholders_and_escaped_braces() {
         action_bit: Actions::UNKNOWN,
     };
     let rendered = rs.rules[0].message.as_ref().map(|m| m.render(&act));
-    assert_eq!(rendered.as_deref(), Some("{literal} 5.50 EUR for ?"));
+    assert_eq!(
+        rendered.as_deref(),
+        Some("{literal} 5.50 EUR for ?: -42 -0.050 true")
+    );
 }
 
 #[test]
