@@ -66,6 +66,18 @@ impl Counterparty {
         };
         Some(value.as_deref())
     }
+
+    /// Field `i` of [`COUNTERPARTY_FIELDS`], if the intent has it: the same answer as
+    /// [`Counterparty::field`] without matching the name, for paths resolved at load.
+    pub fn field_at(&self, i: usize) -> Option<&str> {
+        match i {
+            0 => self.id.as_deref(),
+            1 => self.name.as_deref(),
+            2 => self.country.as_deref(),
+            3 => self.account.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// The names of a counterparty's fields, in documentation order.
@@ -981,6 +993,20 @@ mod tests {
         }
         assert_eq!(Top::named("intent"), None);
         assert_eq!(counterparty_field("ids"), None);
+    }
+
+    #[test]
+    fn fields_by_index_are_fields_by_name() {
+        let cp = Counterparty {
+            id: Some("cp-1".into()),
+            name: None,
+            country: Some("DE".into()),
+            account: Some("DE89".into()),
+        };
+        for (i, name) in COUNTERPARTY_FIELDS.iter().enumerate() {
+            assert_eq!(Some(cp.field_at(i)), cp.field(name), "{name}");
+        }
+        assert_eq!(cp.field_at(COUNTERPARTY_FIELDS.len()), None);
     }
 
     #[test]

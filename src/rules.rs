@@ -167,7 +167,7 @@ impl FieldPath {
             FieldPath::Counterparty(i) => intent
                 .counterparty
                 .as_ref()
-                .and_then(|cp| cp.field(COUNTERPARTY_FIELDS[*i]).flatten())
+                .and_then(|cp| cp.field_at(*i))
                 .map(Cow::Borrowed),
             FieldPath::Attribute(_) => match self.json(intent)? {
                 serde_json::Value::Null => None,

@@ -420,6 +420,20 @@ enum CmpOp {
     Ge,
 }
 
+impl CmpOp {
+    /// Whether `x <op> y`.
+    fn holds(self, x: Decimal, y: Decimal) -> bool {
+        match self {
+            CmpOp::Eq => x == y,
+            CmpOp::Ne => x != y,
+            CmpOp::Lt => x < y,
+            CmpOp::Le => x <= y,
+            CmpOp::Gt => x > y,
+            CmpOp::Ge => x >= y,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ArithOp {
     Add,
@@ -489,6 +503,11 @@ enum Node {
     CmpNum(CmpOp, NumLeaf, Decimal),
     /// `string-name in lists.x`, fused likewise (`action in lists.payment_actions`).
     InList(StrLeaf, usize),
+    /// `has(counterparty.<field>)`, the field by its index in [`COUNTERPARTY_FIELDS`].
+    HasCp(usize),
+    /// `number-name +/- number-name <op> literal` where a name is an amount, so that the
+    /// arithmetic is on decimals anyway (`counters.outflow_24h + amount_base > 50000`).
+    CmpArith(CmpOp, Box<(ArithOp, NumLeaf, NumLeaf, Decimal)>),
 }
 
 /// A name that holds a number.
@@ -507,6 +526,10 @@ enum StrLeaf {
 }
 
 impl NumLeaf {
+    fn is_amount(self) -> bool {
+        matches!(self, NumLeaf::Amount | NumLeaf::AmountBase)
+    }
+
     fn of(node: &Node) -> Option<NumLeaf> {
         match node {
             Node::Name(Name::Amount) => Some(NumLeaf::Amount),
@@ -555,15 +578,14 @@ impl StrLeaf {
             StrLeaf::Name(Name::AccountId) => Ok(&i.account_id),
             StrLeaf::Name(Name::Action) => Ok(&i.action),
             StrLeaf::Name(_) => Ok(i.currency.as_deref().unwrap_or("")),
-            StrLeaf::Counterparty(f) => {
-                let field = COUNTERPARTY_FIELDS[f];
-                i.counterparty
-                    .as_ref()
-                    .and_then(|cp| cp.field(field).flatten())
-                    .ok_or_else(|| {
-                        EvalError::new(format!("the intent has no `counterparty.{field}`"))
-                    })
-            }
+            StrLeaf::Counterparty(f) => i
+                .counterparty
+                .as_ref()
+                .and_then(|cp| cp.field_at(f))
+                .ok_or_else(|| {
+                    let field = COUNTERPARTY_FIELDS[f];
+                    EvalError::new(format!("the intent has no `counterparty.{field}`"))
+                }),
         }
     }
 }
@@ -583,11 +605,27 @@ fn fuse(node: Node) -> Node {
         Node::Const(Scalar::Num(d)) => Some(*d),
         _ => None,
     };
+    // Two number names added or subtracted, one of them an amount: decimal arithmetic.
+    let decimal_arith = |n: &Node| match n {
+        Node::Arith(a @ (ArithOp::Add | ArithOp::Sub), x, y) => {
+            match (NumLeaf::of(x), NumLeaf::of(y)) {
+                (Some(p), Some(q)) if p.is_amount() || q.is_amount() => Some((*a, p, q)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     match node {
         Node::Cmp(op, l, r) => match (NumLeaf::of(&l), number(&r), NumLeaf::of(&r), number(&l)) {
             (Some(leaf), Some(d), _, _) => Node::CmpNum(op, leaf, d),
             (_, _, Some(leaf), Some(d)) => Node::CmpNum(flipped(op), leaf, d),
-            _ => Node::Cmp(op, l, r),
+            _ => match (decimal_arith(&l), number(&r), decimal_arith(&r), number(&l)) {
+                (Some((a, p, q)), Some(d), _, _) => Node::CmpArith(op, Box::new((a, p, q, d))),
+                (_, _, Some((a, p, q)), Some(d)) => {
+                    Node::CmpArith(flipped(op), Box::new((a, p, q, d)))
+                }
+                _ => Node::Cmp(op, l, r),
+            },
         },
         Node::In(x, coll) => match (StrLeaf::of(&x), &*coll) {
             (Some(leaf), Node::List(i)) => Node::InList(leaf, *i),
@@ -656,6 +694,12 @@ impl Compiler<'_> {
                         );
                     }
                     self.check_cp_field(&sel.operand, &sel.field);
+                    if let (Node::Name(Name::Counterparty), Some(i)) = (
+                        &operand,
+                        COUNTERPARTY_FIELDS.iter().position(|f| *f == sel.field),
+                    ) {
+                        return (Node::HasCp(i), Ty::Bool);
+                    }
                     return (Node::Has(Box::new(operand), sel.field.clone()), Ty::Bool);
                 }
                 self.select(e, &sel.operand, &sel.field)
@@ -1301,15 +1345,17 @@ fn eval<'a>(
         Node::Const(v) => Ok(v.value()),
         Node::Name(name) => read_name(*name, act),
         Node::CpField(i) => {
-            let field = COUNTERPARTY_FIELDS[*i];
             match act
                 .intent
                 .counterparty
                 .as_ref()
-                .and_then(|cp| cp.field(field).flatten())
+                .and_then(|cp| cp.field_at(*i))
             {
                 Some(s) => Ok(Value::Str(Cow::Borrowed(s))),
-                None => err(format!("the intent has no `counterparty.{field}`")),
+                None => err(format!(
+                    "the intent has no `counterparty.{}`",
+                    COUNTERPARTY_FIELDS[*i]
+                )),
             }
         }
         Node::Counter(i) => match &act.counters[*i] {
@@ -1339,7 +1385,9 @@ fn eval<'a>(
         | Node::Cmp(..)
         | Node::In(..)
         | Node::CmpNum(..)
-        | Node::InList(..) => test(node, act, locals).map(Value::Bool),
+        | Node::InList(..)
+        | Node::HasCp(_)
+        | Node::CmpArith(..) => test(node, act, locals).map(Value::Bool),
         _ => eval_cold(node, act, locals),
     }
 }
@@ -1510,20 +1558,25 @@ fn test<'a>(
                 ))),
             }
         }
-        Node::CmpNum(cmp, leaf, d) => {
-            let v = leaf.read(act)?;
-            Ok(match cmp {
-                CmpOp::Eq => v == *d,
-                CmpOp::Ne => v != *d,
-                CmpOp::Lt => v < *d,
-                CmpOp::Le => v <= *d,
-                CmpOp::Gt => v > *d,
-                CmpOp::Ge => v >= *d,
-            })
+        Node::CmpNum(cmp, leaf, d) => Ok(cmp.holds(leaf.read(act)?, *d)),
+        Node::CmpArith(cmp, parts) => {
+            let (a, p, q, d) = **parts;
+            let (x, y) = (p.read(act)?, q.read(act)?);
+            let v = match a {
+                ArithOp::Sub => x.checked_sub(y),
+                _ => x.checked_add(y),
+            };
+            let v = v.ok_or_else(|| EvalError::new(format!("`{}` overflowed", arith_symbol(a))))?;
+            Ok(cmp.holds(v, d))
         }
         Node::InList(leaf, i) => {
             Ok(act.lists[*i].contains(&Value::Str(Cow::Borrowed(leaf.read(act)?))))
         }
+        Node::HasCp(i) => Ok(act
+            .intent
+            .counterparty
+            .as_ref()
+            .is_some_and(|cp| cp.field_at(*i).is_some())),
         Node::Const(Scalar::Bool(b)) => Ok(*b),
         other => match eval(other, act, locals)? {
             Value::Bool(b) => Ok(b),

@@ -79,6 +79,60 @@ fn decimal_boundaries_are_exact() {
 }
 
 #[test]
+fn fused_sums_answer_as_the_general_arithmetic_does() {
+    let counters = scope_counters();
+    let lists = scope_lists();
+    let scope = Scope {
+        counters: Some(&counters),
+        lists: &lists,
+    };
+    for (fused, general) in [
+        (
+            "counters.sum_1h + amount_base > 10001",
+            "counters.sum_1h + amount_base + 0 > 10001",
+        ),
+        (
+            "counters.sum_1h + amount_base > 10002",
+            "counters.sum_1h + amount_base + 0 > 10002",
+        ),
+        (
+            "amount_base + counters.n_1h == 10010.01",
+            "amount_base + counters.n_1h + 0 == 10010.01",
+        ),
+        (
+            "amount - counters.sum_1h <= 9999",
+            "amount - counters.sum_1h + 0 <= 9999",
+        ),
+        (
+            "10001.01 >= counters.sum_1h + amount",
+            "10001.01 >= counters.sum_1h + amount + 0",
+        ),
+        (
+            "10001.01 < counters.sum_1h + amount",
+            "10001.01 < counters.sum_1h + amount + 0",
+        ),
+        (
+            "counters.missing + amount_base > 1",
+            "counters.missing + amount_base + 0 > 1",
+        ),
+    ] {
+        let program = compile(fused, &scope, false).unwrap();
+        assert!(
+            matches!(program.node, Node::CmpArith(..)),
+            "{fused} is not fused"
+        );
+        let general_program = compile(general, &scope, false).unwrap();
+        assert!(matches!(general_program.node, Node::Cmp(..)), "{general}");
+        assert_eq!(run(fused), run(general), "{fused}");
+    }
+    // Two counts add as integers, as before: not fused.
+    let program = compile("counters.n_1h + counters.n_1h > 1", &scope, false).unwrap();
+    assert!(matches!(program.node, Node::Cmp(..)));
+    check("counters.sum_1h + amount_base > 10001", "true");
+    check_err("counters.missing + amount_base > 1", "unavailable");
+}
+
+#[test]
 fn integers_and_decimals_mix() {
     check("7 / 2", "3");
     check("7.0 / 2", "3.5");
@@ -102,6 +156,11 @@ fn names_fields_counters_and_lists() {
     check("has(attributes.change_request)", "false");
     check("has(attributes.env)", "true");
     check("has(counterparty.name)", "false");
+    check("has(counterparty.id)", "true");
+    check(
+        "has(counterparty.country) && !has(counterparty.account)",
+        "true",
+    );
     check("currency", "EUR");
     check("size(attributes.tags)", "2");
     check("attributes.tags[1]", "b");
