@@ -157,22 +157,22 @@ impl<'b> Writer<'b> {
             // `YYYY-MM-DDTHH:MM:SS.mmmZ`, digit by digit into a fixed buffer, which is then
             // appended at once.
             let mut text = *b"0000-00-00T00:00:00.000Z";
-            let fields = [
-                (year as u32, 0..4),
-                (month, 5..7),
-                (day, 8..10),
-                ((of_day / 3600) as u32, 11..13),
-                ((of_day / 60 % 60) as u32, 14..16),
-                ((of_day % 60) as u32, 17..19),
-                (t.timestamp_subsec_millis().min(999), 20..23),
+            let year = year as u32;
+            let millis = t.timestamp_subsec_millis().min(999);
+            let pairs = [
+                (year / 100, 0),
+                (year % 100, 2),
+                (month, 5),
+                (day, 8),
+                ((of_day / 3600) as u32, 11),
+                ((of_day / 60 % 60) as u32, 14),
+                ((of_day % 60) as u32, 17),
+                (millis % 100, 21),
             ];
-            for (value, at) in fields {
-                let mut v = value;
-                for d in text[at].iter_mut().rev() {
-                    *d = b'0' + (v % 10) as u8;
-                    v /= 10;
-                }
+            for (value, at) in pairs {
+                text[at..at + 2].copy_from_slice(two_digits(value));
             }
+            text[20] = b'0' + (millis / 100) as u8;
             out.extend_from_slice(&text);
         } else {
             out.extend_from_slice(timestamp(t).as_bytes());
@@ -184,6 +184,17 @@ impl<'b> Writer<'b> {
         self.out.push(b'}');
         self.out
     }
+}
+
+/// The two decimal digits of `value` (below 100).
+fn two_digits(value: u32) -> &'static [u8] {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let at = value as usize * 2;
+    &PAIRS[at..at + 2]
 }
 
 /// The proleptic Gregorian date of a day number (days since 1970-01-01), by Howard Hinnant's
@@ -584,5 +595,18 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"t":"2026-01-02T03:04:05.678Z""#
         );
+        // Every digit position, against chrono's own formatting, from year 0 to 9999.
+        let mut micros: i64 = -62_167_219_200_000_000; // 0000-01-01T00:00:00Z
+        while micros < 253_402_300_799_000_000 {
+            let t = DateTime::from_timestamp_micros(micros).unwrap();
+            let mut out = Vec::new();
+            Writer::object(&mut out).time("t", &t);
+            let want = format!(
+                r#"{{"t":"{}""#,
+                t.to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+            micros += 7_777_777_777_777 + 123_457;
+        }
     }
 }
