@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -636,6 +636,47 @@ fn optional_string<'de>(
     }
 }
 
+/// Reads `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, the form nearly every producer writes, without
+/// the general RFC 3339 parser; `None` for any other text, valid or not, which that parser
+/// then reads (other offsets, lower-case letters, leap seconds, more than nine digits).
+fn utc_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    let shape = b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[b.len() - 1] == b'Z';
+    if !shape {
+        return None;
+    }
+    let number = |digits: &[u8]| {
+        digits.iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let nanos = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            number(digits)? * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let date = NaiveDate::from_ymd_opt(
+        number(&b[0..4])? as i32,
+        number(&b[5..7])?,
+        number(&b[8..10])?,
+    )?;
+    let time = NaiveTime::from_hms_nano_opt(
+        number(&b[11..13])?,
+        number(&b[14..16])?,
+        number(&b[17..19])?,
+        nanos,
+    )?;
+    Some(date.and_time(time).and_utc())
+}
+
 impl Raw {
     /// Sets a scalar field (any but `counterparty` and `attributes`).
     fn set(&mut self, field: Top, value: Scalar<'_>) -> Result<(), InvalidIntent> {
@@ -714,13 +755,17 @@ impl Raw {
                         ))
                     }
                 };
-                let parsed = DateTime::parse_from_rfc3339(&text).map_err(|e| {
-                    InvalidIntent::field(
-                        name,
-                        format!("`created_at` `{text}` is not an RFC 3339 timestamp ({e}); example: `2026-11-28T10:00:00Z`"),
-                    )
-                })?;
-                let utc = parsed.with_timezone(&Utc);
+                let utc = match utc_timestamp(&text) {
+                    Some(utc) => utc,
+                    None => DateTime::parse_from_rfc3339(&text)
+                        .map_err(|e| {
+                            InvalidIntent::field(
+                                name,
+                                format!("`created_at` `{text}` is not an RFC 3339 timestamp ({e}); example: `2026-11-28T10:00:00Z`"),
+                            )
+                        })?
+                        .with_timezone(&Utc),
+                };
                 if utc.timestamp_nanos_opt().is_none() {
                     return Err(InvalidIntent::field(
                         name,
@@ -993,6 +1038,68 @@ mod tests {
         }
         assert_eq!(Top::named("intent"), None);
         assert_eq!(counterparty_field("ids"), None);
+    }
+
+    #[test]
+    fn the_common_timestamp_form_reads_as_rfc3339_does() {
+        let general = |t: &str| {
+            DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|d| d.with_timezone(&Utc))
+        };
+        let mut texts: Vec<String> = [
+            "2026-11-28T10:00:00Z",
+            "2026-11-28T10:00:00.5Z",
+            "2026-11-28T10:00:00.123456789Z",
+            "2024-02-29T23:59:59.999Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            // Not the common form: left to the general parser.
+            "2026-11-28T10:00:00.1234567891Z",
+            "2026-11-28T10:00:00+01:00",
+            "2026-11-28t10:00:00z",
+            "2016-12-31T23:59:60Z",
+            // Invalid either way.
+            "2023-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-31T00:00:00Z",
+            "2026-11-28T24:00:00Z",
+            "2026-11-28T10:60:00Z",
+            "2026-11-28T10:00:00.Z",
+            "2026-11-28T1a:00:00Z",
+            "2026-11-28 10:00:00Z",
+            "+2026-11-28T10:00:00Z",
+        ]
+        .map(String::from)
+        .to_vec();
+        // Every day of four years, at a time with every digit position different.
+        for day in 0..4 * 366 {
+            let d = NaiveDate::from_ymd_opt(2023, 1, 1).unwrap() + chrono::Days::new(day);
+            texts.push(format!(
+                "{d}T{:02}:{:02}:{:02}.{:03}Z",
+                day % 24,
+                day % 60,
+                (day * 7) % 60,
+                day % 1000
+            ));
+        }
+        let mut common = 0;
+        for t in &texts {
+            if let Some(fast) = utc_timestamp(t) {
+                common += 1;
+                assert_eq!(Some(fast), general(t), "{t}");
+            }
+        }
+        assert_eq!(common, 6 + 4 * 366, "the common form is recognised");
+        for t in &texts {
+            let parsed = parse_intent(
+                format!(r#"{{"intent_id":"i","agent_id":"a","account_id":"b","action":"transfer","created_at":"{t}"}}"#).as_bytes(),
+                DEFAULT_MAX_BYTES,
+            );
+            // Years outside 1678 to 2261 are refused either way.
+            let supported = general(t).filter(|d| d.timestamp_nanos_opt().is_some());
+            assert_eq!(parsed.ok().map(|i| i.created_at), supported, "{t}");
+        }
     }
 
     #[test]
