@@ -590,8 +590,8 @@ impl StrLeaf {
     }
 }
 
-/// Fuses the common comparison shapes into [`Node::CmpNum`] and [`Node::InList`]: the same
-/// answers and errors, without building values.
+/// Fuses the common shapes into [`Node::CmpNum`], [`Node::CmpArith`], [`Node::InList`] and
+/// [`Node::HasCp`]: the same answers and errors, without building values.
 fn fuse(node: Node) -> Node {
     let flipped = |op| match op {
         CmpOp::Lt => CmpOp::Gt,
@@ -631,6 +631,12 @@ fn fuse(node: Node) -> Node {
             (Some(leaf), Node::List(i)) => Node::InList(leaf, *i),
             _ => Node::In(x, coll),
         },
+        Node::Has(map, field) => {
+            match (&*map, COUNTERPARTY_FIELDS.iter().position(|f| *f == field)) {
+                (Node::Name(Name::Counterparty), Some(i)) => Node::HasCp(i),
+                _ => Node::Has(map, field),
+            }
+        }
         other => other,
     }
 }
@@ -694,13 +700,10 @@ impl Compiler<'_> {
                         );
                     }
                     self.check_cp_field(&sel.operand, &sel.field);
-                    if let (Node::Name(Name::Counterparty), Some(i)) = (
-                        &operand,
-                        COUNTERPARTY_FIELDS.iter().position(|f| *f == sel.field),
-                    ) {
-                        return (Node::HasCp(i), Ty::Bool);
-                    }
-                    return (Node::Has(Box::new(operand), sel.field.clone()), Ty::Bool);
+                    return (
+                        fuse(Node::Has(Box::new(operand), sel.field.clone())),
+                        Ty::Bool,
+                    );
                 }
                 self.select(e, &sel.operand, &sel.field)
             }

@@ -133,6 +133,22 @@ fn fused_sums_answer_as_the_general_arithmetic_does() {
 }
 
 #[test]
+fn has_on_a_counterparty_field_is_a_field_test() {
+    let counters = scope_counters();
+    let lists = scope_lists();
+    let scope = Scope {
+        counters: Some(&counters),
+        lists: &lists,
+    };
+    let program = compile("has(counterparty.country)", &scope, false).unwrap();
+    assert!(matches!(program.node, Node::HasCp(2)));
+    let program = compile("has(attributes.env)", &scope, false).unwrap();
+    assert!(matches!(program.node, Node::Has(..)));
+    check("has(counterparty.country)", "true");
+    check("has(counterparty.account)", "false");
+}
+
+#[test]
 fn integers_and_decimals_mix() {
     check("7 / 2", "3");
     check("7.0 / 2", "3.5");
