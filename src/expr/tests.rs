@@ -17,15 +17,20 @@ fn scope_lists() -> Vec<(String, Elem)> {
     vec![("sanctioned".into(), Elem::Str)]
 }
 
-/// Evaluates `src` against the sample intent: `Ok(value text)` or `Err(message)`.
-fn run(src: &str) -> Result<String, String> {
+/// Compiles `src` with the sample counters and lists in scope.
+fn compile_sample(src: &str) -> Result<Program, Vec<CompileError>> {
     let counters = scope_counters();
     let lists = scope_lists();
     let scope = Scope {
         counters: Some(&counters),
         lists: &lists,
     };
-    let program = compile(src, &scope, false).map_err(|e| format!("load: {}", e[0].message))?;
+    compile(src, &scope, false)
+}
+
+/// Evaluates `src` against the sample intent: `Ok(value text)` or `Err(message)`.
+fn run(src: &str) -> Result<String, String> {
+    let program = compile_sample(src).map_err(|e| format!("load: {}", e[0].message))?;
     let intent = parse_intent(INTENT.as_bytes(), 1 << 16).unwrap();
     let counter_values = [
         Ok(Value::Int(10)),
@@ -80,12 +85,6 @@ fn decimal_boundaries_are_exact() {
 
 #[test]
 fn fused_sums_answer_as_the_general_arithmetic_does() {
-    let counters = scope_counters();
-    let lists = scope_lists();
-    let scope = Scope {
-        counters: Some(&counters),
-        lists: &lists,
-    };
     for (fused, general) in [
         (
             "counters.sum_1h + amount_base > 10001",
@@ -116,17 +115,17 @@ fn fused_sums_answer_as_the_general_arithmetic_does() {
             "counters.missing + amount_base + 0 > 1",
         ),
     ] {
-        let program = compile(fused, &scope, false).unwrap();
+        let program = compile_sample(fused).unwrap();
         assert!(
             matches!(program.node, Node::CmpArith(..)),
             "{fused} is not fused"
         );
-        let general_program = compile(general, &scope, false).unwrap();
+        let general_program = compile_sample(general).unwrap();
         assert!(matches!(general_program.node, Node::Cmp(..)), "{general}");
         assert_eq!(run(fused), run(general), "{fused}");
     }
     // Two counts add as integers, as before: not fused.
-    let program = compile("counters.n_1h + counters.n_1h > 1", &scope, false).unwrap();
+    let program = compile_sample("counters.n_1h + counters.n_1h > 1").unwrap();
     assert!(matches!(program.node, Node::Cmp(..)));
     check("counters.sum_1h + amount_base > 10001", "true");
     check_err("counters.missing + amount_base > 1", "unavailable");
@@ -134,15 +133,9 @@ fn fused_sums_answer_as_the_general_arithmetic_does() {
 
 #[test]
 fn has_on_a_counterparty_field_is_a_field_test() {
-    let counters = scope_counters();
-    let lists = scope_lists();
-    let scope = Scope {
-        counters: Some(&counters),
-        lists: &lists,
-    };
-    let program = compile("has(counterparty.country)", &scope, false).unwrap();
+    let program = compile_sample("has(counterparty.country)").unwrap();
     assert!(matches!(program.node, Node::HasCp(2)));
-    let program = compile("has(attributes.env)", &scope, false).unwrap();
+    let program = compile_sample("has(attributes.env)").unwrap();
     assert!(matches!(program.node, Node::Has(..)));
     check("has(counterparty.country)", "true");
     check("has(counterparty.account)", "false");
