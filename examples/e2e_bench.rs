@@ -1,27 +1,37 @@
-//! End-to-end benchmark of `riskgate run` against a local Tansu broker.
+//! End-to-end benchmark of `riskgate run` against Apache Kafka on this machine, beside Kafka's
+//! own exactly-once copier as the "bare Kafka" peer.
 //!
 //! ```text
 //! scripts/install-broker.sh
-//! cargo build --release && cargo run --release --example e2e_bench -- [--intents N] [--partitions P] [--rate R] [--seconds S]
+//! cargo build --release && cargo run --release --example e2e_bench -- \
+//!     [--intents N] [--partitions P] [--runs K] [--rate R] [--seconds S] [--copier-batch B]
 //! ```
 //!
-//! Three runs, each with a fresh broker and the service as a child process, exactly-once with
-//! 100 ms transactions:
-//! 1. **throughput, sample rules**: N intents are preloaded; the clock runs from the moment
-//!    every partition is restored until the group has committed the last offset;
-//! 2. **throughput, pass-through**: the same with a ruleset of no rules and no counters
-//!    (parse, serialize, produce, commit: the cost of the pipeline itself);
-//! 3. **latency**: intents produced live at R per second for S seconds; for each, the time
-//!    from its send (carried in `attributes.sent_ns`) to its decision being visible to a
-//!    read_committed consumer. Percentiles are printed.
+//! One Kafka broker (`scripts/kafka-broker.sh`) for the whole invocation. N intents are
+//! produced once to a P-partition topic; then, K times over, three consumers read that same
+//! topic from the start, each with its own group and output topic, exactly-once:
+//! 1. **riskgate, sample rules** (`riskgate run`, 100 ms transactions);
+//! 2. **riskgate, pass-through**: a ruleset of no rules and no counters (parse, serialize,
+//!    produce, commit: the cost of the pipeline itself);
+//! 3. **Kafka's copier**: `TransactionalMessageCopier` from kafka-tools (the tool of Kafka's
+//!    own transactions system test) copying the intents to a topic in transactions of B
+//!    records, committing its offsets in each (`--group-mode --use-group-metadata`).
 //!
-//! Figures are printed as a table; the ratio of runs 1 and 2 comes from the same invocation.
+//! All three are timed the same way: one watcher polls the group's committed offsets every
+//! 20 ms; the clock runs from the first poll that sees anything committed to the one that sees
+//! everything, and the rate is the records committed in between over that time (so process
+//! start, group join and restore are left out for all three alike). Each run prints its
+//! figures and riskgate/copier ratio; the end prints median, min and max over the K runs.
+//! Last, **latency**: intents produced live at R per second for S seconds; for each, the time
+//! from its send (carried in `attributes.sent_ns`) to its decision being visible to a
+//! read_committed consumer. Percentiles are printed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -32,16 +42,20 @@ use support::{Broker, Service, ServiceConfig, Topics};
 struct Args {
     intents: u64,
     partitions: i32,
+    runs: u64,
     rate: u64,
     seconds: u64,
+    copier_batch: u64,
 }
 
 fn args() -> Args {
     let mut a = Args {
         intents: 200_000,
         partitions: 3,
+        runs: 5,
         rate: 5_000,
         seconds: 20,
+        copier_batch: 2_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +67,8 @@ fn args() -> Args {
         match flag.as_str() {
             "--intents" => a.intents = value(),
             "--partitions" => a.partitions = value() as i32,
+            "--runs" => a.runs = value().max(1),
+            "--copier-batch" => a.copier_batch = value().max(1),
             "--rate" => a.rate = value(),
             "--seconds" => a.seconds = value(),
             "--bench" => {}
@@ -82,10 +98,10 @@ fn lines(count: u64) -> Vec<(Option<i32>, String, Vec<u8>)> {
 
 /// The group's committed offsets, summed over partitions, read through one long-lived
 /// client (creating a client per query would itself load the machine being measured).
-fn committed_total(watcher: &BaseConsumer, topics: &Topics, partitions: i32) -> i64 {
+fn committed_total(watcher: &BaseConsumer, topic: &str, partitions: i32) -> i64 {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition(&topics.intents, p);
+        tpl.add_partition(topic, p);
     }
     let Ok(got) = watcher.committed_offsets(tpl, Duration::from_secs(10)) else {
         return 0;
@@ -99,40 +115,82 @@ fn committed_total(watcher: &BaseConsumer, topics: &Topics, partitions: i32) -> 
         .sum()
 }
 
-/// Runs the service over `n` preloaded intents; returns decisions per second.
-fn throughput(a: &Args, rules: &Path, label: &str) -> f64 {
-    let broker = Broker::start();
-    let topics = Topics::new(label);
-    topics.create(&broker, a.partitions);
-    let input = lines(a.intents);
-    broker.produce(&topics.intents, &input);
-    std::env::set_var("RISKGATE_BINARY", riskgate_binary());
-    let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: label,
-        rules,
-        extra: "",
-    });
-    s.wait_ready();
-    let watcher: BaseConsumer = broker
-        .client()
-        .set("group.id", &topics.group)
-        .create()
-        .unwrap();
-    let started = Instant::now();
-    let total = input.len() as i64;
-    loop {
-        if committed_total(&watcher, &topics, a.partitions) >= total {
-            break;
+/// Times a consumer group through `input` records: from the first poll of its committed
+/// offsets that sees anything committed to the one that sees all of them. Returns records
+/// per second over that span.
+fn time_group(broker: &Broker, topic: &str, group: &str, partitions: i32, input: i64) -> f64 {
+    let watcher: BaseConsumer = broker.client().set("group.id", group).create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let (first, started) = loop {
+        let done = committed_total(&watcher, topic, partitions);
+        if done > 0 {
+            break (done, Instant::now());
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "too slow");
+        assert!(Instant::now() < deadline, "{group}: nothing committed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    while committed_total(&watcher, topic, partitions) < input {
+        assert!(Instant::now() < deadline, "{group}: too slow");
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();
+    (input - first) as f64 / secs.max(1e-9)
+}
+
+/// Runs the service with `rules` over the intents of `intents`; returns decisions per second.
+fn riskgate(broker: &Broker, intents: &str, a: &Args, rules: &Path, label: &str) -> f64 {
+    let mut topics = Topics::new(label);
+    topics.intents = intents.to_owned();
+    broker.create_topic(&topics.decisions, a.partitions);
+    broker.create_topic(&topics.dead_letters, a.partitions);
+    std::env::set_var("RISKGATE_BINARY", riskgate_binary());
+    let mut s = Service::start(&ServiceConfig {
+        broker,
+        topics: &topics,
+        transactional_id: &topics.group,
+        rules,
+        extra: "",
+    });
+    let rate = time_group(
+        broker,
+        intents,
+        &topics.group,
+        a.partitions,
+        a.intents as i64,
+    );
     assert!(s.terminate(Duration::from_secs(30)).success());
-    let rate = total as f64 / secs;
-    println!("{label:<28} {total:>9} intents in {secs:>6.2} s = {rate:>9.0} decisions/s");
+    rate
+}
+
+/// Kafka's `TransactionalMessageCopier` over the same intents; returns records per second.
+fn copier(broker: &Broker, intents: &str, a: &Args) -> f64 {
+    let group = support::unique("copier");
+    let output = format!("{group}.out");
+    broker.create_topic(&output, a.partitions);
+    let libs = support::tools()
+        .join("kafka")
+        .join(support::kafka_version())
+        .join("libs");
+    let mut child = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/*", libs.display()))
+        .args([
+            "-Xmx512m",
+            "org.apache.kafka.tools.TransactionalMessageCopier",
+        ])
+        .args(["--broker-list", &broker.address])
+        .args(["--input-topic", intents, "--input-partition", "0"])
+        .args(["--output-topic", &output])
+        .args(["--consumer-group", &group, "--transactional-id", &group])
+        .args(["--transaction-size", &a.copier_batch.to_string()])
+        .args(["--group-mode", "--use-group-metadata"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("java, for Kafka's TransactionalMessageCopier");
+    let rate = time_group(broker, intents, &group, a.partitions, a.intents as i64);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the copier exited with {status}");
     rate
 }
 
@@ -144,13 +202,12 @@ fn now_ns() -> i64 {
 }
 
 /// Produces intents live at `rate` per second and measures send-to-visible latency.
-fn latency(a: &Args, rules: &Path) {
-    let broker = Broker::start();
+fn latency(broker: &Broker, a: &Args, rules: &Path) {
     let topics = Topics::new("latency");
-    topics.create(&broker, a.partitions);
+    topics.create(broker, a.partitions);
     std::env::set_var("RISKGATE_BINARY", riskgate_binary());
     let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
+        broker,
         topics: &topics,
         transactional_id: "latency",
         rules,
@@ -237,17 +294,61 @@ fn latency(a: &Args, rules: &Path) {
     );
 }
 
+/// Median, min and max.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}
+
 fn main() {
     let a = args();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     let empty = tempfile::tempdir().unwrap();
     std::fs::write(empty.path().join("none.toml"), "# no rules, no counters\n").unwrap();
+    let broker = Broker::shared();
     println!(
-        "e2e: {} partitions, exactly-once, 100 ms transactions, broker on this host",
-        a.partitions
+        "e2e: Apache Kafka {} on this host, {} intents over {} partitions, exactly-once; riskgate 100 ms transactions, copier {} records per transaction",
+        support::kafka_version(),
+        a.intents,
+        a.partitions,
+        a.copier_batch
     );
-    let rules = throughput(&a, &sample, "sample-rules");
-    let pass = throughput(&a, empty.path(), "pass-through");
-    println!("ratio sample rules / pass-through: {:.2}", rules / pass);
-    latency(&a, &sample);
+    let intents = support::unique("e2e.intents");
+    broker.create_topic(&intents, a.partitions);
+    broker.produce(&intents, &lines(a.intents));
+    let (mut rules, mut pass, mut copied, mut ratio) = (vec![], vec![], vec![], vec![]);
+    for run in 1..=a.runs {
+        let r = riskgate(&broker, &intents, &a, &sample, "sample-rules");
+        let p = riskgate(&broker, &intents, &a, empty.path(), "pass-through");
+        let c = copier(&broker, &intents, &a);
+        println!(
+            "run {run}: riskgate sample rules {r:>8.0}/s, pass-through {p:>8.0}/s, copier {c:>8.0}/s; riskgate/copier {:.2}",
+            r / c
+        );
+        rules.push(r);
+        pass.push(p);
+        copied.push(c);
+        ratio.push(r / c);
+    }
+    for (label, values, unit) in [
+        ("riskgate, sample rules", &rules, "decisions/s"),
+        ("riskgate, pass-through", &pass, "decisions/s"),
+        ("Kafka copier", &copied, "records/s"),
+        ("ratio riskgate / copier", &ratio, ""),
+    ] {
+        let (median, min, max) = spread(values);
+        if unit.is_empty() {
+            println!("{label:<26} median {median:>8.2}  min {min:>8.2}  max {max:>8.2}");
+        } else {
+            println!("{label:<26} median {median:>8.0}  min {min:>8.0}  max {max:>8.0} {unit}");
+        }
+    }
+    latency(&broker, &a, &sample);
 }

@@ -111,6 +111,10 @@ fn artifacts() -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "kafka-tests", feature = "browser-tests")),
+    ignore = "needs a Kafka broker and Chromium: scripts/test runs it"
+)]
 fn a_reviewer_approves_a_hold_in_a_real_browser() {
     let _g = serial();
     let stack = Stack::start("browser");

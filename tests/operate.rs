@@ -100,9 +100,13 @@ impl Drop for Prometheus {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "kafka-tests", feature = "ops-tests")),
+    ignore = "needs a Kafka broker and Prometheus: scripts/test runs it"
+)]
 fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("metrics");
     topics.create(&broker, 2);
     let rules = root().join("rules");
@@ -188,9 +192,13 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn readyz_is_false_while_restoring_and_healthz_stays_true() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("ready");
     topics.create(&broker, 1);
     let rules = root().join("rules");
@@ -246,6 +254,10 @@ fn readyz_is_false_while_restoring_and_healthz_stays_true() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "ops-tests"),
+    ignore = "needs promtool: scripts/test runs it"
+)]
 fn alert_rules_pass_their_unit_tests() {
     let dir = root().join("deploy/prometheus");
     let check = Command::new("promtool")
@@ -284,6 +296,10 @@ fn alert_rules_pass_their_unit_tests() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "ops-tests"),
+    ignore = "needs docker-compose: scripts/test runs it"
+)]
 fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
     let out = Command::new("docker-compose")
         .args(["-f", "docker-compose.yml", "config", "-q"])
@@ -294,6 +310,21 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // The stack runs the Kafka version the tests run (scripts/kafka/pom.xml).
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    let version = kafka_version();
+    let images: Vec<&str> = compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: apache/kafka:"))
+        .collect();
+    assert!(
+        !images.is_empty(),
+        "docker-compose.yml runs no apache/kafka image"
+    );
+    assert!(
+        images.iter().all(|tag| *tag == version),
+        "docker-compose.yml runs apache/kafka {images:?}, the tests run {version}"
     );
     for path in [
         "Dockerfile",

