@@ -16,7 +16,7 @@
 pub(crate) mod restore;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -70,6 +70,32 @@ pub struct Health {
     pub restoring: AtomicUsize,
     /// The last broker interaction succeeded.
     pub broker_up: AtomicBool,
+    /// Assigned intents partitions whose leader is unknown or unreachable (from the
+    /// consumer's statistics).
+    pub leaderless_inputs: AtomicUsize,
+    /// Partitions of the decisions and dead-letter topics whose leader is unknown or
+    /// unreachable (from the producer's statistics).
+    pub leaderless_outputs: AtomicUsize,
+    /// When the loop entered a blocking broker call it has not returned from (a
+    /// transaction's commit or abort), in milliseconds since the Unix epoch; 0: none.
+    pub blocked_since_ms: AtomicU64,
+}
+
+/// A blocking broker call that lasts longer than this makes the service not ready: a commit
+/// normally takes milliseconds, and one waiting for a partition leader holds everything up.
+const STALL: Duration = Duration::from_secs(2);
+
+fn now_ms() -> u64 {
+    Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// Marks a blocking broker call on [`Health`] while it lasts.
+struct Blocked<'a>(&'a Health, u64);
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.0.blocked_since_ms.store(self.1, Ordering::Relaxed);
+    }
 }
 
 impl Health {
@@ -77,7 +103,74 @@ impl Health {
         self.assigned.load(Ordering::Relaxed)
             && self.restoring.load(Ordering::Relaxed) == 0
             && self.broker_up.load(Ordering::Relaxed)
+            && self.leaderless() == 0
+            && !self.stalled()
     }
+
+    /// Whether a blocking broker call has been waiting for longer than [`STALL`].
+    pub fn stalled(&self) -> bool {
+        let since = self.blocked_since_ms.load(Ordering::Relaxed);
+        since != 0 && now_ms().saturating_sub(since) > STALL.as_millis() as u64
+    }
+
+    /// Marks a blocking broker call until the guard is dropped (nested calls keep the
+    /// outermost start).
+    fn blocked(&self) -> Blocked<'_> {
+        let before = self.blocked_since_ms.load(Ordering::Relaxed);
+        if before == 0 {
+            self.blocked_since_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        Blocked(self, before)
+    }
+
+    /// Partitions this instance reads or writes that have no reachable leader now.
+    pub fn leaderless(&self) -> usize {
+        self.leaderless_inputs.load(Ordering::Relaxed)
+            + self.leaderless_outputs.load(Ordering::Relaxed)
+    }
+}
+
+/// How many partitions of `topic` (only those the application assigned, when
+/// `assigned_only`) have no leader, or a leader librdkafka is not connected to: a broker
+/// that died keeps its leaderships in the metadata until the controller moves them.
+fn leaderless(stats: &rdkafka::Statistics, topic: &str, assigned_only: bool) -> usize {
+    let Some(t) = stats.topics.get(topic) else {
+        return 0;
+    };
+    t.partitions
+        .iter()
+        .filter(|(p, part)| **p >= 0 && (part.desired || !assigned_only))
+        .filter(|(_, part)| {
+            part.leader < 0
+                || !stats
+                    .brokers
+                    .values()
+                    .any(|b| b.nodeid == part.leader && b.state == "UP")
+        })
+        .count()
+}
+
+/// The producer's context: its statistics say which output partitions lack a leader.
+struct ProducerCtx {
+    health: Arc<Health>,
+    topics: [String; 2],
+}
+
+impl ClientContext for ProducerCtx {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let n = self
+            .topics
+            .iter()
+            .map(|t| leaderless(&stats, t, false))
+            .sum();
+        self.health.leaderless_outputs.store(n, Ordering::Relaxed);
+    }
+}
+
+impl rdkafka::producer::ProducerContext for ProducerCtx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
 /// The librdkafka settings every client of the service shares: the brokers and the
@@ -99,18 +192,50 @@ pub(crate) fn engine_options(config: &Config) -> EngineOptions {
 }
 
 /// How many partitions `topic` has, or `None` when it does not exist.
-pub fn partition_count(
-    client: &BaseProducer,
+pub fn partition_count<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Option<i32>, KafkaError> {
-    let md = client.client().fetch_metadata(Some(topic), timeout)?;
+    let md = client.fetch_metadata(Some(topic), timeout)?;
     Ok(md
         .topics()
         .iter()
         .find(|t| t.name() == topic)
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().len() as i32))
+}
+
+/// The service's transactional producer.
+fn transactional_producer(
+    config: &Config,
+    health: &Arc<Health>,
+) -> Result<BaseProducer<ProducerCtx>, Error> {
+    let k = &config.kafka;
+    let mut producer_config = client_config(config);
+    if !k.librdkafka.contains_key("statistics.interval.ms") {
+        producer_config.set("statistics.interval.ms", "5000");
+    }
+    producer_config
+        .set("transactional.id", &k.transactional_id)
+        .set("linger.ms", "5")
+        // Looking a topic up must not create it: only `create_topics` does.
+        .set("allow.auto.create.topics", "false")
+        .create_with_context(ProducerCtx {
+            health: health.clone(),
+            topics: [k.decisions_topic.clone(), k.dead_letter_topic.clone()],
+        })
+        .map_err(Error::kafka("create the producer"))
+}
+
+/// librdkafka's `transaction.timeout.ms` as configured (its default: 60 s).
+fn transaction_timeout(config: &Config) -> Duration {
+    config
+        .kafka
+        .librdkafka
+        .get("transaction.timeout.ms")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_millis)
 }
 
 /// Signals from outside the loop.
@@ -125,13 +250,7 @@ pub struct Controls {
 pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<(), Error> {
     let config = Arc::new(config);
     let k = &config.kafka;
-    let producer: BaseProducer = client_config(&config)
-        .set("transactional.id", &k.transactional_id)
-        .set("linger.ms", "5")
-        // Looking a topic up must not create it: only `create_topics` does.
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .map_err(Error::kafka("create the producer"))?;
+    let producer = transactional_producer(&config, &controls.health)?;
     let (intents, decisions, dead_letters) = wait_for_topics(&config, &producer, &controls)?;
     tracing::info!(
         intents_topic = %k.intents_topic, partitions = intents,
@@ -160,6 +279,7 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
         intents_topic: Arc::from(k.intents_topic.as_str()),
         generation: 0,
         fatal: None,
+        transaction_timeout: transaction_timeout(&config),
     }));
     let mut consumer_config = client_config(&config);
     if !k.librdkafka.contains_key("statistics.interval.ms") {
@@ -173,6 +293,7 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
         .set("auto.offset.reset", "earliest")
         .create_with_context(Ctx {
             worker: worker.clone(),
+            health: controls.health.clone(),
             intents_topic: k.intents_topic.clone(),
         })
         .map_err(Error::kafka("create the consumer"))?;
@@ -239,7 +360,7 @@ fn lock(worker: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
 /// Checks the topics, creating them when configured to; waits while the broker is down.
 fn wait_for_topics(
     config: &Config,
-    producer: &BaseProducer,
+    producer: &BaseProducer<ProducerCtx>,
     controls: &Controls,
 ) -> Result<(i32, i32, i32), Error> {
     let k = &config.kafka;
@@ -247,7 +368,7 @@ fn wait_for_topics(
     let counts = retry_until_done(controls, "read topic metadata", || {
         let mut counts = [None; 3];
         for (i, t) in names.iter().enumerate() {
-            counts[i] = partition_count(producer, t, Duration::from_secs(10))?;
+            counts[i] = partition_count(producer.client(), t, Duration::from_secs(10))?;
         }
         Ok(counts)
     })?;
@@ -326,6 +447,7 @@ fn is_fatal(e: &KafkaError) -> bool {
 /// The rebalance callbacks' view of the worker.
 struct Ctx {
     worker: Arc<Mutex<Worker>>,
+    health: Arc<Health>,
     intents_topic: String,
 }
 
@@ -336,6 +458,10 @@ impl ClientContext for Ctx {
     /// consumer's committed offset, which offsets committed through the producer's
     /// transactions never update.
     fn stats(&self, stats: rdkafka::Statistics) {
+        self.health.leaderless_inputs.store(
+            leaderless(&stats, &self.intents_topic, true),
+            Ordering::Relaxed,
+        );
         let Some(topic) = stats.topics.get(&self.intents_topic) else {
             return;
         };
@@ -457,7 +583,7 @@ struct Restored {
 
 struct Worker {
     config: Arc<Config>,
-    producer: BaseProducer,
+    producer: BaseProducer<ProducerCtx>,
     ruleset: Arc<Ruleset>,
     partitions: HashMap<i32, Partition>,
     txn: Option<Txn>,
@@ -471,6 +597,9 @@ struct Worker {
     generation: u64,
     /// An error met inside a callback, returned by the loop.
     fatal: Option<Error>,
+    /// librdkafka's `transaction.timeout.ms`: the coordinator aborts a transaction open
+    /// longer than that.
+    transaction_timeout: Duration,
 }
 
 impl Worker {
@@ -817,6 +946,8 @@ impl Worker {
         let Some(meta) = consumer.group_metadata() else {
             return Err(Error::Setup("the consumer has no group metadata".into()));
         };
+        let health = self.health.clone();
+        let _blocked = health.blocked();
         let timeout = Duration::from_secs(30);
         let commit_started = Instant::now();
         let mut backoff = Duration::from_millis(100);
@@ -866,10 +997,13 @@ impl Worker {
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
                 Err(e) if is_fatal(&e) => {
+                    if self.transaction_expired() {
+                        return self.renew_producer(consumer, e);
+                    }
                     return Err(Error::Kafka {
                         what: "commit the transaction (fatal: this instance must restart)",
                         source: e,
-                    })
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "transaction commit failed; aborting");
@@ -891,6 +1025,8 @@ impl Worker {
     /// restores its state as of the last commit, and queues the intents of the aborted
     /// transaction to be decided again.
     fn abort_and_redo(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
+        let health = self.health.clone();
+        let _blocked = health.blocked();
         let mut attempts = 0u32;
         loop {
             // The abort waits for the delivery reports of what was produced (failed, once the
@@ -899,10 +1035,13 @@ impl Worker {
             match self.producer.abort_transaction(Duration::from_secs(1)) {
                 Ok(()) => break,
                 Err(e) if is_fatal(&e) => {
+                    if self.transaction_expired() {
+                        return self.renew_producer(consumer, e);
+                    }
                     return Err(Error::Kafka {
                         what: "abort the transaction (fatal: this instance must restart)",
                         source: e,
-                    })
+                    });
                 }
                 Err(e) => {
                     attempts += 1;
@@ -913,6 +1052,62 @@ impl Worker {
                 }
             }
         }
+        self.redo_aborted(consumer)
+    }
+
+    /// Whether the open transaction has been open longer than `transaction.timeout.ms`: then
+    /// the coordinator has aborted it and fences this producer's epoch. A fence of a younger
+    /// transaction comes from a newer incarnation of this instance (a zombie must stop).
+    fn transaction_expired(&self) -> bool {
+        self.txn
+            .as_ref()
+            .is_some_and(|t| t.started.elapsed() >= self.transaction_timeout)
+    }
+
+    /// The open transaction outlived `transaction.timeout.ms` (the broker or the coordinator
+    /// was away that long) and the coordinator aborted it, which fences this producer for
+    /// good: a new producer with the same transactional id takes over (nothing else holds
+    /// it), and the transaction's intents are decided again as after any abort.
+    fn renew_producer(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        cause: KafkaError,
+    ) -> Result<(), Error> {
+        tracing::warn!(
+            error = %cause,
+            open_ms = self.txn.as_ref().map_or(0, |t| t.started.elapsed().as_millis() as u64),
+            timeout_ms = self.transaction_timeout.as_millis() as u64,
+            "the open transaction outlived transaction.timeout.ms and was aborted by the coordinator; starting a new producer"
+        );
+        self.producer = transactional_producer(&self.config, &self.health)?;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.producer.init_transactions(Duration::from_secs(30)) {
+                Ok(()) => break,
+                Err(e) if is_fatal(&e) => {
+                    return Err(Error::Kafka {
+                        what: "initialise transactions again",
+                        source: e,
+                    })
+                }
+                Err(e) => {
+                    self.health.broker_up.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cannot initialise transactions again; retrying");
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Err(Error::Stopped);
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::info!(transactional_id = %self.config.kafka.transactional_id, "transactions initialised again");
+        self.redo_aborted(consumer)
+    }
+
+    /// After an abort: restores every partition the transaction touched as of the last
+    /// commit, and queues its intents to be decided again.
+    fn redo_aborted(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
         self.txn = None;
         metrics().transactions.with_label_values(&["abort"]).inc();
         let touched: Vec<(i32, Option<i64>, Vec<OwnedMessage>)> = self

@@ -10,7 +10,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::{BaseProducer, Producer};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc as tmpsc;
 
@@ -152,12 +152,12 @@ async fn create_topics(config: &Config) -> anyhow::Result<()> {
         .set("allow.auto.create.topics", "false")
         .create()?;
     let timeout = Duration::from_secs(10);
-    let intents = partition_count(&probe, &k.intents_topic, timeout)?;
+    let intents = partition_count(probe.client(), &k.intents_topic, timeout)?;
     let partitions = intents.unwrap_or(k.partitions);
     let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
     let mut wanted = Vec::new();
     for name in [&k.intents_topic, &k.decisions_topic, &k.dead_letter_topic] {
-        if partition_count(&probe, name, timeout)?.is_none() {
+        if partition_count(probe.client(), name, timeout)?.is_none() {
             wanted.push(NewTopic::new(
                 name,
                 partitions,
@@ -184,7 +184,7 @@ async fn create_topics(config: &Config) -> anyhow::Result<()> {
     for _ in 0..100 {
         let mut all = true;
         for name in [&k.intents_topic, &k.decisions_topic, &k.dead_letter_topic] {
-            all &= partition_count(&probe, name, timeout)?.is_some();
+            all &= partition_count(probe.client(), name, timeout)?.is_some();
         }
         if all {
             return Ok(());
