@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -228,6 +228,10 @@ fn transactional_producer(
         .map_err(Error::kafka("create the producer"))
 }
 
+/// How much longer than its own timeout a call into the producer may take before the
+/// producer counts as wedged (see [`Worker::send_offsets`]).
+const WEDGED_AFTER: Duration = Duration::from_secs(5);
+
 /// librdkafka's `transaction.timeout.ms` as configured (its default: 60 s).
 fn transaction_timeout(config: &Config) -> Duration {
     config
@@ -267,7 +271,7 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
     let (restored_tx, restored_rx) = mpsc::channel();
     let worker = Arc::new(Mutex::new(Worker {
         config: config.clone(),
-        producer,
+        producer: Arc::new(producer),
         ruleset,
         partitions: HashMap::new(),
         txn: None,
@@ -583,7 +587,8 @@ struct Restored {
 
 struct Worker {
     config: Arc<Config>,
-    producer: BaseProducer<ProducerCtx>,
+    /// Shared only with a helper thread of [`Worker::send_offsets`].
+    producer: Arc<BaseProducer<ProducerCtx>>,
     ruleset: Arc<Ruleset>,
     partitions: HashMap<i32, Partition>,
     txn: Option<Txn>,
@@ -943,9 +948,6 @@ impl Worker {
                     .map_err(Error::kafka("list offsets"))?;
             }
         }
-        let Some(meta) = consumer.group_metadata() else {
-            return Err(Error::Setup("the consumer has no group metadata".into()));
-        };
         let health = self.health.clone();
         let _blocked = health.blocked();
         let timeout = Duration::from_secs(30);
@@ -959,10 +961,18 @@ impl Worker {
             let step = if offsets_sent {
                 self.producer.commit_transaction(timeout)
             } else {
-                self.producer
-                    .send_offsets_to_transaction(&offsets, &meta, timeout)
-                    .map(|()| offsets_sent = true)
-                    .and_then(|()| self.producer.commit_transaction(timeout))
+                match self.send_offsets(consumer, &offsets, timeout)? {
+                    Some(sent) => sent
+                        .map(|()| offsets_sent = true)
+                        .and_then(|()| self.producer.commit_transaction(timeout)),
+                    None => {
+                        let why = format!(
+                            "send_offsets_to_transaction did not return within its {} s timeout",
+                            timeout.as_secs()
+                        );
+                        return self.renew_producer(consumer, &why);
+                    }
+                }
             };
             match step {
                 Ok(()) => {
@@ -998,7 +1008,7 @@ impl Worker {
                 }
                 Err(e) if is_fatal(&e) => {
                     if self.transaction_expired() {
-                        return self.renew_producer(consumer, e);
+                        return self.renew_producer(consumer, &e.to_string());
                     }
                     return Err(Error::Kafka {
                         what: "commit the transaction (fatal: this instance must restart)",
@@ -1036,7 +1046,7 @@ impl Worker {
                 Ok(()) => break,
                 Err(e) if is_fatal(&e) => {
                     if self.transaction_expired() {
-                        return self.renew_producer(consumer, e);
+                        return self.renew_producer(consumer, &e.to_string());
                     }
                     return Err(Error::Kafka {
                         what: "abort the transaction (fatal: this instance must restart)",
@@ -1064,22 +1074,51 @@ impl Worker {
             .is_some_and(|t| t.started.elapsed() >= self.transaction_timeout)
     }
 
-    /// The open transaction outlived `transaction.timeout.ms` (the broker or the coordinator
-    /// was away that long) and the coordinator aborted it, which fences this producer for
-    /// good: a new producer with the same transactional id takes over (nothing else holds
-    /// it), and the transaction's intents are decided again as after any abort.
-    fn renew_producer(
-        &mut self,
+    /// `send_offsets_to_transaction` on a helper thread, waited for at most its own timeout
+    /// and [`WEDGED_AFTER`] more. librdkafka can block in it forever when the group
+    /// coordinator's broker dies (its coordinator requests never check their timeout:
+    /// confluentinc/librdkafka#5456 and #5511, seen in `tests/failover.rs`). `None`: the call
+    /// is still blocked and the producer is wedged; the thread keeps it until it returns.
+    fn send_offsets(
+        &self,
         consumer: &BaseConsumer<Ctx>,
-        cause: KafkaError,
-    ) -> Result<(), Error> {
+        offsets: &TopicPartitionList,
+        timeout: Duration,
+    ) -> Result<Option<KafkaResult<()>>, Error> {
+        let Some(meta) = consumer.group_metadata() else {
+            return Err(Error::Setup("the consumer has no group metadata".into()));
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        let producer = self.producer.clone();
+        let offsets = offsets.clone();
+        let spawned = std::thread::Builder::new()
+            .name("riskgate-offsets".into())
+            .spawn(move || {
+                let _ = tx.send(producer.send_offsets_to_transaction(&offsets, &meta, timeout));
+            });
+        if let Err(e) = spawned {
+            return Err(Error::Setup(format!("cannot start a thread: {e}")));
+        }
+        Ok(rx.recv_timeout(timeout + WEDGED_AFTER).ok())
+    }
+
+    /// The producer cannot go on: its open transaction outlived `transaction.timeout.ms`
+    /// (the broker or the coordinator was away that long) and the coordinator aborted it,
+    /// which fences this producer for good; or a call into it never returned. A new producer
+    /// with the same transactional id takes over (its `init_transactions` fences the old one
+    /// and aborts what it left open), and the transaction's intents are decided again as
+    /// after any abort.
+    fn renew_producer(&mut self, consumer: &BaseConsumer<Ctx>, cause: &str) -> Result<(), Error> {
         tracing::warn!(
-            error = %cause,
-            open_ms = self.txn.as_ref().map_or(0, |t| t.started.elapsed().as_millis() as u64),
-            timeout_ms = self.transaction_timeout.as_millis() as u64,
-            "the open transaction outlived transaction.timeout.ms and was aborted by the coordinator; starting a new producer"
+            cause,
+            open_ms = self
+                .txn
+                .as_ref()
+                .map_or(0, |t| t.started.elapsed().as_millis() as u64),
+            transaction_timeout_ms = self.transaction_timeout.as_millis() as u64,
+            "the producer cannot go on; starting a new one with the same transactional id"
         );
-        self.producer = transactional_producer(&self.config, &self.health)?;
+        self.producer = Arc::new(transactional_producer(&self.config, &self.health)?);
         let mut backoff = Duration::from_millis(200);
         loop {
             match self.producer.init_transactions(Duration::from_secs(30)) {

@@ -78,7 +78,12 @@ fn run_through_outage(
         last = body;
         (status == 200).then_some(())
     });
-    assert!(back.is_some(), "/readyz did not come back; it says {last}");
+    if back.is_none() {
+        panic!(
+            "/readyz did not come back; it says {last}; the service's threads:\n{}",
+            s.stacks()
+        );
+    }
     let ready_after = killed.elapsed();
     producing.join().unwrap();
     wait_all_committed(broker, topics, 3, Duration::from_secs(180));

@@ -449,6 +449,22 @@ max_future_skew = "off"
         partitions
     }
 
+    /// Every thread's stack of the running process, through gdb when it is installed: what a
+    /// stuck service was doing, for the message of a failing test.
+    pub fn stacks(&self) -> String {
+        Command::new("gdb")
+            .args([
+                "-p",
+                &self.pid().to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("(no stacks: gdb: {e})"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
@@ -504,10 +520,19 @@ impl Drop for Service {
             let log = self.log_text();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(60)..];
+            // The whole log is kept where the build keeps test output.
+            let kept = option_env!("CARGO_TARGET_TMPDIR").map(|dir| {
+                let dir = Path::new(dir).join("logs");
+                let _ = fs::create_dir_all(&dir);
+                let path = dir.join(format!("{}.log", unique("service")));
+                let _ = fs::write(&path, &log);
+                path
+            });
             eprintln!(
-                "--- last {} lines of {} ---\n{}",
+                "--- last {} lines of {} (all of it in {}) ---\n{}",
                 tail.len(),
                 self.log.display(),
+                kept.map_or("nowhere".into(), |p| p.display().to_string()),
                 tail.join("\n")
             );
         }
