@@ -15,7 +15,8 @@
 //!    produce, commit: the cost of the pipeline itself);
 //! 3. **Kafka's copier**: `TransactionalMessageCopier` from kafka-tools (the tool of Kafka's
 //!    own transactions system test) copying the intents to a topic in transactions of B
-//!    records, committing its offsets in each (`--group-mode --use-group-metadata`).
+//!    records (default 10,000, riskgate's own `commit_max_records` cap), committing its
+//!    offsets in each (`--group-mode --use-group-metadata`).
 //!
 //! All three are timed the same way: one watcher polls the group's committed offsets every
 //! 20 ms; the clock runs from the first poll that sees anything committed to the one that sees
@@ -55,7 +56,8 @@ fn args() -> Args {
         runs: 5,
         rate: 5_000,
         seconds: 20,
-        copier_batch: 2_000,
+        // riskgate's own cap on a transaction (`commit_max_records`).
+        copier_batch: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -96,45 +98,66 @@ fn lines(count: u64) -> Vec<(Option<i32>, String, Vec<u8>)> {
     support::generated(count, 1, 10_000, true)
 }
 
-/// The group's committed offsets, summed over partitions, read through one long-lived
-/// client (creating a client per query would itself load the machine being measured).
-fn committed_total(watcher: &BaseConsumer, topic: &str, partitions: i32) -> i64 {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let Ok(got) = watcher.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return 0;
-    };
-    got.elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum()
+/// Counts the committed output of a run as a read_committed reader sees it. (The group's
+/// committed offsets would do too, but a query for them waits while a transaction with
+/// offsets is open, which a busy copier nearly always has.)
+struct Watcher {
+    reader: BaseConsumer,
+    topic: String,
 }
 
-/// Times a consumer group through `input` records: from the first poll of its committed
-/// offsets that sees anything committed to the one that sees all of them. Returns records
-/// per second over that span.
-fn time_group(broker: &Broker, topic: &str, group: &str, partitions: i32, input: i64) -> f64 {
-    let watcher: BaseConsumer = broker.client().set("group.id", group).create().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let (first, started) = loop {
-        let done = committed_total(&watcher, topic, partitions);
-        if done > 0 {
-            break (done, Instant::now());
+impl Watcher {
+    /// A reader of every partition of `topic` from its start, assigned before the run starts.
+    fn new(broker: &Broker, topic: &str, partitions: i32) -> Watcher {
+        let reader: BaseConsumer = broker
+            .client()
+            .set("group.id", support::unique("watcher"))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "20")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
         }
-        assert!(Instant::now() < deadline, "{group}: nothing committed");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    while committed_total(&watcher, topic, partitions) < input {
-        assert!(Instant::now() < deadline, "{group}: too slow");
-        std::thread::sleep(Duration::from_millis(20));
+        reader.assign(&tpl).unwrap();
+        Watcher {
+            reader,
+            topic: topic.to_owned(),
+        }
     }
-    let secs = started.elapsed().as_secs_f64();
-    (input - first) as f64 / secs.max(1e-9)
+
+    /// Times the run through `expected` output records: from the first committed record seen
+    /// to the last. Returns records per second over that span, leaving out the records that
+    /// became visible with the first (their transaction's time is not in the span).
+    fn time(&self, expected: u64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        let next = |wait: Duration| match self.reader.poll(wait) {
+            Some(Ok(_)) => true,
+            Some(Err(e)) => panic!("{}: {e}", self.topic),
+            None => false,
+        };
+        while !next(Duration::from_millis(100)) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: nothing committed",
+                self.topic
+            );
+        }
+        let started = Instant::now();
+        let mut seen = 1u64;
+        while seen < expected && next(Duration::ZERO) {
+            seen += 1;
+        }
+        let first = seen;
+        while seen < expected {
+            assert!(Instant::now() < deadline, "{}: too slow", self.topic);
+            seen += u64::from(next(Duration::from_millis(100)));
+        }
+        (expected - first) as f64 / started.elapsed().as_secs_f64().max(1e-9)
+    }
 }
 
 /// Runs the service with `rules` over the intents of `intents`; returns decisions per second.
@@ -144,6 +167,7 @@ fn riskgate(broker: &Broker, intents: &str, a: &Args, rules: &Path, label: &str)
     broker.create_topic(&topics.decisions, a.partitions);
     broker.create_topic(&topics.dead_letters, a.partitions);
     std::env::set_var("RISKGATE_BINARY", riskgate_binary());
+    let watcher = Watcher::new(broker, &topics.decisions, a.partitions);
     let mut s = Service::start(&ServiceConfig {
         broker,
         topics: &topics,
@@ -151,13 +175,7 @@ fn riskgate(broker: &Broker, intents: &str, a: &Args, rules: &Path, label: &str)
         rules,
         extra: "",
     });
-    let rate = time_group(
-        broker,
-        intents,
-        &topics.group,
-        a.partitions,
-        a.intents as i64,
-    );
+    let rate = watcher.time(a.intents);
     assert!(s.terminate(Duration::from_secs(30)).success());
     rate
 }
@@ -171,6 +189,7 @@ fn copier(broker: &Broker, intents: &str, a: &Args) -> f64 {
         .join("kafka")
         .join(support::kafka_version())
         .join("libs");
+    let watcher = Watcher::new(broker, &output, a.partitions);
     let mut child = Command::new("java")
         .arg("-cp")
         .arg(format!("{}/*", libs.display()))
@@ -188,7 +207,7 @@ fn copier(broker: &Broker, intents: &str, a: &Args) -> f64 {
         .stderr(Stdio::null())
         .spawn()
         .expect("java, for Kafka's TransactionalMessageCopier");
-    let rate = time_group(broker, intents, &group, a.partitions, a.intents as i64);
+    let rate = watcher.time(a.intents);
     let status = child.wait().unwrap();
     assert!(status.success(), "the copier exited with {status}");
     rate
