@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use riskgate::decision::Source;
-use riskgate::engine::{Engine, EngineOptions};
-use riskgate::intent::{parse_intent, Intent, DEFAULT_MAX_BYTES};
-use riskgate::rules::Ruleset;
+use riskgate_core::decision::Source;
+use riskgate_core::engine::{Engine, EngineOptions};
+use riskgate_core::intent::{parse_intent, Intent, DEFAULT_MAX_BYTES};
+use riskgate_core::rules::Ruleset;
 
-#[path = "../examples/gen_intents.rs"]
-#[allow(dead_code)]
-mod gen;
+use riskgate_test_support::generator as gen;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -28,10 +28,9 @@
 //! read_committed consumer. Percentiles are printed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use riskgate_test_support as support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -82,16 +81,14 @@ fn args() -> Args {
     a
 }
 
-/// The release binary next to this example (target/release/examples/ -> target/release/).
-fn riskgate_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("riskgate");
+/// Checks that the release binary next to this example is there (the services run it).
+fn check_binary() {
+    let bin = support::riskgate_binary();
     assert!(
         bin.exists(),
         "{} is missing: cargo build --release first",
         bin.display()
     );
-    bin
 }
 
 fn lines(count: u64) -> Vec<(Option<i32>, String, Vec<u8>)> {
@@ -166,7 +163,6 @@ fn riskgate(broker: &Broker, intents: &str, a: &Args, rules: &Path, label: &str)
     topics.intents = intents.to_owned();
     broker.create_topic(&topics.decisions, a.partitions);
     broker.create_topic(&topics.dead_letters, a.partitions);
-    std::env::set_var("RISKGATE_BINARY", riskgate_binary());
     let watcher = Watcher::new(broker, &topics.decisions, a.partitions);
     let mut s = Service::start(&ServiceConfig {
         broker,
@@ -224,7 +220,6 @@ fn now_ns() -> i64 {
 fn latency(broker: &Broker, a: &Args, rules: &Path) {
     let topics = Topics::new("latency");
     topics.create(broker, a.partitions);
-    std::env::set_var("RISKGATE_BINARY", riskgate_binary());
     let mut s = Service::start(&ServiceConfig {
         broker,
         topics: &topics,
@@ -328,6 +323,7 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
 
 fn main() {
     let a = args();
+    check_binary();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     let empty = tempfile::tempdir().unwrap();
     std::fs::write(empty.path().join("none.toml"), "# no rules, no counters\n").unwrap();

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use toml::{Table, Value};
 
-use crate::expr::parse_duration;
-use crate::intent::DEFAULT_MAX_BYTES;
+use riskgate_core::expr::parse_duration;
+use riskgate_core::intent::DEFAULT_MAX_BYTES;
 
 /// The prefix of environment overrides; `__` separates the levels of a key.
 pub const ENV_PREFIX: &str = "RISKGATE__";

@@ -2,53 +2,14 @@
 //!
 //! AI agents and service accounts propose financial actions (intents); riskgate decides,
 //! at the moment of use, whether each may happen now: `allow`, `hold` or `deny`, with every
-//! reason. The rules core ([`intent`], [`expr`], [`rules`], [`window`], [`engine`],
-//! [`decision`]) is pure and synchronous: no async runtime, Kafka client, HTTP or metrics
-//! inside it. The command-line front ends ([`replay`], [`testing`]) drive the same
-//! [`engine::Engine`] the service uses.
-//!
-//! ```
-//! use std::path::PathBuf;
-//! use std::sync::Arc;
-//! use riskgate::decision::Source;
-//! use riskgate::engine::{Engine, EngineOptions};
-//! use riskgate::intent::parse_intent;
-//! use riskgate::rules::{Outcome, Ruleset};
-//!
-//! let rules = r#"
-//! [[rule]]
-//! id = "large-transfer"
-//! when = 'action == "transfer" && amount > 10000'
-//! action = "hold"
-//! message = "{amount} {currency} is above 10000"
-//! "#;
-//! let ruleset = Ruleset::load_sources(&[(PathBuf::from("limits.toml"), rules.to_owned())])?;
-//! let engine = Engine::new(Arc::new(ruleset), EngineOptions::default());
-//!
-//! let intent = parse_intent(br#"{"intent_id":"i-1","agent_id":"bot","account_id":"acct-7",
-//!     "action":"transfer","amount":"10000.01","currency":"EUR",
-//!     "created_at":"2026-11-28T10:00:00Z"}"#, 64 * 1024)?;
-//! let source = Source::File { file: Arc::from("example"), line: 1 };
-//! let decision = engine.decide(intent, source, "2026-11-28T10:00:00Z".parse()?);
-//!
-//! assert_eq!(decision.outcome, Outcome::Hold);
-//! assert_eq!(decision.reasons[0].message.as_deref(), Some("10000.01 EUR is above 10000"));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! reason. The decisions themselves are made by the pure core, [`riskgate_core`]; this crate
+//! holds the I/O around it: the configuration, the Kafka service ([`pipeline`]), the review
+//! service ([`review`]), HTTP ([`http`]), metrics ([`telemetry`]) and the allocator.
 
 pub mod allocator;
 pub mod config;
-pub mod currency;
-pub mod decision;
-pub mod engine;
-pub mod expr;
 pub mod http;
-pub mod intent;
 pub mod pipeline;
-pub mod replay;
 pub mod review;
-pub mod rules;
 pub mod service;
 pub mod telemetry;
-pub mod testing;
-pub mod window;

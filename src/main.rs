@@ -11,12 +11,12 @@ use chrono::{TimeDelta, Utc};
 use clap::{Parser, Subcommand};
 
 use riskgate::config::{Config, Purpose};
-use riskgate::engine::{Engine, EngineOptions};
-use riskgate::expr::parse_duration;
-use riskgate::intent::{InvalidKind, DEFAULT_MAX_BYTES};
-use riskgate::replay::{replay, Summary};
-use riskgate::rules::{Outcome, Ruleset};
-use riskgate::testing;
+use riskgate_core::engine::{Engine, EngineOptions};
+use riskgate_core::expr::parse_duration;
+use riskgate_core::intent::{InvalidKind, DEFAULT_MAX_BYTES};
+use riskgate_core::replay::{replay, Summary};
+use riskgate_core::rules::{Outcome, Ruleset};
+use riskgate_core::testing;
 
 /// riskgate: decides whether an AI agent or service account may perform a proposed
 /// financial action now (allow / hold / deny, with every reason).

@@ -30,11 +30,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::decision::{DeadLetter, Source};
-use crate::engine::{Engine, EngineOptions};
-use crate::intent::parse_intent;
-use crate::rules::Ruleset;
 use crate::telemetry::metrics;
+use riskgate_core::decision::{DeadLetter, Source};
+use riskgate_core::engine::{Engine, EngineOptions};
+use riskgate_core::intent::parse_intent;
+use riskgate_core::rules::Ruleset;
 
 pub use restore::{restore, RestoreStats};
 

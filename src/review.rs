@@ -134,7 +134,7 @@ impl App {
             // the topic need not count approvals themselves.
             let mut done = record.clone();
             done.is_final = true;
-            done.decision = crate::rules::Outcome::Allow;
+            done.decision = riskgate_core::rules::Outcome::Allow;
             done.comment = format!("approvals complete ({})", done.comment);
             if let Err(e) = self.publish(&done, key.as_deref()).await {
                 tracing::warn!(intent_id, error = %e, "could not publish the final record of a completed approval");

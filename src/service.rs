@@ -16,8 +16,8 @@ use tokio::sync::mpsc as tmpsc;
 
 use crate::config::Config;
 use crate::pipeline::{self, client_config, partition_count, Controls, Health};
-use crate::rules::Ruleset;
 use crate::telemetry::metrics;
+use riskgate_core::rules::Ruleset;
 
 /// Runs the service until SIGTERM or SIGINT. `ruleset` is the one loaded and validated at
 /// start.

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use riskgate_test_support as support;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@
 //! decision lost or repeated, no velocity limit reset.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use riskgate_test_support as support;
 
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};

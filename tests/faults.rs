@@ -5,7 +5,7 @@
 //! the service not ready, then resume without loss.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use riskgate_test_support as support;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +17,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use riskgate::config::Config;
 use riskgate::pipeline::{self, Controls, Health};
-use riskgate::rules::Ruleset;
+use riskgate_core::rules::Ruleset;
 use support::oracle::check_against_oracle;
 use support::{generated, wait_for, Broker, Topics};
 

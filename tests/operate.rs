@@ -2,7 +2,7 @@
 //! probes, the alert rules' unit tests, and the docker-compose stack's files.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use riskgate_test_support as support;
 
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -6,12 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use riskgate::decision::{parse_record, Decision, Source};
-use riskgate::engine::{Engine, EngineOptions};
-use riskgate::intent::parse_intent;
-use riskgate::rules::Ruleset;
+use riskgate_core::decision::{parse_record, Decision, Source};
+use riskgate_core::engine::{Engine, EngineOptions};
+use riskgate_core::intent::parse_intent;
+use riskgate_core::rules::Ruleset;
 
-mod support;
+use riskgate_test_support as support;
 
 /// Generated valid intents, one JSON object per element.
 fn lines(count: u64, seed: u64, accounts: u32) -> Vec<Vec<u8>> {

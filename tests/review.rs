@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use riskgate_test_support as support;
 
 use support::review::{hostile, proposals, Stack, REVIEWERS, XSS};
 use support::serial;

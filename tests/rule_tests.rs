@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use riskgate::rules::Ruleset;
-use riskgate::testing::run_dir;
+use riskgate_core::rules::Ruleset;
+use riskgate_core::testing::run_dir;
 
 #[test]
 fn sample_rule_tests_pass_and_cover_every_rule() {
@@ -57,7 +57,7 @@ name = "deliberately wrong"
 intent = { intent_id = "x", agent_id = "payments-bot", account_id = "acct-1", action = "transfer", amount = "10.00", currency = "EUR", created_at = "2026-11-28T12:00:00Z" }
 expect = { decision = "deny", rules = ["large-transfer"], score = 7 }
 "#;
-    let cases = riskgate::testing::run_file(Path::new("wrong.toml"), text, &ruleset).unwrap();
+    let cases = riskgate_core::testing::run_file(Path::new("wrong.toml"), text, &ruleset).unwrap();
     let failures = cases[0].failures.join("\n");
     assert!(
         failures.contains("decision: expected `deny`, got `allow`"),

@@ -3,7 +3,7 @@
 //! shutdown, hot reload, and the wire format as another client sees it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use riskgate_test_support as support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::Utc;
-use riskgate::rules::Ruleset;
+use riskgate_core::rules::Ruleset;
 use support::oracle::check_against_oracle;
 use support::*;
 

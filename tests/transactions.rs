@@ -19,7 +19,7 @@
 //! `RISKGATE_TXN_SEED` repeats a run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use riskgate_test_support as support;
 
 use std::collections::HashMap;
 use std::process::Command;

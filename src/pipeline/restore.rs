@@ -18,9 +18,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::decision::{parse_record, Decision, Source};
-use crate::engine::Engine;
-use crate::intent::Intent;
+use riskgate_core::decision::{parse_record, Decision, Source};
+use riskgate_core::engine::Engine;
+use riskgate_core::intent::Intent;
 
 use super::{client_config, engine_options, Error};
 
@@ -77,7 +77,7 @@ impl RestoreStats {
 /// `committed` (`None`: nothing committed yet, so nothing counts).
 pub fn restore(
     config: &Config,
-    ruleset: Arc<crate::rules::Ruleset>,
+    ruleset: Arc<riskgate_core::rules::Ruleset>,
     partition: i32,
     committed: Option<i64>,
     stop: &AtomicBool,

@@ -30,8 +30,8 @@ use super::auth::{token_in, Identity, Session};
 use super::queue::{Filter, Hold, Refusal, Verdict};
 use super::App;
 use crate::config::is_reviewer_name;
-use crate::expr::parse_duration;
 use crate::telemetry::review_metrics;
+use riskgate_core::expr::parse_duration;
 
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");

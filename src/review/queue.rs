@@ -24,9 +24,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Role;
-use crate::decision::{parse_record, Decision, Source};
-use crate::intent::Counterparty;
-use crate::rules::{Outcome, RuleAction};
+use riskgate_core::decision::{parse_record, Decision, Source};
+use riskgate_core::intent::Counterparty;
+use riskgate_core::rules::{Outcome, RuleAction};
 
 /// The reviewer name of holds that expired unreviewed.
 pub const EXPIRY_REVIEWER: &str = "system:expiry";
@@ -248,7 +248,9 @@ const FORGET_MIN: usize = 1_024;
 /// A queue for decisions made with the engine's default duplicate horizon.
 impl Default for Queue {
     fn default() -> Self {
-        Queue::with_duplicate_horizon(crate::engine::EngineOptions::default().duplicate_horizon)
+        Queue::with_duplicate_horizon(
+            riskgate_core::engine::EngineOptions::default().duplicate_horizon,
+        )
     }
 }
 

@@ -1,10 +1,10 @@
 use super::*;
 use std::path::PathBuf;
 
-use crate::decision::Source;
-use crate::engine::{Engine, EngineOptions};
-use crate::intent::parse_intent;
-use crate::rules::Ruleset;
+use riskgate_core::decision::Source;
+use riskgate_core::engine::{Engine, EngineOptions};
+use riskgate_core::intent::parse_intent;
+use riskgate_core::rules::Ruleset;
 
 const RULES: &str = r#"
 [[rule]]

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::intent::{parse_intent, Intent, InvalidIntent};
 use crate::rules::{Outcome, RuleAction};
-use crate::window::CounterValue;
+use crate::velocity::CounterValue;
 
 /// Where an intent came from.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -20,7 +20,7 @@ use crate::decision::{Decision, Reason, RuleFailure, Source};
 use crate::expr::{Activation, Value};
 use crate::intent::Intent;
 use crate::rules::{Aggregate, CounterDef, FieldPath, OnError, Outcome, RuleAction, Ruleset};
-use crate::window::{Contribution, CounterValue, Position, Slot, StateSize, Velocity};
+use crate::velocity::{Contribution, CounterValue, Position, Slot, StateSize, Velocity};
 
 /// Engine settings that are not part of the ruleset.
 #[derive(Debug, Clone, Copy)]

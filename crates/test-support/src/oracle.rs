@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use riskgate::decision::Source;
-use riskgate::engine::{Engine, EngineOptions};
-use riskgate::intent::parse_intent;
-use riskgate::rules::Ruleset;
+use riskgate_core::decision::Source;
+use riskgate_core::engine::{Engine, EngineOptions};
+use riskgate_core::intent::parse_intent;
+use riskgate_core::rules::Ruleset;
 
 use super::{unique, Broker, Topics};
 

@@ -58,7 +58,7 @@ pub fn client_tuning() -> &'static str {
 
 /// The repository's scripts directory.
 fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+    super::repo().join("scripts")
 }
 
 pub fn free_port() -> u16 {

@@ -1,9 +1,12 @@
-//! A real broker process and the real `riskgate run` binary, for integration tests.
+//! The harness shared by riskgate's integration tests, benchmarks and examples: a real broker
+//! process ([`broker`]), the real `riskgate` binary as a child process ([`Service`]), the
+//! offline oracle ([`oracle`]), the review stack ([`review`]) and the deterministic intent
+//! generator ([`generator`]).
 //!
 //! The broker is Apache Kafka, installed by `scripts/install-broker.sh` and shared by the
 //! tests of one process (see [`broker`] for the choices); tests that stop or kill brokers
 //! start their own.
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // A harness fails loudly.
 
 use std::collections::HashMap;
 use std::fs;
@@ -20,15 +23,34 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub mod broker;
+pub mod generator;
 pub mod oracle;
-
-#[allow(unused_imports)]
-pub use broker::{free_port, kafka_version, Broker, KafkaCluster, KafkaNode};
 pub mod review;
 
-#[path = "../../examples/gen_intents.rs"]
-#[allow(dead_code)]
-mod gen;
+pub use broker::{free_port, kafka_version, Broker, KafkaCluster, KafkaNode};
+
+/// The repository's root directory.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The target directory of the running test, benchmark or example
+/// (`target/<profile>/deps/<test>` or `target/<profile>/examples/<example>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("a target directory")
+}
+
+/// The `riskgate` binary: `$RISKGATE_BINARY`, or the one cargo built beside the running test
+/// (`target/<profile>/riskgate`, where `CARGO_BIN_EXE_riskgate` points).
+pub fn riskgate_binary() -> PathBuf {
+    std::env::var_os("RISKGATE_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile_dir().join("riskgate"))
+}
 
 /// `count` generated intents (2% invalid unless `valid_only`), keyed by account (so the
 /// default partitioner places them), ready for [`Broker::produce`].
@@ -39,13 +61,13 @@ pub fn generated(
     valid_only: bool,
 ) -> Vec<(Option<i32>, String, Vec<u8>)> {
     let mut out = Vec::new();
-    let args = gen::Args {
+    let args = generator::Args {
         count,
         seed,
         accounts,
         valid_only,
     };
-    gen::generate(&args, &mut out).expect("generate intents");
+    generator::generate(&args, &mut out).expect("generate intents");
     String::from_utf8(out)
         .expect("the generator writes ASCII")
         .lines()
@@ -352,12 +374,7 @@ max_future_skew = "off"
         let config = dir.path().join("riskgate.toml");
         fs::write(&config, config_text).unwrap();
         let log = dir.path().join("riskgate.log");
-        // Tests run the binary cargo built for them; the e2e benchmark names its own.
-        let binary = std::env::var_os("RISKGATE_BINARY")
-            .map(PathBuf::from)
-            .or_else(|| option_env!("CARGO_BIN_EXE_riskgate").map(PathBuf::from))
-            .expect("the riskgate binary");
-        let child = Command::new(binary)
+        let child = Command::new(riskgate_binary())
             .args([command, "--config"])
             .arg(&config)
             .args(["--log-format", "json"])
@@ -521,8 +538,8 @@ impl Drop for Service {
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(60)..];
             // The whole log is kept where the build keeps test output.
-            let kept = option_env!("CARGO_TARGET_TMPDIR").map(|dir| {
-                let dir = Path::new(dir).join("logs");
+            let kept = profile_dir().parent().map(|target| {
+                let dir = target.join("tmp").join("logs");
                 let _ = fs::create_dir_all(&dir);
                 let path = dir.join(format!("{}.log", unique("service")));
                 let _ = fs::write(&path, &log);
@@ -664,7 +681,7 @@ pub fn committed_total(broker: &Broker, group: &str, topic: &str, partitions: i3
 /// service on several partitions keyed by account with one offline replay.
 pub fn account_rules() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let sample = repo().join("rules");
     for file in ["00-policy.toml", "payments.toml"] {
         fs::copy(sample.join(file), dir.path().join(file)).unwrap();
     }

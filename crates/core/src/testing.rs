@@ -16,7 +16,7 @@ use crate::decision::{Decision, Source};
 use crate::engine::{Engine, EngineOptions};
 use crate::intent::{parse_intent, DEFAULT_MAX_BYTES};
 use crate::rules::Ruleset;
-use crate::window::CounterValue;
+use crate::velocity::CounterValue;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
