@@ -76,7 +76,7 @@ fn now() -> DateTime<Utc> {
 
 /// A fresh engine that has decided the first `WARM` intents.
 fn warmed(rs: &Arc<Ruleset>, parsed: &[Intent]) -> Engine {
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         rs.clone(),
         EngineOptions {
             max_future_skew: None,
@@ -112,7 +112,7 @@ impl Cursor {
         iters: u64,
         rs: &Arc<Ruleset>,
         parsed: &[Intent],
-        mut run: impl FnMut(&Engine, usize),
+        mut run: impl FnMut(&mut Engine, usize),
     ) -> Duration {
         let mut total = Duration::ZERO;
         let mut left = iters as usize;
@@ -121,7 +121,7 @@ impl Cursor {
                 self.engine = Some(warmed(rs, parsed));
                 self.next = WARM;
             }
-            let engine = self.engine.as_ref().unwrap();
+            let engine = self.engine.as_mut().unwrap();
             let n = left.min(parsed.len() - self.next);
             let start = Instant::now();
             for i in self.next..self.next + n {
@@ -202,7 +202,7 @@ fn bench(c: &mut Criterion) {
     }
 
     // Serializing a decision.
-    let engine = warmed(&full, &parsed);
+    let mut engine = warmed(&full, &parsed);
     let decisions: Vec<_> = parsed[WARM..WARM + 10_000]
         .iter()
         .enumerate()

@@ -11,11 +11,12 @@ use chrono::{TimeDelta, Utc};
 use clap::{Parser, Subcommand};
 
 use riskgate::config::{Config, Purpose};
+use riskgate_core::decision::Outcome;
 use riskgate_core::engine::{Engine, EngineOptions};
 use riskgate_core::expr::parse_duration;
 use riskgate_core::intent::{InvalidKind, DEFAULT_MAX_BYTES};
 use riskgate_core::replay::{replay, Summary};
-use riskgate_core::rules::{Outcome, Ruleset};
+use riskgate_core::rules::Ruleset;
 use riskgate_core::testing;
 
 /// riskgate: decides whether an AI agent or service account may perform a proposed
@@ -327,7 +328,7 @@ fn run_replay(
         return Ok(ExitCode::FAILURE);
     };
     let version = rs.version.clone();
-    let engine = Engine::new(rs, options);
+    let mut engine = Engine::new(rs, options);
     let reader: Box<dyn Read> = if input == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -350,7 +351,15 @@ fn run_replay(
     };
     let label = if input == "-" { "<stdin>" } else { input };
     let started = std::time::Instant::now();
-    let summary = replay(&engine, reader, writer, dead, label, max_bytes, Utc::now)?;
+    let summary = replay(
+        &mut engine,
+        reader,
+        writer,
+        dead,
+        label,
+        max_bytes,
+        Utc::now,
+    )?;
     if !quiet {
         eprintln!("{}", describe(&summary, &version, started.elapsed()));
     }

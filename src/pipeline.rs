@@ -31,9 +31,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::telemetry::metrics;
-use riskgate_core::decision::{DeadLetter, Source};
-use riskgate_core::engine::{Engine, EngineOptions};
-use riskgate_core::intent::parse_intent;
+use riskgate_core::decision::Source;
+use riskgate_core::engine::{Clock, Engine, EngineOptions, Processed};
 use riskgate_core::rules::Ruleset;
 
 pub use restore::{restore, RestoreStats};
@@ -557,7 +556,7 @@ enum State {
         /// aborted transaction, then whatever arrives meanwhile.
         buffered: Vec<OwnedMessage>,
     },
-    Ready(Engine),
+    Ready(Box<Engine>),
 }
 
 struct Partition {
@@ -757,7 +756,7 @@ impl Worker {
                 return Ok(());
             }
         };
-        part.state = State::Ready(engine);
+        part.state = State::Ready(Box::new(engine));
         self.health.restoring.fetch_sub(1, Ordering::Relaxed);
         metrics()
             .restore_seconds
@@ -817,7 +816,7 @@ impl Worker {
         let Some(part) = self.partitions.get_mut(&p) else {
             return Ok(());
         };
-        let State::Ready(engine) = &part.state else {
+        let State::Ready(engine) = &mut part.state else {
             return Ok(());
         };
         if part.next.is_some_and(|n| offset < n) {
@@ -844,9 +843,14 @@ impl Worker {
         let now = Utc::now();
         let stats = metrics();
         self.out.clear();
-        let (topic, partition) = match parse_intent(payload, self.config.engine.max_intent_bytes) {
-            Ok(intent) => {
-                let d = engine.decide(intent, source, now);
+        let processed = engine.process(
+            payload,
+            self.config.engine.max_intent_bytes,
+            source,
+            Clock::At(now),
+        );
+        let (topic, partition) = match processed {
+            Processed::Decided(d) => {
                 d.write_json(&mut self.out, Some(payload));
                 stats
                     .decisions
@@ -860,18 +864,12 @@ impl Worker {
                 }
                 (k.decisions_topic.as_str(), p)
             }
-            Err(error) => {
+            Processed::Invalid(letter) => {
                 stats
                     .invalid_intents
-                    .with_label_values(&[error.kind.as_str()])
+                    .with_label_values(&[letter.error.kind.as_str()])
                     .inc();
-                DeadLetter {
-                    error,
-                    payload: payload.to_vec(),
-                    source,
-                    at: now,
-                }
-                .write_json_line(&mut self.out);
+                letter.write_json_line(&mut self.out);
                 self.out.pop();
                 (
                     k.dead_letter_topic.as_str(),

@@ -31,7 +31,8 @@ use crate::pipeline::client_config;
 use crate::pipeline::restore::decisions_reader;
 use crate::telemetry::review_metrics;
 use auth::Auth;
-use queue::{Applied, Queue, Refusal, ReviewRecord, Verdict};
+use queue::{Applied, Queue, Refusal};
+use riskgate_core::wire::{ReviewRecord, Verdict};
 
 /// How long a request waits for its review record to be read back.
 const READ_BACK: Duration = Duration::from_secs(15);
@@ -134,7 +135,7 @@ impl App {
             // the topic need not count approvals themselves.
             let mut done = record.clone();
             done.is_final = true;
-            done.decision = riskgate_core::rules::Outcome::Allow;
+            done.decision = riskgate_core::decision::Outcome::Allow;
             done.comment = format!("approvals complete ({})", done.comment);
             if let Err(e) = self.publish(&done, key.as_deref()).await {
                 tracing::warn!(intent_id, error = %e, "could not publish the final record of a completed approval");

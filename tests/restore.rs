@@ -6,10 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use riskgate_core::decision::{parse_record, Decision, Source};
+use riskgate_core::decision::{Decision, Source};
 use riskgate_core::engine::{Engine, EngineOptions};
 use riskgate_core::intent::parse_intent;
 use riskgate_core::rules::Ruleset;
+use riskgate_core::wire::parse_record;
 
 use riskgate_test_support as support;
 
@@ -30,7 +31,7 @@ fn engine() -> Engine {
     Engine::new(Arc::new(Ruleset::load_dir(&rules).unwrap()), options)
 }
 
-fn decide(engine: &Engine, line: &[u8], offset: usize) -> Arc<Decision> {
+fn decide(engine: &mut Engine, line: &[u8], offset: usize) -> Arc<Decision> {
     let intent = parse_intent(line, 1 << 16).unwrap();
     let source = Source::Kafka {
         topic: Arc::from("intents"),
@@ -52,14 +53,14 @@ fn verdict(d: &Decision) -> String {
 #[test]
 fn a_sweep_changes_no_decision() {
     let input = lines(6_000, 3, 25);
-    let (steady, swept) = (engine(), engine());
+    let (mut steady, mut swept) = (engine(), engine());
     for (i, line) in input.iter().enumerate() {
         if i % 1_000 == 999 {
             swept.sweep();
         }
         assert_eq!(
-            verdict(&decide(&steady, line, i)),
-            verdict(&decide(&swept, line, i)),
+            verdict(&decide(&mut steady, line, i)),
+            verdict(&decide(&mut swept, line, i)),
             "line {i}"
         );
     }
@@ -68,27 +69,27 @@ fn a_sweep_changes_no_decision() {
 #[test]
 fn restoring_from_decision_records_changes_no_decision() {
     let input = lines(6_000, 5, 25);
-    let steady = engine();
-    let before = engine();
+    let mut steady = engine();
+    let mut before = engine();
     let cut = 3_700;
     let mut records = Vec::new();
     for (i, line) in input[..cut].iter().enumerate() {
-        let d = decide(&before, line, i);
+        let d = decide(&mut before, line, i);
         let mut out = Vec::new();
         d.write_json(&mut out, Some(line));
         records.push(out);
     }
-    let restored = engine();
+    let mut restored = engine();
     for r in &records {
         let (decision, intent) = parse_record(r, 1 << 16).unwrap().expect("a decision");
         restored.restore(&intent, decision);
     }
     restored.sweep();
     for (i, line) in input.iter().enumerate() {
-        let expected = decide(&steady, line, i);
+        let expected = decide(&mut steady, line, i);
         if i >= cut {
             assert_eq!(
-                verdict(&decide(&restored, line, i)),
+                verdict(&decide(&mut restored, line, i)),
                 verdict(&expected),
                 "line {i}"
             );

@@ -18,9 +18,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use riskgate_core::decision::{parse_record, Decision, Source};
+use riskgate_core::decision::{Decision, Source};
 use riskgate_core::engine::Engine;
 use riskgate_core::intent::Intent;
+use riskgate_core::wire::parse_record;
 
 use super::{client_config, engine_options, Error};
 
@@ -83,7 +84,7 @@ pub fn restore(
     stop: &AtomicBool,
 ) -> Result<(Engine, RestoreStats), Error> {
     let started = Instant::now();
-    let engine = Engine::new(ruleset, engine_options(config));
+    let mut engine = Engine::new(ruleset, engine_options(config));
     let mut stats = RestoreStats {
         read: 0,
         applied: 0,

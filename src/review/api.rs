@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -27,11 +27,12 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt as _;
 
 use super::auth::{token_in, Identity, Session};
-use super::queue::{Filter, Hold, Refusal, Verdict};
+use super::queue::{Filter, Hold, Refusal};
 use super::App;
 use crate::config::is_reviewer_name;
 use crate::telemetry::review_metrics;
 use riskgate_core::expr::parse_duration;
+use riskgate_core::wire::{self, Verdict};
 
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
@@ -370,7 +371,7 @@ fn filter(params: &HashMap<String, String>) -> Result<Filter, ApiError> {
 }
 
 fn time(t: &chrono::DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    wire::text::timestamp(t)
 }
 
 /// A hold as the API shows it. Amount, reasons, errors, counters, score, ruleset and
@@ -379,10 +380,10 @@ fn time(t: &chrono::DateTime<Utc>) -> String {
 fn hold_json(app: &App, hold: &Hold, record: &Value, now: chrono::DateTime<Utc>) -> Value {
     let h = &hold.decision;
     let mut o = json!({
-        "intent_id": h.intent_id,
-        "agent_id": h.agent_id,
-        "account_id": h.account_id,
-        "action": h.action,
+        "intent_id": h.head.intent_id,
+        "agent_id": h.head.agent_id,
+        "account_id": h.head.account_id,
+        "action": h.head.action,
         "decided_at": time(&h.decided_at),
         "age_seconds": (now - h.decided_at).num_seconds().max(0),
         "expires_at": time(&hold.expires_at(app.expire_after)),

@@ -19,34 +19,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 
 use crate::config::Role;
-use riskgate_core::decision::{parse_record, Decision, Source};
+use riskgate_core::decision::{Decision, Outcome, RuleAction, Source};
 use riskgate_core::intent::Counterparty;
-use riskgate_core::rules::{Outcome, RuleAction};
+use riskgate_core::wire::{self, parse_record, Approvals, HoldRef, ReviewRecord, Verdict};
 
 /// The reviewer name of holds that expired unreviewed.
 pub const EXPIRY_REVIEWER: &str = "system:expiry";
-
-/// Approve or reject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Approve,
-    Reject,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Approve => "approve",
-            Verdict::Reject => "reject",
-        }
-    }
-}
 
 /// A held intent waiting for reviewers.
 #[derive(Debug, Clone)]
@@ -79,7 +61,7 @@ impl Hold {
     }
 
     pub fn intent_id(&self) -> &str {
-        &self.decision.intent_id
+        &self.decision.head.intent_id
     }
 }
 
@@ -97,58 +79,6 @@ pub struct Final {
     /// The held intent's `created_at` (its hold's `decided_at` when the hold was not seen):
     /// the ended review is forgotten once its partition has moved on well past it.
     created_at: Option<DateTime<Utc>>,
-}
-
-/// What a hold a review record points at was, for the record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HoldRef {
-    /// Where the hold decision is on the decisions topic.
-    pub partition: i32,
-    pub offset: i64,
-    pub decided_at: String,
-    pub ruleset: String,
-}
-
-/// Approvals asked for and given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Approvals {
-    pub required: u8,
-    pub approved_by: Vec<String>,
-}
-
-/// A review record: published on the decisions topic after the hold decision, same partition,
-/// same key (DESIGN sections 2 and 6).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReviewRecord {
-    /// Always `"review"`.
-    pub stage: String,
-    pub intent_id: String,
-    pub agent_id: String,
-    pub account_id: String,
-    pub action: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub amount: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub currency: Option<String>,
-    /// The intent's decision after this record: `allow` once approved, `deny` once rejected,
-    /// still `hold` while more approvals are needed.
-    pub decision: Outcome,
-    pub review: Verdict,
-    /// Whether this record ends the review. Readers can rely on the rule of
-    /// [`Queue::apply`] instead: it gives the same answer.
-    #[serde(rename = "final")]
-    pub is_final: bool,
-    pub reviewer: String,
-    pub comment: String,
-    pub reviewed_at: String,
-    pub approvals: Approvals,
-    pub hold: HoldRef,
-}
-
-impl ReviewRecord {
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
 }
 
 /// Why a review is refused.
@@ -213,14 +143,17 @@ impl Filter {
         let h = &hold.decision;
         let age = now - h.decided_at;
         self.rule.as_deref().is_none_or(|r| hold.matched(r))
-            && self.agent.as_deref().is_none_or(|a| h.agent_id == a)
-            && self.account.as_deref().is_none_or(|a| h.account_id == a)
+            && self.agent.as_deref().is_none_or(|a| h.head.agent_id == a)
+            && self
+                .account
+                .as_deref()
+                .is_none_or(|a| h.head.account_id == a)
             && self
                 .min_amount
-                .is_none_or(|m| h.amount.is_some_and(|a| a >= m))
+                .is_none_or(|m| h.head.amount.is_some_and(|a| a >= m))
             && self
                 .max_amount
-                .is_none_or(|m| h.amount.is_some_and(|a| a <= m))
+                .is_none_or(|m| h.head.amount.is_some_and(|a| a <= m))
             && self.min_age.is_none_or(|m| age >= m)
             && self.max_age.is_none_or(|m| age <= m)
     }
@@ -255,7 +188,7 @@ impl Default for Queue {
 }
 
 fn time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    wire::text::timestamp(t)
 }
 
 impl Queue {
@@ -324,11 +257,10 @@ impl Queue {
         let next = self.positions.entry(partition).or_insert(0);
         *next = (*next).max(offset + 1);
         // Most records are decisions that do not hold: a light look tells them apart.
-        let head: Head<'_> = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        let head = wire::read_head(payload)?;
         match head.stage.as_deref() {
             Some("review") => {
-                let record: ReviewRecord =
-                    serde_json::from_slice(payload).map_err(|e| format!("a review record: {e}"))?;
+                let record = wire::read_review(payload)?;
                 return Ok(self.apply_review(record, partition, offset));
             }
             None | Some("decision") => {}
@@ -344,10 +276,7 @@ impl Queue {
             // Either way that review has ended. Only a decision of the same intent id
             // proposed again after the duplicate horizon (a later source, not a duplicate)
             // starts afresh.
-            let later = match (
-                head.source.as_ref().and_then(SourceRef::position),
-                ended.hold_source,
-            ) {
+            let later = match (head.source_position(), ended.hold_source) {
                 (Some((p, o)), Some((held_p, held_o))) => p != held_p || o > held_o,
                 _ => false,
             };
@@ -378,7 +307,7 @@ impl Queue {
         // keeps the approvals already given.
         let approved_by = self
             .pending
-            .remove(decision.intent_id.as_str())
+            .remove(decision.head.intent_id.as_str())
             .map(|h| h.approved_by)
             .unwrap_or_default();
         let hold = Hold {
@@ -391,7 +320,7 @@ impl Queue {
             key: key.map(<[u8]>::to_vec),
             record: Arc::from(String::from_utf8_lossy(payload)),
         };
-        let id = hold.decision.intent_id.to_string();
+        let id = hold.decision.head.intent_id.to_string();
         let released = hold
             .approved_by
             .last()
@@ -438,7 +367,7 @@ impl Queue {
                 if hold.approved_by.contains(&r.reviewer) {
                     return Applied::Ignored("this reviewer has already approved");
                 }
-                if r.reviewer == hold.decision.agent_id {
+                if r.reviewer == hold.decision.head.agent_id {
                     return Applied::Ignored("the proposer cannot approve");
                 }
                 hold.approved_by.push(r.reviewer.clone());
@@ -480,7 +409,7 @@ impl Queue {
                 partition,
                 offset,
                 hold_source,
-                created_at: hold.map(|h| h.decision.created_at),
+                created_at: hold.map(|h| h.decision.head.created_at),
             },
         );
         Applied::Finished(verdict)
@@ -520,7 +449,7 @@ impl Queue {
             .get(intent_id)
             .ok_or_else(|| Refusal::NotPending(intent_id.to_owned()))?;
         if verdict == Verdict::Approve {
-            if hold.decision.agent_id == reviewer {
+            if hold.decision.head.agent_id == reviewer {
                 return Err(Refusal::Proposer(reviewer.to_owned()));
             }
             if hold.approved_by.iter().any(|a| a == reviewer) {
@@ -574,12 +503,12 @@ fn record(
     };
     ReviewRecord {
         stage: "review".to_owned(),
-        intent_id: d.intent_id.to_string(),
-        agent_id: d.agent_id.to_string(),
-        account_id: d.account_id.to_string(),
-        action: d.action.to_string(),
-        amount: d.amount.map(|a| a.to_string()),
-        currency: d.currency.as_ref().map(ToString::to_string),
+        intent_id: d.head.intent_id.to_string(),
+        agent_id: d.head.agent_id.to_string(),
+        account_id: d.head.account_id.to_string(),
+        action: d.head.action.to_string(),
+        amount: d.head.amount.map(|a| a.to_string()),
+        currency: d.head.currency.as_ref().map(ToString::to_string),
         decision,
         review: verdict,
         is_final: decision != Outcome::Hold,
@@ -608,36 +537,6 @@ fn human(d: TimeDelta) -> String {
         }
     }
     format!("{s}s")
-}
-
-/// What every record of the decisions topic starts with.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(default, borrow)]
-    stage: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    intent_id: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    decision: Option<Outcome>,
-    #[serde(default)]
-    created_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    duplicate: bool,
-    #[serde(default)]
-    source: Option<SourceRef>,
-}
-
-/// Where a decision's intent came from, as far as telling two proposals apart needs.
-#[derive(Deserialize)]
-struct SourceRef {
-    partition: Option<i32>,
-    offset: Option<i64>,
-}
-
-impl SourceRef {
-    fn position(&self) -> Option<(i32, i64)> {
-        Some((self.partition?, self.offset?))
-    }
 }
 
 #[cfg(test)]

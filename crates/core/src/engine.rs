@@ -1,26 +1,31 @@
-//! The decision engine: one intent in, one explained decision out (DESIGN section 3).
+//! The decision engine: one intent in, one explained decision out
+//! ([docs/design.md](../../../docs/design.md#3-rules-semantics)).
 //!
-//! [`Engine::decide`] is pure apart from the partition state it is given: the clock comes in
-//! as an argument, nothing is read from the environment, nothing is logged, and bad data
-//! never makes it fail: a rule that cannot be evaluated becomes an entry in `errors`.
+//! [`Engine::decide`] is pure apart from the partition state it owns: the clock comes in as an
+//! argument, nothing is read from the environment, nothing is logged, and bad data never
+//! makes it fail: a rule that cannot be evaluated becomes an entry in `errors`. The rules
+//! themselves are evaluated by one stateless step, [`evaluate`]; the engine adds the state
+//! around it (velocity counters, the duplicate horizon, the watermark).
+
+mod evaluate;
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use compact_str::CompactString;
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
+use hashbrown::HashSet;
 use rust_decimal::Decimal;
 use smallvec::SmallVec;
 
-use crate::decision::{Decision, Reason, RuleFailure, Source};
+pub use evaluate::{evaluate, Evaluation};
+
+use crate::decision::{CounterValue, DeadLetter, Decision, Outcome, Source};
 use crate::expr::{Activation, Value};
-use crate::intent::Intent;
-use crate::rules::{Aggregate, CounterDef, FieldPath, OnError, Outcome, RuleAction, Ruleset};
-use crate::velocity::{Contribution, CounterValue, Position, Slot, StateSize, Velocity};
+use crate::intent::{json_decimal, parse_intent, Field, FieldPath, Intent};
+use crate::rules::{Aggregate, CounterDef, Ruleset};
+use crate::velocity::{Contribution, CounterSpec, Missing, Open, StateSize, Velocity};
 
 /// Engine settings that are not part of the ruleset.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +77,7 @@ struct Remembered {
 
 impl Remembered {
     fn intent_id(&self) -> &str {
-        &self.decision.intent_id
+        &self.decision.head.intent_id
     }
 }
 
@@ -96,28 +101,28 @@ impl Borrow<str> for Remembered {
     }
 }
 
-/// A ruleset with the velocity and duplicate state of one partition.
+/// A ruleset with the velocity and duplicate state of one partition. One thread owns it
+/// (`&mut self`): a partition's intents are decided in order.
 pub struct Engine {
     ruleset: Arc<Ruleset>,
     options: EngineOptions,
     velocity: Velocity,
-    remembered: DashMap<Remembered, (), ahash::RandomState>,
-    watermark_ns: AtomicI64,
-    decided: AtomicU64,
+    remembered: HashSet<Remembered, ahash::RandomState>,
+    /// The highest `created_at` decided so far (capped, see [`EngineOptions`]).
+    watermark_ns: i64,
+    decided: u64,
     /// The decision count at which the next sweep runs.
-    next_sweep: AtomicU64,
+    next_sweep: u64,
     /// Intents remembered so far (decided or restored).
-    remembers: AtomicU64,
+    remembers: u64,
     /// The `remembers` count at which the duplicate horizon is next swept on its own.
-    next_forget: AtomicU64,
+    next_forget: u64,
     /// Per counter: an earlier counter with the same `where`, whose answer it shares (counters
     /// often filter alike, e.g. on `action in lists.payment_actions`).
     same_filter: Vec<Option<usize>>,
     /// The counter ids, in the form a decision keeps them.
     counter_ids: Vec<CompactString>,
 }
-
-const KEY_SEPARATOR: char = '\u{1f}';
 
 impl Engine {
     pub fn new(ruleset: Arc<Ruleset>, options: EngineOptions) -> Engine {
@@ -132,67 +137,47 @@ impl Engine {
                     .position(|earlier| earlier.filter_text.as_ref() == Some(text))
             })
             .collect();
+        let specs: Vec<CounterSpec<'_>> = counters.iter().map(CounterDef::spec).collect();
         Engine {
             same_filter,
             counter_ids: counters
                 .iter()
                 .map(|c| CompactString::from(&*c.id))
                 .collect(),
-            velocity: Velocity::new(&ruleset.counters),
-            ruleset,
+            velocity: Velocity::new(&specs),
             options,
-            remembered: DashMap::default(),
-            watermark_ns: AtomicI64::new(i64::MIN),
-            decided: AtomicU64::new(0),
-            next_sweep: AtomicU64::new(options.sweep_every),
-            remembers: AtomicU64::new(0),
-            next_forget: AtomicU64::new(Engine::forget_every_min(&options)),
+            remembered: HashSet::default(),
+            watermark_ns: i64::MIN,
+            decided: 0,
+            next_sweep: options.sweep_every,
+            remembers: 0,
+            next_forget: Engine::forget_every_min(&options),
+            ruleset,
         }
     }
 
     /// Decides `intent` at `now`, then lets it contribute to the counters.
-    pub fn decide(&self, intent: Intent, source: Source, now: DateTime<Utc>) -> Arc<Decision> {
-        let rs = &*self.ruleset;
-        let at_ns = intent.created_at.timestamp_nanos_opt().unwrap_or(0);
-        if let Some(original) = self.duplicate_of(&intent.intent_id, at_ns) {
+    pub fn decide(&mut self, intent: Intent, source: Source, now: DateTime<Utc>) -> Arc<Decision> {
+        let at_ns = intent.head.created_at.timestamp_nanos_opt().unwrap_or(0);
+        if let Some(original) = self.duplicate_of(&intent.head.intent_id, at_ns) {
             let mut again = (*original).clone();
             again.source = source;
             again.duplicate = true;
             return Arc::new(again);
         }
-        let watermark = self.advance_watermark(at_ns, now);
-
-        let amount_base = match (intent.amount, &rs.fx) {
-            (None, _) => Ok(Decimal::ZERO),
-            (Some(a), None) => Ok(a),
-            (Some(a), Some(fx)) => fx.convert(a, intent.currency.as_deref().unwrap_or("")),
-        };
-        // One locked slot per group of counters sharing a key: read now, contributed to after
-        // deciding. A key path the intent lacks makes the group's counters unavailable.
-        let mut key = CompactString::default();
-        let mut slots: Vec<Result<Slot<'_>, usize>> =
-            Vec::with_capacity(self.velocity.groups().len());
-        for (g, group) in self.velocity.groups().iter().enumerate() {
-            let paths = &rs.counters[group.counters[0]].key;
-            slots.push(counter_key(paths, &intent, &mut key).map(|()| self.velocity.slot(g, &key)));
-        }
-        let mut positions = SmallVec::new();
-        self.positions(at_ns, watermark, &mut positions);
+        let rs = &*self.ruleset;
+        let watermark = advance(&mut self.watermark_ns, &self.options, at_ns, now);
+        let amount_base = amount_base(rs, &intent);
+        let mut open = self.velocity.open(&intent, at_ns, watermark);
         let values: Vec<Result<Value<'static>, &str>> = rs
             .counters
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let (g, m) = self.velocity.place(i);
-                match &slots[g] {
-                    // Fail closed: a backdated intent must not see a window already dropped.
-                    Ok(_) if !self.velocity.answers(i, positions[i]) => Err(c.too_old.as_str()),
-                    Ok(slot) => Ok(match slot.value(m, positions[i]) {
-                        CounterValue::Int(n) => Value::Int(n),
-                        CounterValue::Num(n) => Value::Num(n),
-                    }),
-                    Err(path) => Err(c.unavailable[*path].as_str()),
-                }
+            .map(|(i, c)| match open.value(i) {
+                Ok(CounterValue::Int(n)) => Ok(Value::Int(n)),
+                Ok(CounterValue::Num(n)) => Ok(Value::Num(n)),
+                Err(Missing::Key(path)) => Err(c.unavailable[path].as_str()),
+                Err(Missing::TooOld) => Err(c.too_old.as_str()),
             })
             .collect();
         let act = Activation {
@@ -200,64 +185,13 @@ impl Engine {
             amount_base: amount_base.as_ref().copied().map_err(String::as_str),
             counters: &values,
             lists: &rs.list_values,
-            action_bit: rs.actions.bit(&intent.action),
+            action: rs.actions.id(&intent.head.action),
         };
-
-        let mut contributed = [false; 3];
-        let mut mark = |o: Outcome| contributed[o as usize] = true;
-        let mut score: i64 = 0;
-        let mut reasons = Vec::new();
-        let mut errors = Vec::new();
-        for rule in &rs.rules {
-            match rule.when.eval_bool(&act) {
-                Ok(false) => {}
-                Ok(true) => {
-                    match rule.action.outcome() {
-                        Some(o) => mark(o),
-                        None => score = score.saturating_add(rule.score),
-                    }
-                    let message = match &rule.message {
-                        Some(t) => Some(t.render(&act)),
-                        None => rule.description.clone(),
-                    };
-                    reasons.push(Reason {
-                        rule: rule.id.clone(),
-                        action: rule.action,
-                        score: (rule.action == RuleAction::Score).then_some(rule.score),
-                        message,
-                        approvals: rule.approvals,
-                    });
-                }
-                Err(e) => {
-                    match rs.on_error {
-                        OnError::Hold => mark(Outcome::Hold),
-                        OnError::Deny => mark(Outcome::Deny),
-                        OnError::Ignore => {}
-                    }
-                    errors.push(RuleFailure {
-                        rule: rule.id.clone(),
-                        message: e.0.into_owned(),
-                    });
-                }
-            }
-        }
-        if let Some(scoring) = rs.scoring {
-            if scoring.hold_at.is_some_and(|h| score >= h) {
-                mark(Outcome::Hold);
-            }
-            if scoring.deny_at.is_some_and(|d| score >= d) {
-                mark(Outcome::Deny);
-            }
-        }
-        let outcome = rs
-            .precedence
-            .into_iter()
-            .find(|o| contributed[*o as usize])
-            .unwrap_or(Outcome::Allow);
-
+        let verdict = evaluate(rs, &act);
         // Contribute after deciding: the intent never counts towards its own decision.
-        self.contribute(&act, outcome, &positions, &mut slots);
-        drop(slots);
+        contribute(rs, &self.same_filter, &act, verdict.outcome, &mut open);
+        drop(open);
+        let ruleset = rs.version.clone();
 
         let counters = values
             .iter()
@@ -269,32 +203,23 @@ impl Engine {
             })
             .collect();
         let decision = Arc::new(Decision {
-            intent_id: intent.intent_id,
-            agent_id: intent.agent_id,
-            account_id: intent.account_id,
-            action: intent.action,
-            amount: intent.amount,
-            currency: intent.currency,
-            created_at: intent.created_at,
-            outcome,
-            score,
-            reasons,
-            errors,
+            head: intent.head,
+            outcome: verdict.outcome,
+            score: verdict.score,
+            reasons: verdict.reasons,
+            errors: verdict.errors,
             counters,
-            ruleset: rs.version.clone(),
+            ruleset,
             decided_at: now,
             source,
             duplicate: false,
         });
         self.remember(at_ns, decision.clone());
-        let decided = self.decided.fetch_add(1, Ordering::Relaxed) + 1;
-        if decided >= self.next_sweep.load(Ordering::Relaxed) {
+        self.decided += 1;
+        if self.decided >= self.next_sweep {
             self.sweep();
             let entries = (self.velocity.keys() + self.remembered.len()) as u64;
-            self.next_sweep.store(
-                decided + self.options.sweep_every.max(entries),
-                Ordering::Relaxed,
-            );
+            self.next_sweep = self.decided + self.options.sweep_every.max(entries);
         }
         decision
     }
@@ -304,101 +229,45 @@ impl Engine {
     /// evaluated; the counters see exactly the contributions the original run made (under
     /// the counter definitions of this engine's ruleset), and the decision is remembered
     /// for the duplicate horizon. A duplicate contributes nothing, as when it was decided.
-    pub fn restore(&self, intent: &Intent, decision: Decision) {
+    pub fn restore(&mut self, intent: &Intent, decision: Decision) {
         if decision.duplicate {
             return;
         }
+        let at_ns = intent.head.created_at.timestamp_nanos_opt().unwrap_or(0);
         let rs = &*self.ruleset;
-        let at_ns = intent.created_at.timestamp_nanos_opt().unwrap_or(0);
-        let watermark = self.advance_watermark(at_ns, decision.decided_at);
-        let amount_base = match (intent.amount, &rs.fx) {
-            (None, _) => Ok(Decimal::ZERO),
-            (Some(a), None) => Ok(a),
-            (Some(a), Some(fx)) => fx.convert(a, intent.currency.as_deref().unwrap_or("")),
-        };
-        let mut key = CompactString::default();
-        let mut slots: Vec<Result<Slot<'_>, usize>> = self
-            .velocity
-            .groups()
-            .iter()
-            .enumerate()
-            .map(|(g, group)| {
-                let paths = &rs.counters[group.counters[0]].key;
-                counter_key(paths, intent, &mut key).map(|()| self.velocity.slot(g, &key))
-            })
-            .collect();
-        let mut positions = SmallVec::new();
-        self.positions(at_ns, watermark, &mut positions);
+        let watermark = advance(
+            &mut self.watermark_ns,
+            &self.options,
+            at_ns,
+            decision.decided_at,
+        );
+        let amount_base = amount_base(rs, intent);
+        let mut open = self.velocity.open(intent, at_ns, watermark);
         // A counter's `where` cannot read counters, so none are offered.
         let act = Activation {
             intent,
             amount_base: amount_base.as_ref().copied().map_err(String::as_str),
             counters: &[],
             lists: &rs.list_values,
-            action_bit: rs.actions.bit(&intent.action),
+            action: rs.actions.id(&intent.head.action),
         };
-        self.contribute(&act, decision.outcome, &positions, &mut slots);
-        drop(slots);
+        contribute(rs, &self.same_filter, &act, decision.outcome, &mut open);
+        drop(open);
         self.remember(at_ns, Arc::new(decision));
     }
 
-    /// Where an intent created at `at_ns` falls for each counter, written into `positions`
-    /// (filled in place: returning the vector would copy it).
-    fn positions(&self, at_ns: i64, watermark: i64, positions: &mut SmallVec<[Position; 16]>) {
-        positions.extend(
-            (0..self.ruleset.counters.len()).map(|i| self.velocity.position(i, at_ns, watermark)),
-        );
-    }
-
-    /// Adds the intent of `act`, decided `outcome`, to every counter that takes it.
-    fn contribute(
-        &self,
-        act: &Activation<'_>,
-        outcome: Outcome,
-        positions: &[Position],
-        slots: &mut [Result<Slot<'_>, usize>],
-    ) {
-        // Each distinct `where` is evaluated at most once per intent.
-        let mut passed: SmallVec<[Option<bool>; 16]> =
-            SmallVec::from_elem(None, self.ruleset.counters.len());
-        for (i, c) in self.ruleset.counters.iter().enumerate() {
-            let (g, m) = self.velocity.place(i);
-            let Ok(slot) = &mut slots[g] else { continue };
-            if !c.contributes.admits(outcome) {
-                continue;
-            }
-            if let Some(filter) = &c.filter {
-                let first = self.same_filter[i].unwrap_or(i);
-                let pass = *passed[first].get_or_insert_with(|| filter.eval_bool(act) == Ok(true));
-                if !pass {
-                    continue;
-                }
-            }
-            if let Some(contribution) = contribution(c, act.intent, act.amount_base) {
-                slot.add(m, positions[i], contribution);
-            }
-        }
-    }
-
-    fn remember(&self, at_ns: i64, decision: Arc<Decision>) {
-        let remembered = Remembered {
+    fn remember(&mut self, at_ns: i64, decision: Arc<Decision>) {
+        // An intent id seen before (beyond the horizon) now stands for this decision.
+        self.remembered.replace(Remembered {
             created_at_ns: at_ns,
             decision,
-        };
-        // An intent id seen before (beyond the horizon) now stands for this decision.
-        match self.remembered.entry(remembered) {
-            Entry::Occupied(old) => drop(old.replace_entry(())),
-            Entry::Vacant(new) => drop(new.insert(())),
-        }
+        });
         // The duplicate horizon is swept on its own, more often than the rest of the state,
         // here, so that a restore is bounded too (see `EngineOptions::sweep_every`).
-        let remembers = self.remembers.fetch_add(1, Ordering::Relaxed) + 1;
-        if remembers >= self.next_forget.load(Ordering::Relaxed) {
+        self.remembers += 1;
+        if self.remembers >= self.next_forget {
             let left = self.forget() as u64;
-            self.next_forget.store(
-                remembers + left.max(Engine::forget_every_min(&self.options)),
-                Ordering::Relaxed,
-            );
+            self.next_forget = self.remembers + left.max(Engine::forget_every_min(&self.options));
         }
     }
 
@@ -417,9 +286,7 @@ impl Engine {
 
     /// Remembered intents created before this are forgotten, swept or not.
     fn forget_floor(&self) -> i64 {
-        self.watermark_ns
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.horizon_ns())
+        self.watermark_ns.saturating_sub(self.horizon_ns())
     }
 
     /// The fewest intents remembered between two sweeps of the duplicate horizon alone.
@@ -429,8 +296,7 @@ impl Engine {
 
     fn duplicate_of(&self, intent_id: &str, at_ns: i64) -> Option<Arc<Decision>> {
         let horizon = self.horizon_ns();
-        let found = self.remembered.get(intent_id)?;
-        let entry = found.key();
+        let entry = self.remembered.get(intent_id)?;
         // An entry past the horizon behind the watermark counts as forgotten whether or not a
         // sweep has dropped it yet: when sweeps run changes no decision.
         (entry.created_at_ns >= self.forget_floor()
@@ -438,29 +304,19 @@ impl Engine {
         .then(|| entry.decision.clone())
     }
 
-    fn advance_watermark(&self, at_ns: i64, now: DateTime<Utc>) -> i64 {
-        let candidate = match self.options.max_future_skew {
-            Some(skew) => at_ns.min((now + skew).timestamp_nanos_opt().unwrap_or(i64::MAX)),
-            None => at_ns,
-        };
-        let previous = self.watermark_ns.fetch_max(candidate, Ordering::Relaxed);
-        previous.max(candidate)
-    }
-
     /// Drops expired buckets, idle keys and intents past the duplicate horizon.
-    pub fn sweep(&self) {
-        let watermark = self.watermark_ns.load(Ordering::Relaxed);
-        if watermark == i64::MIN {
+    pub fn sweep(&mut self) {
+        if self.watermark_ns == i64::MIN {
             return;
         }
-        self.velocity.sweep(watermark);
+        self.velocity.sweep(self.watermark_ns);
         self.forget();
     }
 
     /// Drops intents past the duplicate horizon; says how many are left.
-    fn forget(&self) -> usize {
+    fn forget(&mut self) -> usize {
         let floor = self.forget_floor();
-        self.remembered.retain(|r, ()| r.created_at_ns >= floor);
+        self.remembered.retain(|r| r.created_at_ns >= floor);
         self.remembered.len()
     }
 
@@ -472,17 +328,102 @@ impl Engine {
     }
 }
 
-/// Writes the key made of `paths` for `intent` into `key`, or says which path the intent lacks.
-fn counter_key(paths: &[FieldPath], intent: &Intent, key: &mut CompactString) -> Result<(), usize> {
-    key.clear();
-    for (i, path) in paths.iter().enumerate() {
-        let part = path.text(intent).ok_or(i)?;
-        if i > 0 {
-            key.push(KEY_SEPARATOR);
-        }
-        key.push_str(&part);
+/// What deciding and restoring share, first: the watermark moves to an intent created at
+/// `at_ns` (decided at `now`), never further ahead of the clock than `max_future_skew`.
+fn advance(watermark_ns: &mut i64, options: &EngineOptions, at_ns: i64, now: DateTime<Utc>) -> i64 {
+    let candidate = match options.max_future_skew {
+        Some(skew) => at_ns.min((now + skew).timestamp_nanos_opt().unwrap_or(i64::MAX)),
+        None => at_ns,
+    };
+    *watermark_ns = (*watermark_ns).max(candidate);
+    *watermark_ns
+}
+
+/// The intent's amount in the ruleset's base currency (0 without an amount), or why there is
+/// none.
+fn amount_base(rs: &Ruleset, intent: &Intent) -> Result<Decimal, String> {
+    match (intent.head.amount, &rs.fx) {
+        (None, _) => Ok(Decimal::ZERO),
+        (Some(a), None) => Ok(a),
+        (Some(a), Some(fx)) => fx.convert(a, intent.head.currency.as_deref().unwrap_or("")),
     }
-    Ok(())
+}
+
+/// The time a record is processed at: the core never reads a clock of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// This time: the wall clock of the service or of a replay.
+    At(DateTime<Utc>),
+    /// Each intent's own `created_at`, as the rule tests decide (a dead letter then carries
+    /// the Unix epoch).
+    EventTime,
+}
+
+/// What one record became.
+#[derive(Debug)]
+pub enum Processed {
+    Decided(Arc<Decision>),
+    /// Not a valid intent: its dead letter.
+    Invalid(DeadLetter),
+}
+
+impl Engine {
+    /// The step every front end takes for one record (replay, the service, the rule tests):
+    /// the payload is parsed and validated, then decided at the `clock`'s time, or becomes a
+    /// dead letter that says what was wrong and keeps the payload.
+    pub fn process(
+        &mut self,
+        payload: &[u8],
+        max_bytes: usize,
+        source: Source,
+        clock: Clock,
+    ) -> Processed {
+        match parse_intent(payload, max_bytes) {
+            Ok(intent) => {
+                let now = match clock {
+                    Clock::At(now) => now,
+                    Clock::EventTime => intent.head.created_at,
+                };
+                Processed::Decided(self.decide(intent, source, now))
+            }
+            Err(error) => Processed::Invalid(DeadLetter {
+                error,
+                payload: payload.to_vec(),
+                source,
+                at: match clock {
+                    Clock::At(now) => now,
+                    Clock::EventTime => DateTime::UNIX_EPOCH,
+                },
+            }),
+        }
+    }
+}
+
+/// Adds the intent of `act`, decided `outcome`, to every counter that takes it.
+fn contribute(
+    rs: &Ruleset,
+    same_filter: &[Option<usize>],
+    act: &Activation<'_>,
+    outcome: Outcome,
+    open: &mut Open<'_>,
+) {
+    // Each distinct `where` is evaluated at most once per intent.
+    let mut passed: SmallVec<[Option<bool>; 16]> = SmallVec::from_elem(None, rs.counters.len());
+    for (i, c) in rs.counters.iter().enumerate() {
+        if !open.has_key(i) || !c.contributes.admits(outcome) {
+            continue;
+        }
+        if let Some(filter) = &c.filter {
+            let first = same_filter[i].unwrap_or(i);
+            let pass = *passed[first].get_or_insert_with(|| filter.eval_bool(act) == Ok(true));
+            if !pass {
+                continue;
+            }
+        }
+        if let Some(contribution) = contribution(c, act.intent, act.amount_base) {
+            open.add(i, contribution);
+        }
+    }
 }
 
 /// What `intent` adds to `counter`, if anything.
@@ -496,9 +437,9 @@ fn contribution(
         Aggregate::Sum | Aggregate::Max => {
             let amount = match counter.field.as_ref()? {
                 // Amounts add up in the base currency, so mixed currencies sum correctly.
-                FieldPath::Amount => amount_base.ok()?,
+                FieldPath::Field(Field::Amount) => amount_base.ok()?,
                 path => match path.json(intent)? {
-                    serde_json::Value::Number(n) => crate::expr::json_decimal(n)?,
+                    serde_json::Value::Number(n) => json_decimal(n)?,
                     serde_json::Value::String(s) => Decimal::from_str_exact(s).ok()?,
                     _ => return None,
                 },

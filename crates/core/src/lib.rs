@@ -14,7 +14,8 @@
 //! use riskgate_core::decision::Source;
 //! use riskgate_core::engine::{Engine, EngineOptions};
 //! use riskgate_core::intent::parse_intent;
-//! use riskgate_core::rules::{Outcome, Ruleset};
+//! use riskgate_core::decision::Outcome;
+//! use riskgate_core::rules::Ruleset;
 //!
 //! let rules = r#"
 //! [[rule]]
@@ -24,7 +25,7 @@
 //! message = "{amount} {currency} is above 10000"
 //! "#;
 //! let ruleset = Ruleset::load_sources(&[(PathBuf::from("limits.toml"), rules.to_owned())])?;
-//! let engine = Engine::new(Arc::new(ruleset), EngineOptions::default());
+//! let mut engine = Engine::new(Arc::new(ruleset), EngineOptions::default());
 //!
 //! let intent = parse_intent(br#"{"intent_id":"i-1","agent_id":"bot","account_id":"acct-7",
 //!     "action":"transfer","amount":"10000.01","currency":"EUR",
@@ -46,3 +47,4 @@ pub mod replay;
 pub mod rules;
 pub mod testing;
 pub mod velocity;
+pub mod wire;

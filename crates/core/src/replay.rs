@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::decision::{DeadLetter, Source};
-use crate::engine::{Engine, EngineSize};
-use crate::intent::{parse_intent, InvalidKind};
-use crate::rules::Outcome;
+use crate::decision::{Outcome, Source};
+use crate::engine::{Clock, Engine, EngineSize, Processed};
+use crate::intent::InvalidKind;
 
 /// Counts of what a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,7 +35,7 @@ impl Summary {
 /// The outputs are flushed whenever the input has nothing more buffered, so a consumer on a
 /// pipe sees each decision as soon as its intent has been read.
 pub fn replay(
-    engine: &Engine,
+    engine: &mut Engine,
     input: impl Read,
     output: impl Write,
     dlq: impl Write,
@@ -72,27 +71,20 @@ pub fn replay(
             line: line_no,
         };
         out.clear();
-        match parse_intent(payload, max_bytes) {
-            Ok(intent) => {
-                let d = engine.decide(intent, source, clock());
+        match engine.process(payload, max_bytes, source, Clock::At(clock())) {
+            Processed::Decided(d) => {
                 summary.decisions += 1;
                 summary.by_outcome[d.outcome as usize] += 1;
                 summary.duplicates += u64::from(d.duplicate);
                 d.write_json_line(&mut out);
                 output.write_all(&out)?;
             }
-            Err(error) => {
+            Processed::Invalid(letter) => {
                 summary.invalid += 1;
                 summary.invalid_by_kind[InvalidKind::ALL
                     .iter()
-                    .position(|k| *k == error.kind)
+                    .position(|k| *k == letter.error.kind)
                     .unwrap_or(0)] += 1;
-                let letter = DeadLetter {
-                    error,
-                    payload: payload.to_vec(),
-                    source,
-                    at: clock(),
-                };
                 letter.write_json_line(&mut out);
                 dlq.write_all(&out)?;
             }

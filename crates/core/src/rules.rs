@@ -3,7 +3,6 @@
 //! Loading collects every problem it can find, each with file, line, column and the rule,
 //! counter or list it belongs to, before refusing the ruleset.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
@@ -17,71 +16,14 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::currency::is_iso4217;
+use crate::decision::{Outcome, RuleAction};
 use crate::expr::{
-    self, Actions, Activation, CompileError, ConstList, Elem, Program, Scalar, Scope, Ty,
+    self, ActionIndex, Activation, CompileError, CompileOptions, ConstList, Elem, Program, Scalar,
+    Scope, Ty,
 };
-use crate::intent::{Intent, COUNTERPARTY_FIELDS};
-
-/// A decision outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Allow,
-    Hold,
-    Deny,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Allow, Outcome::Hold, Outcome::Deny];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Allow => "allow",
-            Outcome::Hold => "hold",
-            Outcome::Deny => "deny",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What a matched rule contributes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleAction {
-    Allow,
-    Hold,
-    Deny,
-    Score,
-}
-
-impl RuleAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuleAction::Allow => "allow",
-            RuleAction::Hold => "hold",
-            RuleAction::Deny => "deny",
-            RuleAction::Score => "score",
-        }
-    }
-
-    pub fn outcome(self) -> Option<Outcome> {
-        match self {
-            RuleAction::Allow => Some(Outcome::Allow),
-            RuleAction::Hold => Some(Outcome::Hold),
-            RuleAction::Deny => Some(Outcome::Deny),
-            RuleAction::Score => None,
-        }
-    }
-}
+use crate::intent::Field;
+pub use crate::intent::FieldPath;
+use crate::wire::text::decimal_text;
 
 /// What a rule that fails to evaluate contributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,15 +31,6 @@ pub enum OnError {
     Hold,
     Deny,
     Ignore,
-}
-
-/// A counter's aggregate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Aggregate {
-    Count,
-    Sum,
-    Max,
-    Distinct,
 }
 
 /// Which decisions a counter counts.
@@ -118,82 +51,8 @@ impl Contributes {
     }
 }
 
-/// A path into an intent, for counter keys and fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FieldPath {
-    IntentId,
-    AgentId,
-    AccountId,
-    Action,
-    Currency,
-    Amount,
-    Counterparty(usize),
-    Attribute(Vec<String>),
-}
-
-impl FieldPath {
-    fn parse(text: &str) -> Option<FieldPath> {
-        Some(match text {
-            "intent_id" => FieldPath::IntentId,
-            "agent_id" => FieldPath::AgentId,
-            "account_id" => FieldPath::AccountId,
-            "action" => FieldPath::Action,
-            "currency" => FieldPath::Currency,
-            "amount" => FieldPath::Amount,
-            _ => {
-                if let Some(field) = text.strip_prefix("counterparty.") {
-                    FieldPath::Counterparty(COUNTERPARTY_FIELDS.iter().position(|f| *f == field)?)
-                } else {
-                    let rest = text.strip_prefix("attributes.")?;
-                    let parts: Vec<String> = rest.split('.').map(str::to_owned).collect();
-                    if parts.iter().any(String::is_empty) {
-                        return None;
-                    }
-                    FieldPath::Attribute(parts)
-                }
-            }
-        })
-    }
-
-    /// The value at this path as key text, `None` when the intent lacks it.
-    pub fn text<'a>(&self, intent: &'a Intent) -> Option<Cow<'a, str>> {
-        match self {
-            FieldPath::IntentId => Some(Cow::Borrowed(&intent.intent_id)),
-            FieldPath::AgentId => Some(Cow::Borrowed(&intent.agent_id)),
-            FieldPath::AccountId => Some(Cow::Borrowed(&intent.account_id)),
-            FieldPath::Action => Some(Cow::Borrowed(&intent.action)),
-            FieldPath::Currency => intent.currency.as_deref().map(Cow::Borrowed),
-            FieldPath::Amount => intent.amount.map(|a| Cow::Owned(a.normalize().to_string())),
-            FieldPath::Counterparty(i) => intent
-                .counterparty
-                .as_ref()
-                .and_then(|cp| cp.field_at(*i))
-                .map(Cow::Borrowed),
-            FieldPath::Attribute(_) => match self.json(intent)? {
-                serde_json::Value::Null => None,
-                serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
-                serde_json::Value::Number(n) => Some(match expr::json_decimal(n) {
-                    Some(d) => Cow::Owned(d.normalize().to_string()),
-                    None => Cow::Borrowed(n.as_str()),
-                }),
-                other => Some(Cow::Owned(other.to_string())),
-            },
-        }
-    }
-
-    /// The JSON value at an `attributes` path.
-    pub fn json<'a>(&self, intent: &'a Intent) -> Option<&'a serde_json::Value> {
-        let FieldPath::Attribute(parts) = self else {
-            return None;
-        };
-        let mut map = intent.attributes.as_ref()?;
-        let (last, walk) = parts.split_last()?;
-        for p in walk {
-            map = map.get(p)?.as_object()?;
-        }
-        map.get(last)
-    }
-}
+pub use crate::velocity::Aggregate;
+use crate::velocity::{CounterSpec, WindowSpec};
 
 /// A `[[counter]]`.
 #[derive(Debug)]
@@ -216,6 +75,20 @@ pub struct CounterDef {
     pub unavailable: Vec<String>,
     /// Why the counter is unavailable to an intent dated before the state it keeps.
     pub too_old: String,
+}
+
+impl CounterDef {
+    /// The counter as the velocity state keeps it.
+    pub fn spec(&self) -> CounterSpec<'_> {
+        CounterSpec {
+            key: &self.key,
+            window: WindowSpec {
+                aggregate: self.aggregate,
+                resolution_ns: self.resolution.num_nanoseconds().unwrap_or(i64::MAX).max(1),
+                buckets: self.buckets,
+            },
+        }
+    }
 }
 
 /// A message template: text with `{name}` placeholders.
@@ -247,7 +120,7 @@ impl Template {
                         out.push_str(itoa::Buffer::new().format(i));
                     }
                     Ok(crate::expr::Value::Num(n)) => {
-                        crate::decision::decimal_text(&n, |s| out.push_str(s));
+                        decimal_text(&n, |s| out.push_str(s));
                     }
                     Ok(v) => {
                         use std::fmt::Write;
@@ -326,8 +199,8 @@ pub struct Ruleset {
     pub counters: Vec<CounterDef>,
     pub rules: Vec<RuleDef>,
     pub files: Vec<PathBuf>,
-    /// The actions the conditions' guards name, for [`Activation::action_bit`].
-    pub actions: Actions,
+    /// The actions the conditions' guards name, for [`Activation::action`].
+    pub actions: ActionIndex,
 }
 
 /// One problem found while loading a ruleset.
@@ -579,6 +452,14 @@ impl Ruleset {
 
     /// Loads a ruleset from `(path, text)` pairs, in the given order.
     pub fn load_sources(files: &[(PathBuf, String)]) -> Result<Ruleset, LoadErrors> {
+        Self::load_sources_with(files, CompileOptions::default())
+    }
+
+    /// [`Ruleset::load_sources`], with conditions compiled under `options`.
+    pub fn load_sources_with(
+        files: &[(PathBuf, String)],
+        options: CompileOptions,
+    ) -> Result<Ruleset, LoadErrors> {
         let mut errors = Vec::new();
         let mut parsed = Vec::new();
         for (path, text) in files {
@@ -606,7 +487,10 @@ impl Ruleset {
         let digest = hasher.finalize();
         let version: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
 
-        let mut b = Builder::default();
+        let mut b = Builder {
+            options,
+            ..Builder::default()
+        };
         b.global_sections(&parsed, &mut errors);
         b.lists(&parsed, &mut errors);
         b.counters(&parsed, &mut errors);
@@ -615,7 +499,7 @@ impl Ruleset {
             return Err(LoadErrors(errors));
         }
         let list_values = std::mem::take(&mut b.list_values);
-        let actions = Actions::assign(
+        let actions = ActionIndex::build(
             &mut b
                 .rules
                 .iter_mut()
@@ -668,6 +552,7 @@ fn enclosing_item(text: &str, offset: usize) -> Option<String> {
 
 #[derive(Default)]
 struct Builder {
+    options: CompileOptions,
     precedence: Option<[Outcome; 3]>,
     on_error: Option<OnError>,
     scoring: Option<Scoring>,
@@ -966,14 +851,14 @@ impl Builder {
             (Some(Aggregate::Sum | Aggregate::Max), Some(f)) => {
                 if matches!(
                     field,
-                    Some(
-                        FieldPath::Counterparty(_)
-                            | FieldPath::IntentId
-                            | FieldPath::AgentId
-                            | FieldPath::AccountId
-                            | FieldPath::Action
-                            | FieldPath::Currency
-                    )
+                    Some(FieldPath::Counterparty(_))
+                        | Some(FieldPath::Field(
+                            Field::IntentId
+                                | Field::AgentId
+                                | Field::AccountId
+                                | Field::Action
+                                | Field::Currency
+                        ))
                 ) {
                     errors.push(src.error(f.span(), it.clone(), format!("`{}` is not a number; sum and max need `amount` or a numeric `attributes.<path>`", f.get_ref())));
                 }
@@ -1018,8 +903,7 @@ impl Builder {
                 counters: None,
                 lists: &self.list_types,
             };
-            compile_at(src, w, &scope, true, &it, errors)
-                .map(|p| p.with_action_guard(&self.list_values))
+            self.compile_at(src, w, &scope, true, &it, errors)
         });
         let choices = [
             ("all", Contributes::All),
@@ -1092,8 +976,7 @@ impl Builder {
                     counters: Some(&self.counter_types),
                     lists: &self.list_types,
                 };
-                let when = compile_at(src, &r.when, &scope, true, &it, errors)
-                    .map(|p| p.with_action_guard(&self.list_values));
+                let when = self.compile_at(src, &r.when, &scope, true, &it, errors);
                 let choices = [
                     ("allow", RuleAction::Allow),
                     ("hold", RuleAction::Hold),
@@ -1150,7 +1033,7 @@ impl Builder {
                 let message = r
                     .message
                     .as_ref()
-                    .and_then(|m| template(src, m, &scope, &it, errors));
+                    .and_then(|m| self.template(src, m, &scope, &it, errors));
                 if let (Some(when), Some(action)) = (when, action) {
                     self.rules.push(RuleDef {
                         id: Arc::from(id.as_str()),
@@ -1209,98 +1092,108 @@ pub fn default_resolution(window: TimeDelta) -> TimeDelta {
     TimeDelta::milliseconds(ms)
 }
 
-fn compile_at(
-    src: &Source<'_>,
-    text: &Spanned<String>,
-    scope: &Scope<'_>,
-    want_bool: bool,
-    it: &Option<String>,
-    errors: &mut Vec<LoadError>,
-) -> Option<Program> {
-    match expr::compile(text.get_ref(), scope, want_bool) {
-        Ok(p) => Some(p),
-        Err(list) => {
-            for CompileError { offset, message } in list {
-                let at = src.inside_string(&text.span(), offset);
-                errors.push(src.error(at, it.clone(), message));
+impl Builder {
+    fn compile_at(
+        &self,
+        src: &Source<'_>,
+        text: &Spanned<String>,
+        scope: &Scope<'_>,
+        want_bool: bool,
+        it: &Option<String>,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<Program> {
+        match expr::compile(
+            text.get_ref(),
+            scope,
+            want_bool,
+            &self.list_values,
+            self.options,
+        ) {
+            Ok(p) => Some(p),
+            Err(list) => {
+                for CompileError { offset, message } in list {
+                    let at = src.inside_string(&text.span(), offset);
+                    errors.push(src.error(at, it.clone(), message));
+                }
+                None
             }
-            None
         }
     }
-}
 
-/// Parses a message template: `{name}` placeholders, `{{` and `}}` for literal braces.
-fn template(
-    src: &Source<'_>,
-    text: &Spanned<String>,
-    scope: &Scope<'_>,
-    it: &Option<String>,
-    errors: &mut Vec<LoadError>,
-) -> Option<Template> {
-    let s = text.get_ref();
-    let mut parts = Vec::new();
-    let mut literal = String::new();
-    let mut chars = s.char_indices().peekable();
-    let before = errors.len();
-    let at = |char_pos: usize| src.inside_string(&text.span(), Some(char_pos));
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '{' if chars.peek().map(|(_, c)| *c) == Some('{') => {
-                chars.next();
-                literal.push('{');
-            }
-            '}' if chars.peek().map(|(_, c)| *c) == Some('}') => {
-                chars.next();
-                literal.push('}');
-            }
-            '{' => {
-                if !literal.is_empty() {
-                    parts.push(Part::Text(std::mem::take(&mut literal)));
+    /// Parses a message template: `{name}` placeholders, `{{` and `}}` for literal braces.
+    fn template(
+        &self,
+        src: &Source<'_>,
+        text: &Spanned<String>,
+        scope: &Scope<'_>,
+        it: &Option<String>,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<Template> {
+        let s = text.get_ref();
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = s.char_indices().peekable();
+        let before = errors.len();
+        let at = |char_pos: usize| src.inside_string(&text.span(), Some(char_pos));
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|(_, c)| *c) == Some('{') => {
+                    chars.next();
+                    literal.push('{');
                 }
-                let start = i + 1;
-                let Some(end) = s[start..].find('}').map(|e| start + e) else {
+                '}' if chars.peek().map(|(_, c)| *c) == Some('}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    if !literal.is_empty() {
+                        parts.push(Part::Text(std::mem::take(&mut literal)));
+                    }
+                    let start = i + 1;
+                    let Some(end) = s[start..].find('}').map(|e| start + e) else {
+                        errors.push(src.error(
+                            at(s[..i].chars().count()),
+                            it.clone(),
+                            "unclosed `{` in `message`; write `{{` for a literal brace".to_owned(),
+                        ));
+                        break;
+                    };
+                    let name = s[start..end].trim();
+                    let pos = s[..start].chars().count();
+                    match expr::compile(name, scope, false, &self.list_values, self.options) {
+                        Ok(p) if p.is_name_path() => parts.push(Part::Name(p)),
+                        _ => errors.push(src.error(
+                            at(pos),
+                            it.clone(),
+                            format!("unknown placeholder `{{{name}}}` in `message`; placeholders name a condition name such as `{{amount}}`, `{{counterparty.id}}` or `{{counters.<id>}}`"),
+                        )),
+                    }
+                    while chars.peek().is_some_and(|(j, _)| *j <= end) {
+                        chars.next();
+                    }
+                }
+                '}' => {
                     errors.push(src.error(
                         at(s[..i].chars().count()),
                         it.clone(),
-                        "unclosed `{` in `message`; write `{{` for a literal brace".to_owned(),
+                        "unmatched `}` in `message`; write `}}` for a literal brace".to_owned(),
                     ));
-                    break;
-                };
-                let name = s[start..end].trim();
-                let pos = s[..start].chars().count();
-                match expr::compile(name, scope, false) {
-                    Ok(p) if p.is_name_path() => parts.push(Part::Name(p)),
-                    _ => errors.push(src.error(
-                        at(pos),
-                        it.clone(),
-                        format!("unknown placeholder `{{{name}}}` in `message`; placeholders name a condition name such as `{{amount}}`, `{{counterparty.id}}` or `{{counters.<id>}}`"),
-                    )),
                 }
-                while chars.peek().is_some_and(|(j, _)| *j <= end) {
-                    chars.next();
-                }
+                c => literal.push(c),
             }
-            '}' => {
-                errors.push(src.error(
-                    at(s[..i].chars().count()),
-                    it.clone(),
-                    "unmatched `}` in `message`; write `}}` for a literal brace".to_owned(),
-                ));
-            }
-            c => literal.push(c),
         }
+        if !literal.is_empty() {
+            parts.push(Part::Text(literal));
+        }
+        let capacity = parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.len(),
+                Part::Name(_) => 24,
+            })
+            .sum();
+        (errors.len() == before).then_some(Template { parts, capacity })
     }
-    if !literal.is_empty() {
-        parts.push(Part::Text(literal));
-    }
-    let capacity = parts
-        .iter()
-        .map(|p| match p {
-            Part::Text(t) => t.len(),
-            Part::Name(_) => 24,
-        })
-        .sum();
-    (errors.len() == before).then_some(Template { parts, capacity })
 }
 
 #[cfg(test)]

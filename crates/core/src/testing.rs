@@ -12,11 +12,10 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::decision::{Decision, Source};
-use crate::engine::{Engine, EngineOptions};
-use crate::intent::{parse_intent, DEFAULT_MAX_BYTES};
+use crate::decision::{CounterValue, Decision, Source};
+use crate::engine::{Clock, Engine, EngineOptions, Processed};
+use crate::intent::DEFAULT_MAX_BYTES;
 use crate::rules::Ruleset;
-use crate::velocity::CounterValue;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +164,7 @@ fn run_case(
     defaults: &toml::Table,
     ruleset: &Arc<Ruleset>,
 ) -> CaseResult {
-    let engine = Engine::new(ruleset.clone(), EngineOptions::default());
+    let mut engine = Engine::new(ruleset.clone(), EngineOptions::default());
     let mut failures = Vec::new();
     let label: Arc<str> = Arc::from(format!("{}#{number}", path.display()));
     let mut line = 0;
@@ -191,7 +190,7 @@ fn run_case(
             one.insert("intent_id".into(), toml::Value::String(id));
             line += 1;
             if let Err(e) = decide(
-                &engine,
+                &mut engine,
                 &one,
                 defaults,
                 Source::File {
@@ -208,7 +207,7 @@ fn run_case(
         .entry("intent_id")
         .or_insert_with(|| toml::Value::String(format!("case{number}")));
     let result = decide(
-        &engine,
+        &mut engine,
         &intent,
         defaults,
         Source::File {
@@ -227,7 +226,7 @@ fn run_case(
 
 /// Decides one test intent: `Err` with the dead-letter kind and message when invalid.
 fn decide(
-    engine: &Engine,
+    engine: &mut Engine,
     table: &toml::Table,
     defaults: &toml::Table,
     source: Source,
@@ -239,10 +238,14 @@ fn decide(
     let json =
         serde_json::Value::Object(merged.into_iter().map(|(k, v)| (k, to_json(v))).collect());
     let payload = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
-    let intent = parse_intent(&payload, DEFAULT_MAX_BYTES)
-        .map_err(|e| format!("{}: {}", e.kind.as_str(), e.message))?;
-    let now = intent.created_at;
-    Ok(engine.decide(intent, source, now))
+    match engine.process(&payload, DEFAULT_MAX_BYTES, source, Clock::EventTime) {
+        Processed::Decided(d) => Ok(d),
+        Processed::Invalid(letter) => Err(format!(
+            "{}: {}",
+            letter.error.kind.as_str(),
+            letter.error.message
+        )),
+    }
 }
 
 fn to_json(v: toml::Value) -> serde_json::Value {

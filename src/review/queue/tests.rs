@@ -29,13 +29,20 @@ fn at(text: &str) -> DateTime<Utc> {
 }
 
 /// The record the engine writes for an intent, as it is on the decisions topic.
-fn decided(e: &Engine, id: &str, agent: &str, action: &str, amount: &str, now: &str) -> Vec<u8> {
+fn decided(
+    e: &mut Engine,
+    id: &str,
+    agent: &str,
+    action: &str,
+    amount: &str,
+    now: &str,
+) -> Vec<u8> {
     decided_from(e, 0, id, agent, action, amount, now)
 }
 
 /// [`decided`] for the intent at `offset` of intents partition 0.
 fn decided_from(
-    e: &Engine,
+    e: &mut Engine,
     offset: i64,
     id: &str,
     agent: &str,
@@ -99,20 +106,20 @@ const T0: &str = "2026-11-28T10:00:00Z";
 
 #[test]
 fn holds_enter_the_queue_and_other_decisions_do_not() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
     assert_eq!(
-        log.push(&decided(&e, "small", "bot", "transfer", "5", T0)),
+        log.push(&decided(&mut e, "small", "bot", "transfer", "5", T0)),
         Applied::Ignored("not a hold")
     );
     assert_eq!(
-        log.push(&decided(&e, "big", "bot", "transfer", "20000", T0)),
+        log.push(&decided(&mut e, "big", "bot", "transfer", "20000", T0)),
         Applied::Held
     );
     assert_eq!(log.queue.len(), 1);
     let h = log.queue.get("big").unwrap();
     assert_eq!(
-        (h.required, h.decision.amount),
+        (h.required, h.decision.head.amount),
         (1, Some(Decimal::new(20000, 0)))
     );
     assert_eq!(
@@ -126,21 +133,21 @@ fn holds_enter_the_queue_and_other_decisions_do_not() {
 
 #[test]
 fn a_later_decision_for_the_same_intent_replaces_the_hold() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&e, "i", "bot", "transfer", "20000", T0));
+    log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
     // The same intent_id decided again, this time not held (e.g. the committed decision
     // after an aborted one): it leaves the queue.
-    let allow = decided(&engine(), "i", "bot", "transfer", "1", T0);
+    let allow = decided(&mut engine(), "i", "bot", "transfer", "1", T0);
     assert_eq!(log.push(&allow), Applied::Cleared);
     assert!(log.queue.is_empty());
 }
 
 #[test]
 fn one_approval_releases_an_ordinary_hold() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&e, "i", "bot", "transfer", "20000", T0));
+    log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
     let r = log
         .queue
         .review("i", "alice", Role::Approver, Verdict::Approve, "", at(T0))
@@ -156,7 +163,7 @@ fn one_approval_releases_an_ordinary_hold() {
     assert_eq!((f.reviewer.as_str(), f.offset), ("alice", 2));
     // A duplicate of the decision arriving later does not bring the hold back.
     assert_eq!(
-        log.push(&decided(&engine(), "i", "bot", "transfer", "20000", T0)),
+        log.push(&decided(&mut engine(), "i", "bot", "transfer", "20000", T0)),
         Applied::Ignored("the review of this intent has ended")
     );
     assert!(log.queue.is_empty());
@@ -164,9 +171,9 @@ fn one_approval_releases_an_ordinary_hold() {
 
 #[test]
 fn two_approval_holds_need_two_different_approvers() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&e, "p", "bot", "payout", "60000", T0));
+    log.push(&decided(&mut e, "p", "bot", "payout", "60000", T0));
     assert_eq!(log.queue.get("p").unwrap().required, 2);
     let first = log
         .queue
@@ -197,9 +204,9 @@ fn two_approval_holds_need_two_different_approvers() {
 fn two_instances_racing_each_with_one_approval_still_release() {
     // Alice and Bob approve on two instances that had both seen no approval: both records
     // say "hold, not final", yet together they are two approvals.
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&e, "p", "bot", "payout", "60000", T0));
+    log.push(&decided(&mut e, "p", "bot", "payout", "60000", T0));
     let a = log
         .queue
         .review("p", "alice", Role::Approver, Verdict::Approve, "", at(T0))
@@ -215,9 +222,9 @@ fn two_instances_racing_each_with_one_approval_still_release() {
 
 #[test]
 fn the_first_final_record_wins() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&e, "i", "bot", "transfer", "20000", T0));
+    log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
     let approve = log
         .queue
         .review("i", "alice", Role::Approver, Verdict::Approve, "", at(T0))
@@ -239,10 +246,10 @@ fn the_first_final_record_wins() {
 
 #[test]
 fn refusals_say_who_and_why() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
     log.push(&decided(
-        &e,
+        &mut e,
         "i",
         "procurement-bot",
         "transfer",
@@ -292,10 +299,10 @@ fn refusals_say_who_and_why() {
 
 #[test]
 fn holds_expire_to_a_reject_by_the_system() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
     log.push(&decided(
-        &e,
+        &mut e,
         "old",
         "bot",
         "transfer",
@@ -303,7 +310,7 @@ fn holds_expire_to_a_reject_by_the_system() {
         "2026-11-28T10:00:00Z",
     ));
     log.push(&decided(
-        &e,
+        &mut e,
         "new",
         "bot",
         "transfer",
@@ -335,10 +342,10 @@ fn holds_expire_to_a_reject_by_the_system() {
 
 #[test]
 fn filters_combine() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
     log.push(&decided(
-        &e,
+        &mut e,
         "t",
         "bot-a",
         "transfer",
@@ -346,7 +353,7 @@ fn filters_combine() {
         "2026-11-28T10:00:00Z",
     ));
     log.push(&decided(
-        &e,
+        &mut e,
         "p",
         "bot-b",
         "payout",
@@ -427,26 +434,26 @@ fn unreadable_records_are_errors_that_change_nothing() {
 
 #[test]
 fn an_ended_review_ignores_copies_and_duplicates_of_its_hold_but_not_a_new_proposal() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
-    let hold = decided_from(&e, 3, "i", "bot", "transfer", "20000", T0);
+    let hold = decided_from(&mut e, 3, "i", "bot", "transfer", "20000", T0);
     assert_eq!(log.push(&hold), Applied::Held);
     log.review("i", "alice", Verdict::Reject, T0).unwrap();
     assert!(log.queue.finished("i").is_some());
     // The same record again (an aborted transaction's copy, then the committed one), and a
     // decision of the id from an earlier source.
     assert!(matches!(log.push(&hold), Applied::Ignored(_)));
-    let earlier = decided_from(&engine(), 2, "i", "bot", "transfer", "20000", T0);
+    let earlier = decided_from(&mut engine(), 2, "i", "bot", "transfer", "20000", T0);
     assert!(matches!(log.push(&earlier), Applied::Ignored(_)));
     // The engine re-emitting it for a duplicate, from another source offset.
-    let duplicate = decided_from(&e, 9, "i", "bot", "transfer", "20000", T0);
+    let duplicate = decided_from(&mut e, 9, "i", "bot", "transfer", "20000", T0);
     assert!(String::from_utf8_lossy(&duplicate).contains(r#""duplicate":true"#));
     assert!(matches!(log.push(&duplicate), Applied::Ignored(_)));
     assert!(log.queue.is_empty());
     // The same intent id proposed again after the duplicate horizon: the engine (here, one
     // that has forgotten it) decides it anew, from another source. Its review starts afresh.
     let again = decided_from(
-        &engine(),
+        &mut engine(),
         12,
         "i",
         "bot",
@@ -468,14 +475,14 @@ fn an_ended_review_ignores_copies_and_duplicates_of_its_hold_but_not_a_new_propo
 
 #[test]
 fn ended_reviews_are_forgotten_two_duplicate_horizons_later() {
-    let e = engine();
+    let mut e = engine();
     let mut log = Log::new();
     // Holds `{prefix}0..count`, decided at `now` from offsets `first..`, each rejected.
     let mut end_reviews = |prefix: &str, first: i64, count: i64, now: &str| {
         for i in 0..count {
             let id = format!("{prefix}{i}");
             log.push(&decided_from(
-                &e,
+                &mut e,
                 first + i,
                 &id,
                 "bot",

@@ -1,4 +1,5 @@
 use super::*;
+use crate::decision::RuleAction;
 use crate::intent::parse_intent;
 use std::path::PathBuf;
 
@@ -41,7 +42,7 @@ fn source(line: u64) -> Source {
     }
 }
 
-fn decide(e: &Engine, id: &str, extra: &str) -> Arc<Decision> {
+fn decide(e: &mut Engine, id: &str, extra: &str) -> Arc<Decision> {
     e.decide(intent(id, extra), source(0), now())
 }
 
@@ -68,17 +69,17 @@ action = "deny"
 
 #[test]
 fn nothing_matched_is_allow() {
-    let e = engine(PRECEDENCE_RULES);
-    let d = decide(&e, "a", "");
+    let mut e = engine(PRECEDENCE_RULES);
+    let d = decide(&mut e, "a", "");
     assert_eq!((d.outcome, d.score), (Outcome::Allow, 0));
     assert!(d.reasons.is_empty() && d.errors.is_empty());
 }
 
 #[test]
 fn default_precedence_is_deny_then_allow_then_hold() {
-    let e = engine(PRECEDENCE_RULES);
+    let mut e = engine(PRECEDENCE_RULES);
     let d = decide(
-        &e,
+        &mut e,
         "a",
         r#""amount":"5000","counterparty":{"id":"cp-trusted"}"#,
     );
@@ -89,7 +90,7 @@ fn default_precedence_is_deny_then_allow_then_hold() {
         "every matched rule is listed, in ruleset order"
     );
     let d = decide(
-        &e,
+        &mut e,
         "b",
         r#""amount":"5000","counterparty":{"id":"cp-trusted","country":"KP"}"#,
     );
@@ -99,11 +100,11 @@ fn default_precedence_is_deny_then_allow_then_hold() {
 
 #[test]
 fn precedence_can_be_changed() {
-    let e = engine(&format!(
+    let mut e = engine(&format!(
         "[decision]\nprecedence = [\"deny\", \"hold\", \"allow\"]\n{PRECEDENCE_RULES}"
     ));
     let d = decide(
-        &e,
+        &mut e,
         "a",
         r#""amount":"5000","counterparty":{"id":"cp-trusted"}"#,
     );
@@ -142,7 +143,7 @@ score = -45
 
 #[test]
 fn thresholds_turn_scores_into_decisions() {
-    let e = engine(SCORING_RULES);
+    let mut e = engine(SCORING_RULES);
     let cases = [
         ("99.99", "transfer", 0, Outcome::Allow),
         ("100", "transfer", 40, Outcome::Allow),
@@ -152,7 +153,7 @@ fn thresholds_turn_scores_into_decisions() {
     ];
     for (i, (amount, action, score, outcome)) in cases.into_iter().enumerate() {
         let d = decide(
-            &e,
+            &mut e,
             &format!("s{i}"),
             &format!(r#""amount":"{amount}","action":"{action}""#),
         );
@@ -184,8 +185,8 @@ action = "deny"
 
 #[test]
 fn a_failing_rule_contributes_on_error() {
-    let e = engine(ERROR_RULES);
-    let d = decide(&e, "a", "");
+    let mut e = engine(ERROR_RULES);
+    let d = decide(&mut e, "a", "");
     assert_eq!(d.outcome, Outcome::Hold, "default on_error is hold");
     assert_eq!(d.errors.len(), 1);
     assert_eq!(&*d.errors[0].rule, "reads-counter");
@@ -202,13 +203,13 @@ fn a_failing_rule_contributes_on_error() {
     );
 
     for (setting, outcome) in [("deny", Outcome::Deny), ("ignore", Outcome::Allow)] {
-        let e = engine(&format!(
+        let mut e = engine(&format!(
             "[decision]\non_error = \"{setting}\"\n{ERROR_RULES}"
         ));
-        assert_eq!(decide(&e, "a", "").outcome, outcome, "{setting}");
+        assert_eq!(decide(&mut e, "a", "").outcome, outcome, "{setting}");
     }
     // With the key present, the counter is available and nothing fails.
-    let d = decide(&e, "b", r#""counterparty":{"id":"cp-1"}"#);
+    let d = decide(&mut e, "b", r#""counterparty":{"id":"cp-1"}"#);
     assert_eq!((d.outcome, d.errors.len()), (Outcome::Allow, 0));
     assert_eq!(d.counters, vec![("per_cp".into(), CounterValue::Int(0))]);
 }
@@ -249,10 +250,10 @@ message = "{counters.sum_1h} + {amount} {currency} is over 1.00"
 
 #[test]
 fn counters_see_earlier_intents_only_and_respect_where_and_contributes() {
-    let e = engine(VELOCITY_RULES);
+    let mut e = engine(VELOCITY_RULES);
     let at = |m: u32| format!(r#""amount":"0.10","created_at":"2026-11-28T10:{m:02}:00Z""#);
     let outcomes: Vec<_> = (0..5)
-        .map(|i| decide(&e, &format!("v{i}"), &at(i)).outcome)
+        .map(|i| decide(&mut e, &format!("v{i}"), &at(i)).outcome)
         .collect();
     assert_eq!(
         outcomes,
@@ -264,7 +265,7 @@ fn counters_see_earlier_intents_only_and_respect_where_and_contributes() {
             Outcome::Hold
         ]
     );
-    let d = decide(&e, "v5", &at(5));
+    let d = decide(&mut e, "v5", &at(5));
     let value = |id: &str| d.counters.iter().find(|(c, _)| &**c == id).map(|(_, v)| *v);
     assert_eq!(value("transfers_1h"), Some(CounterValue::Int(5)));
     assert_eq!(
@@ -278,16 +279,16 @@ fn counters_see_earlier_intents_only_and_respect_where_and_contributes() {
     );
 
     // `where` filters contributions: payments do not count as transfers.
-    let e = engine(VELOCITY_RULES);
+    let mut e = engine(VELOCITY_RULES);
     for i in 0..5 {
         decide(
-            &e,
+            &mut e,
             &format!("p{i}"),
             r#""action":"payment","amount":"0.01""#,
         );
     }
     assert_eq!(
-        decide(&e, "t", r#""amount":"0.01""#).outcome,
+        decide(&mut e, "t", r#""amount":"0.01""#).outcome,
         Outcome::Allow
     );
 }
@@ -296,7 +297,7 @@ fn counters_see_earlier_intents_only_and_respect_where_and_contributes() {
 fn counters_sharing_a_where_each_count_as_their_own_where_says() {
     // `a` is unavailable without a counterparty and `b` takes allowed intents only, so when
     // either skips an intent, `c` still answers the shared `where` for itself.
-    let e = engine(
+    let mut e = engine(
         r#"
 [[counter]]
 id = "a"
@@ -333,9 +334,9 @@ when = 'amount > 1000'
 action = "hold"
 "#,
     );
-    let held = decide(&e, "t1", r#""amount":"2000""#);
+    let held = decide(&mut e, "t1", r#""amount":"2000""#);
     assert_eq!(held.outcome, Outcome::Hold);
-    decide(&e, "p1", r#""action":"payment""#);
+    decide(&mut e, "p1", r#""action":"payment""#);
     let values = |d: &Decision| -> Vec<(String, CounterValue)> {
         d.counters
             .iter()
@@ -343,13 +344,13 @@ action = "hold"
             .collect()
     };
     let cp = r#""counterparty":{"id":"cp-1"}"#;
-    let d = decide(&e, "t2", cp);
+    let d = decide(&mut e, "t2", cp);
     let int = |id: &str, n| (id.to_owned(), CounterValue::Int(n));
     assert_eq!(
         values(&d),
         [int("a", 0), int("b", 0), int("c", 1), int("d", 1)]
     );
-    let d = decide(&e, "t3", cp);
+    let d = decide(&mut e, "t3", cp);
     assert_eq!(
         values(&d),
         [int("a", 1), int("b", 1), int("c", 2), int("d", 1)]
@@ -358,20 +359,20 @@ action = "hold"
 
 #[test]
 fn ten_times_ten_cents_is_exactly_one_euro() {
-    let e = engine(
+    let mut e = engine(
         VELOCITY_RULES
             .replace("counters.transfers_1h >= 3", "false")
             .as_str(),
     );
     for i in 0..10 {
         let d = decide(
-            &e,
+            &mut e,
             &format!("c{i}"),
             r#""action":"payment","amount":"0.10""#,
         );
         assert_eq!(d.outcome, Outcome::Allow, "payment {i}");
     }
-    let d = decide(&e, "over", r#""action":"payment","amount":"0.01""#);
+    let d = decide(&mut e, "over", r#""action":"payment","amount":"0.01""#);
     assert_eq!(d.outcome, Outcome::Deny);
     assert_eq!(
         d.reasons[0].message.as_deref(),
@@ -381,16 +382,16 @@ fn ten_times_ten_cents_is_exactly_one_euro() {
 
 #[test]
 fn windows_slide_in_event_time() {
-    let e = engine(VELOCITY_RULES);
+    let mut e = engine(VELOCITY_RULES);
     for i in 0..3 {
         decide(
-            &e,
+            &mut e,
             &format!("w{i}"),
             &format!(r#""amount":"0.01","created_at":"2026-11-28T10:0{i}:00Z""#),
         );
     }
     let d = decide(
-        &e,
+        &mut e,
         "late",
         r#""amount":"0.01","created_at":"2026-11-28T11:01:00Z""#,
     );
@@ -401,7 +402,7 @@ fn windows_slide_in_event_time() {
         d.counters
     );
     let d = decide(
-        &e,
+        &mut e,
         "in",
         r#""amount":"0.01","created_at":"2026-11-28T10:59:00Z""#,
     );
@@ -410,20 +411,20 @@ fn windows_slide_in_event_time() {
 
 #[test]
 fn denied_intents_do_not_count_by_default() {
-    let e = engine(VELOCITY_RULES);
+    let mut e = engine(VELOCITY_RULES);
     for i in 0..5 {
-        let d = decide(&e, &format!("d{i}"), r#""amount":"5""#);
+        let d = decide(&mut e, &format!("d{i}"), r#""amount":"5""#);
         assert_eq!(d.outcome, Outcome::Deny);
     }
     assert_eq!(
-        decide(&e, "ok", r#""amount":"0.5""#).outcome,
+        decide(&mut e, "ok", r#""amount":"0.5""#).outcome,
         Outcome::Allow
     );
 }
 
 #[test]
 fn duplicates_repeat_the_original_and_move_no_counter() {
-    let e = engine(VELOCITY_RULES);
+    let mut e = engine(VELOCITY_RULES);
     let first = e.decide(intent("dup", r#""amount":"0.40""#), source(1), now());
     let again = e.decide(
         intent("dup", r#""amount":"999","account_id":"other""#),
@@ -433,10 +434,10 @@ fn duplicates_repeat_the_original_and_move_no_counter() {
     assert!(again.duplicate && !first.duplicate);
     assert_eq!(again.source, source(2));
     assert_eq!(
-        (again.outcome, &again.reasons, &again.amount),
-        (first.outcome, &first.reasons, &first.amount)
+        (again.outcome, &again.reasons, &again.head.amount),
+        (first.outcome, &first.reasons, &first.head.amount)
     );
-    let d = decide(&e, "next", r#""amount":"0.10""#);
+    let d = decide(&mut e, "next", r#""amount":"0.10""#);
     assert_eq!(
         d.counters[0],
         ("transfers_1h".into(), CounterValue::Int(1)),
@@ -444,7 +445,7 @@ fn duplicates_repeat_the_original_and_move_no_counter() {
     );
     // Beyond the horizon the same id is a new intent.
     let later = decide(
-        &e,
+        &mut e,
         "dup",
         r#""amount":"0.10","created_at":"2026-11-29T10:00:01Z""#,
     );
@@ -471,22 +472,22 @@ when = 'amount_base > 10000'
 action = "hold"
 message = "{amount} {currency} is {amount_base} EUR"
 "#;
-    let e = engine(rules);
-    let d = decide(&e, "usd-under", r#""amount":"10869","currency":"USD""#);
+    let mut e = engine(rules);
+    let d = decide(&mut e, "usd-under", r#""amount":"10869","currency":"USD""#);
     assert_eq!(d.outcome, Outcome::Allow, "10869 USD is 9999.48 EUR");
-    let d = decide(&e, "usd-over", r#""amount":"10870","currency":"USD""#);
+    let d = decide(&mut e, "usd-over", r#""amount":"10870","currency":"USD""#);
     assert_eq!(d.outcome, Outcome::Hold);
     assert_eq!(
         d.reasons[0].message.as_deref(),
         Some("10870 USD is 10000.40 EUR")
     );
-    let d = decide(&e, "gbp", r#""amount":"100.00","currency":"GBP""#);
+    let d = decide(&mut e, "gbp", r#""amount":"100.00","currency":"GBP""#);
     assert_eq!(
         d.counters[0].1,
         CounterValue::Num(Decimal::new(1999988, 2)),
         "sums add in EUR: 9999.48 + 10000.40"
     );
-    let d = decide(&e, "jpy", r#""amount":"1","currency":"JPY""#);
+    let d = decide(&mut e, "jpy", r#""amount":"1","currency":"JPY""#);
     assert_eq!(d.outcome, Outcome::Hold, "no rate: the rule fails closed");
     assert!(
         d.errors[0].message.contains("no rate for `JPY`"),
@@ -498,7 +499,7 @@ message = "{amount} {currency} is {amount_base} EUR"
         CounterValue::Num(Decimal::new(2011688, 2)),
         "a float rate means its text: 100 GBP is 117.00 EUR"
     );
-    let d = decide(&e, "after-jpy", r#""amount":"1","currency":"EUR""#);
+    let d = decide(&mut e, "after-jpy", r#""amount":"1","currency":"EUR""#);
     assert_eq!(
         d.counters[0].1,
         CounterValue::Num(Decimal::new(2011688, 2)),
@@ -508,19 +509,19 @@ message = "{amount} {currency} is {amount_base} EUR"
 
 #[test]
 fn non_monetary_intents_read_zero_and_empty_currency() {
-    let e = engine("[[rule]]\nid = \"r\"\nwhen = 'amount == 0 && amount_base == 0 && currency == \"\"'\naction = \"hold\"\n");
+    let mut e = engine("[[rule]]\nid = \"r\"\nwhen = 'amount == 0 && amount_base == 0 && currency == \"\"'\naction = \"hold\"\n");
     let d = decide(
-        &e,
+        &mut e,
         "deploy",
         r#""action":"deploy","amount":null,"currency":null"#,
     );
     assert_eq!(d.outcome, Outcome::Hold);
-    assert_eq!((d.amount, d.currency.as_deref()), (None, None));
+    assert_eq!((d.head.amount, d.head.currency.as_deref()), (None, None));
 }
 
 #[test]
 fn decisions_serialize_per_the_contract() {
-    let e = engine(VELOCITY_RULES);
+    let mut e = engine(VELOCITY_RULES);
     let d = e.decide(
         intent("ser", r#""amount":"12000.00""#),
         Source::Kafka {
@@ -552,7 +553,7 @@ fn decisions_serialize_per_the_contract() {
 
 #[test]
 fn far_future_intents_cannot_expire_the_state() {
-    let e = engine_with(
+    let mut e = engine_with(
         VELOCITY_RULES,
         EngineOptions {
             sweep_every: 1,
@@ -587,10 +588,10 @@ fn far_future_intents_cannot_expire_the_state() {
 
 #[test]
 fn backdated_intents_cannot_escape_velocity_limits() {
-    let e = engine(VELOCITY_RULES);
+    let mut e = engine(VELOCITY_RULES);
     for i in 0..5 {
         decide(
-            &e,
+            &mut e,
             &format!("now{i}"),
             r#""amount":"0.01","created_at":"2026-11-28T10:00:00Z""#,
         );
@@ -598,7 +599,7 @@ fn backdated_intents_cannot_escape_velocity_limits() {
     // Dated three hours back, where the state no longer reaches: the counter is unavailable,
     // the rule reading it fails and the intent is held (on_error), instead of seeing zero.
     let d = decide(
-        &e,
+        &mut e,
         "old",
         r#""amount":"0.01","created_at":"2026-11-28T07:00:00Z""#,
     );
@@ -612,7 +613,7 @@ fn backdated_intents_cannot_escape_velocity_limits() {
     );
     // Within one window back, the state still answers, and counts the five.
     let d = decide(
-        &e,
+        &mut e,
         "recent",
         r#""amount":"0.01","created_at":"2026-11-28T09:30:00Z""#,
     );
@@ -626,7 +627,7 @@ fn backdated_intents_cannot_escape_velocity_limits() {
 
 #[test]
 fn state_is_swept_as_time_moves_on() {
-    let e = engine_with(
+    let mut e = engine_with(
         VELOCITY_RULES,
         EngineOptions {
             sweep_every: 1,
@@ -635,7 +636,7 @@ fn state_is_swept_as_time_moves_on() {
     );
     for i in 0..50 {
         decide(
-            &e,
+            &mut e,
             &format!("k{i}"),
             &format!(r#""account_id":"acct-{i}","amount":"0.01""#),
         );
@@ -672,7 +673,7 @@ fn state_is_swept_as_time_moves_on() {
 fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
     // Default options: the full sweep waits for 65,536 decisions; the duplicate horizon
     // (24 hours) must not keep every intent until then.
-    let e = engine_with(
+    let mut e = engine_with(
         VELOCITY_RULES,
         EngineOptions {
             max_future_skew: None,
@@ -684,7 +685,7 @@ fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
         (start + TimeDelta::minutes(30 * i)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     };
     let n = 6_000;
-    let restored = engine_with(
+    let mut restored = engine_with(
         VELOCITY_RULES,
         EngineOptions {
             max_future_skew: None,
@@ -696,7 +697,7 @@ fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
             r#""account_id":"acct-{i}","amount":"0.01","created_at":"{}""#,
             at(i)
         );
-        let d = decide(&e, &format!("i{i}"), &extra);
+        let d = decide(&mut e, &format!("i{i}"), &extra);
         // A restore from these decisions is bounded the same way.
         restored.restore(&intent(&format!("i{i}"), &extra), (*d).clone());
     }
@@ -721,7 +722,7 @@ fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
         r#""account_id":"acct-1","amount":"0.01","created_at":"{}""#,
         at(n - 3)
     );
-    assert!(decide(&e, &format!("i{}", n - 3), &again).duplicate);
+    assert!(decide(&mut e, &format!("i{}", n - 3), &again).duplicate);
 }
 
 #[test]
@@ -737,25 +738,25 @@ fn when_sweeps_run_changes_no_duplicate() {
         )
     };
     // One engine sweeps after every decision, the other not before 65,536 of them.
-    for e in [sweeping(1), sweeping(65_536)] {
+    for mut e in [sweeping(1), sweeping(65_536)] {
         let old = r#""amount":"0.01","created_at":"2026-11-28T10:00:00Z""#;
-        assert!(!decide(&e, "old", old).duplicate);
+        assert!(!decide(&mut e, "old", old).duplicate);
         decide(
-            &e,
+            &mut e,
             "a",
             r#""amount":"0.01","created_at":"2026-11-29T09:00:00Z""#,
         );
         assert!(
-            decide(&e, "old", old).duplicate,
+            decide(&mut e, "old", old).duplicate,
             "23 hours behind the watermark: within the horizon"
         );
         decide(
-            &e,
+            &mut e,
             "b",
             r#""amount":"0.01","created_at":"2026-11-29T16:00:00Z""#,
         );
         assert!(
-            !decide(&e, "old", old).duplicate,
+            !decide(&mut e, "old", old).duplicate,
             "30 hours behind the watermark: forgotten, swept or not"
         );
     }
@@ -763,10 +764,10 @@ fn when_sweeps_run_changes_no_duplicate() {
 
 #[test]
 fn hold_reasons_carry_the_approvals_their_rule_asks_for() {
-    let e = engine(
+    let mut e = engine(
         "[[rule]]\nid = \"big\"\nwhen = 'amount > 100'\naction = \"hold\"\napprovals = 2\n\n[[rule]]\nid = \"any\"\nwhen = 'amount > 1'\naction = \"hold\"\n",
     );
-    let d = decide(&e, "two", r#""amount":"500""#);
+    let d = decide(&mut e, "two", r#""amount":"500""#);
     assert_eq!(
         d.reasons.iter().map(|r| r.approvals).collect::<Vec<_>>(),
         [2, 1]
@@ -779,8 +780,6 @@ fn hold_reasons_carry_the_approvals_their_rule_asks_for() {
         v["reasons"][1].get("approvals").is_none(),
         "one approval, the default, is not written"
     );
-    let (back, _) = crate::decision::parse_record(&line, 65536)
-        .unwrap()
-        .unwrap();
+    let (back, _) = crate::wire::parse_record(&line, 65536).unwrap().unwrap();
     assert_eq!(back.reasons, d.reasons);
 }

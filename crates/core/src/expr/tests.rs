@@ -1,5 +1,7 @@
+use super::ast::Node;
 use super::*;
-use crate::intent::parse_intent;
+use crate::intent::{parse_intent, CpField};
+use chrono::TimeDelta;
 
 const INTENT: &str = r#"{"intent_id":"i-1","agent_id":"procurement-bot","account_id":"acct-7","action":"transfer",
   "amount":"10000.01","currency":"EUR","counterparty":{"id":"cp-9","country":"KP"},
@@ -17,20 +19,38 @@ fn scope_lists() -> Vec<(String, Elem)> {
     vec![("sanctioned".into(), Elem::Str)]
 }
 
-/// Compiles `src` with the sample counters and lists in scope.
+/// Compiles `src` as a condition (checked and, unless `options` say otherwise, optimized).
+fn compile(src: &str, scope: &Scope<'_>, want_bool: bool) -> Result<Program, Vec<CompileError>> {
+    super::compile(src, scope, want_bool, &[], CompileOptions::default())
+}
+
+/// Compiles `src` with the sample counters and lists in scope, optimized.
 fn compile_sample(src: &str) -> Result<Program, Vec<CompileError>> {
+    compile_sample_with(src, CompileOptions::default())
+}
+
+fn compile_sample_with(src: &str, options: CompileOptions) -> Result<Program, Vec<CompileError>> {
     let counters = scope_counters();
     let lists = scope_lists();
     let scope = Scope {
         counters: Some(&counters),
         lists: &lists,
     };
-    compile(src, &scope, false)
+    super::compile(src, &scope, false, &[], options)
 }
 
-/// Evaluates `src` against the sample intent: `Ok(value text)` or `Err(message)`.
+/// Evaluates `src` against the sample intent, compiled with the optimizer on and with it
+/// off: `Ok(value text)` or `Err(message)`. Both must agree, to the letter of the error.
 fn run(src: &str) -> Result<String, String> {
-    let program = compile_sample(src).map_err(|e| format!("load: {}", e[0].message))?;
+    let on = run_with(src, CompileOptions { optimize: true });
+    let off = run_with(src, CompileOptions { optimize: false });
+    assert_eq!(on, off, "{src}: the optimizer changed the answer");
+    on
+}
+
+fn run_with(src: &str, options: CompileOptions) -> Result<String, String> {
+    let program =
+        compile_sample_with(src, options).map_err(|e| format!("load: {}", e[0].message))?;
     let intent = parse_intent(INTENT.as_bytes(), 1 << 16).unwrap();
     let counter_values = [
         Ok(Value::Int(10)),
@@ -46,7 +66,7 @@ fn run(src: &str) -> Result<String, String> {
         amount_base: Ok(Decimal::new(1000001, 2)),
         counters: &counter_values,
         lists: &list_values,
-        action_bit: Actions::UNKNOWN,
+        action: ActionId::UNKNOWN,
     };
     program
         .eval(&act)
@@ -134,7 +154,7 @@ fn fused_sums_answer_as_the_general_arithmetic_does() {
 #[test]
 fn has_on_a_counterparty_field_is_a_field_test() {
     let program = compile_sample("has(counterparty.country)").unwrap();
-    assert!(matches!(program.node, Node::HasCp(2)));
+    assert!(matches!(program.node, Node::HasCp(CpField::Country)));
     let program = compile_sample("has(attributes.env)").unwrap();
     assert!(matches!(program.node, Node::Has(..)));
     check("has(counterparty.country)", "true");
@@ -359,30 +379,32 @@ fn action_guards_answer_exactly_as_evaluation_does() {
         ("action == \"transfer\" || amount > 1", None),
         ("!(action == \"transfer\")", None),
     ];
-    // Guards with bits assigned among themselves and with a second condition's, so that
-    // some actions have bits the first does not hold; `export` has no bit at all.
-    let other = || {
-        compile("action == \"refund\" && amount > 1", &scope, true)
-            .unwrap()
-            .with_action_guard(&list_values)
+    // Guards numbered among themselves and with a second condition's, so that some
+    // actions have numbers the first does not hold; `export` has none at all.
+    let guarded_program = |src: &str| {
+        super::compile(src, &scope, true, &list_values, CompileOptions::default()).unwrap()
     };
+    let other = || guarded_program("action == \"refund\" && amount > 1");
     for (src, guarded) in conditions {
-        let plain = compile(src, &scope, true).unwrap();
-        let fast = compile(src, &scope, true)
-            .unwrap()
-            .with_action_guard(&list_values);
+        let plain = super::compile(
+            src,
+            &scope,
+            true,
+            &list_values,
+            CompileOptions { optimize: false },
+        )
+        .unwrap();
+        let fast = guarded_program(src);
         assert_eq!(
             fast.guard.as_ref().map(|g| g.actions.len()),
             guarded,
             "{src}"
         );
-        let mut masked = compile(src, &scope, true)
-            .unwrap()
-            .with_action_guard(&list_values);
+        let mut numbered = guarded_program(src);
         let mut refund = other();
-        let actions = Actions::assign(&mut [&mut masked, &mut refund]);
+        let index = ActionIndex::build(&mut [&mut numbered, &mut refund]);
         assert_eq!(
-            masked.guard.as_ref().map(|g| g.mask.is_some()),
+            numbered.guard.as_ref().map(|g| g.set.is_some()),
             guarded.map(|_| true),
             "{src}"
         );
@@ -399,19 +421,22 @@ fn action_guards_answer_exactly_as_evaluation_does() {
                 amount_base: Ok(Decimal::ONE),
                 counters: &counter_values,
                 lists: &list_values,
-                action_bit: Actions::UNKNOWN,
+                action: ActionId::UNKNOWN,
             };
             assert_eq!(
                 fast.eval_bool(&act),
                 plain.eval_bool(&act),
                 "{src} for {action}"
             );
-            act.action_bit = actions.bit(action);
-            assert_eq!(action_has_bit(&actions, action), act.action_bit != 0);
+            act.action = index.id(action);
             assert_eq!(
-                masked.eval_bool(&act),
+                index.names.iter().any(|n| **n == *action),
+                act.action != ActionId::OTHER
+            );
+            assert_eq!(
+                numbered.eval_bool(&act),
                 plain.eval_bool(&act),
-                "{src} for {action}, by bits"
+                "{src} for {action}, by numbers"
             );
         }
     }
@@ -424,13 +449,7 @@ fn a_leading_action_test_is_answered_by_its_guard() {
         counters: None,
         lists: &lists,
     };
-    let cover = |src: &str| {
-        compile(src, &scope, true)
-            .unwrap()
-            .with_action_guard(&[])
-            .guard
-            .map(|g| g.cover)
-    };
+    let cover = |src: &str| compile(src, &scope, true).unwrap().guard.map(|g| g.cover);
     assert_eq!(cover("action == \"x\""), Some(Cover::Whole));
     assert_eq!(cover("action == \"x\" && amount > 1"), Some(Cover::First));
     assert_eq!(
@@ -441,36 +460,39 @@ fn a_leading_action_test_is_answered_by_its_guard() {
     assert_eq!(cover("amount > 1"), None);
 }
 
-/// Whether some guard given to [`Actions::assign`] named `action`.
-fn action_has_bit(actions: &Actions, action: &str) -> bool {
-    actions.names.iter().any(|n| **n == *action)
-}
-
 #[test]
-fn too_many_guarded_actions_fall_back_to_names() {
+fn any_number_of_guarded_actions_is_numbered() {
     let lists = scope_lists();
     let scope = Scope {
         counters: None,
         lists: &lists,
     };
-    let mut programs: Vec<Program> = (0..65)
-        .map(|i| {
-            compile(&format!("action == \"a{i}\""), &scope, true)
-                .unwrap()
-                .with_action_guard(&[])
-        })
+    let mut programs: Vec<Program> = (0..130)
+        .map(|i| compile(&format!("action == \"a{i}\""), &scope, true).unwrap())
         .collect();
-    let actions = Actions::assign(&mut programs.iter_mut().collect::<Vec<_>>());
-    assert_eq!(actions.bit("a1"), Actions::UNKNOWN);
-    let intent =
-        parse_intent(INTENT.replace("\"transfer\"", "\"a1\"").as_bytes(), 1 << 16).unwrap();
-    let act = Activation {
-        intent: &intent,
-        amount_base: Ok(Decimal::ONE),
-        counters: &[],
-        lists: &[],
-        action_bit: actions.bit(&intent.action),
-    };
-    assert_eq!(programs[1].eval_bool(&act), Ok(true));
-    assert_eq!(programs[2].eval_bool(&act), Ok(false));
+    let index = ActionIndex::build(&mut programs.iter_mut().collect::<Vec<_>>());
+    for name in ["a1", "a64", "a129"] {
+        let intent = parse_intent(
+            INTENT
+                .replace("\"transfer\"", &format!("\"{name}\""))
+                .as_bytes(),
+            1 << 16,
+        )
+        .unwrap();
+        let act = Activation {
+            intent: &intent,
+            amount_base: Ok(Decimal::ONE),
+            counters: &[],
+            lists: &[],
+            action: index.id(&intent.head.action),
+        };
+        assert_ne!(act.action, ActionId::OTHER, "{name}");
+        for (i, p) in programs.iter().enumerate() {
+            assert_eq!(
+                p.eval_bool(&act),
+                Ok(format!("a{i}") == name),
+                "{name} by a{i}"
+            );
+        }
+    }
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value as Json};
 
-use crate::intent::Counterparty;
+use crate::intent::{json_decimal, Counterparty, CpField};
 
 /// An evaluation failure; the message is shown in the decision's `errors`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,7 +223,8 @@ impl<'a> MapValue<'a> {
             },
             MapValue::Counterparty(cp) => match key {
                 Value::Str(k) => Ok(cp
-                    .and_then(|cp| cp.field(k).flatten())
+                    .zip(CpField::named(k))
+                    .and_then(|(cp, f)| cp.get(f))
                     .map(|s| Value::Str(Cow::Borrowed(s)))),
                 _ => Ok(None),
             },
@@ -238,9 +239,9 @@ impl<'a> MapValue<'a> {
         match self {
             MapValue::Json(o) => o.len(),
             MapValue::Counterparty(cp) => cp.map_or(0, |cp| {
-                crate::intent::COUNTERPARTY_FIELDS
+                CpField::ALL
                     .iter()
-                    .filter(|f| cp.field(f).flatten().is_some())
+                    .filter(|f| cp.get(**f).is_some())
                     .count()
             }),
             MapValue::Owned(o) => o.len(),
@@ -258,23 +259,13 @@ impl<'a> MapValue<'a> {
                 .keys()
                 .map(|k| Value::Str(Cow::Borrowed(k.as_str())))
                 .collect(),
-            MapValue::Counterparty(cp) => crate::intent::COUNTERPARTY_FIELDS
+            MapValue::Counterparty(cp) => CpField::ALL
                 .iter()
-                .filter(|f| cp.is_some_and(|cp| cp.field(f).flatten().is_some()))
-                .map(|f| Value::Str(Cow::Borrowed(*f)))
+                .filter(|f| cp.is_some_and(|cp| cp.get(**f).is_some()))
+                .map(|f| Value::Str(Cow::Borrowed(f.name())))
                 .collect(),
             MapValue::Owned(o) => o.iter().map(|(k, _)| k.clone()).collect(),
         }
-    }
-}
-
-/// The exact decimal a JSON number's text spells, if it fits.
-pub fn json_decimal(n: &serde_json::Number) -> Option<Decimal> {
-    let text = n.as_str();
-    if text.contains(['e', 'E']) {
-        Decimal::from_scientific(text).ok()
-    } else {
-        Decimal::from_str_exact(text).ok()
     }
 }
 

@@ -200,7 +200,7 @@ fn templates_render_placeholders_and_escaped_braces() {
         amount_base: Ok(Decimal::ZERO),
         counters: &[],
         lists: &[],
-        action_bit: Actions::UNKNOWN,
+        action: crate::expr::ActionId::UNKNOWN,
     };
     let rendered = rs.rules[0].message.as_ref().map(|m| m.render(&act));
     assert_eq!(

@@ -1,164 +1,19 @@
-//! Intents: parsing and validation of the input contract (DESIGN section 2).
-//!
-//! Parsing never panics and never guesses: a payload is either a valid [`Intent`] or an
-//! [`InvalidIntent`] that says which field was wrong and how, ready for the dead-letter output.
-//! Amounts go from the JSON text straight to an exact [`Decimal`], never through a float.
+//! Parsing and validation of an intent's JSON: never panics, never guesses.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
+use super::{
+    Counterparty, CpField, Field, Intent, IntentHead, InvalidIntent, InvalidKind,
+    DEFAULT_MAX_BYTES, MAX_INTENT_ID_CHARS,
+};
 use crate::currency::is_iso4217;
-
-/// The default limit on the size of one intent payload.
-pub const DEFAULT_MAX_BYTES: usize = 64 * 1024;
-
-/// The longest accepted `intent_id`, in characters.
-pub const MAX_INTENT_ID_CHARS: usize = 128;
-
-/// A valid intent: a proposed action by a non-human identity.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Intent {
-    pub intent_id: CompactString,
-    pub agent_id: CompactString,
-    pub account_id: CompactString,
-    pub action: CompactString,
-    /// Exact amount, `>= 0`; `None` for non-monetary actions.
-    pub amount: Option<Decimal>,
-    /// ISO 4217 code; always present when `amount` is.
-    pub currency: Option<CompactString>,
-    pub counterparty: Option<Counterparty>,
-    pub created_at: DateTime<Utc>,
-    /// Any extra JSON object the producer wants rules to see.
-    pub attributes: Option<Map<String, Json>>,
-}
-
-/// The other side of the action.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Counterparty {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<CompactString>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<CompactString>,
-    /// ISO 3166 alpha-2 (two upper-case letters).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub country: Option<CompactString>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account: Option<CompactString>,
-}
-
-impl Counterparty {
-    /// The field called `name`, if that is a counterparty field at all (outer `None`).
-    pub fn field(&self, name: &str) -> Option<Option<&str>> {
-        let value = match name {
-            "id" => &self.id,
-            "name" => &self.name,
-            "country" => &self.country,
-            "account" => &self.account,
-            _ => return None,
-        };
-        Some(value.as_deref())
-    }
-
-    /// Field `i` of [`COUNTERPARTY_FIELDS`], if the intent has it: the same answer as
-    /// [`Counterparty::field`] without matching the name, for paths resolved at load.
-    pub fn field_at(&self, i: usize) -> Option<&str> {
-        match i {
-            0 => self.id.as_deref(),
-            1 => self.name.as_deref(),
-            2 => self.country.as_deref(),
-            3 => self.account.as_deref(),
-            _ => None,
-        }
-    }
-}
-
-/// The names of a counterparty's fields, in documentation order.
-pub const COUNTERPARTY_FIELDS: [&str; 4] = ["id", "name", "country", "account"];
-
-/// The dotted paths of a counterparty's fields, in the order of [`COUNTERPARTY_FIELDS`].
-const COUNTERPARTY_PATHS: [&str; 4] = [
-    "counterparty.id",
-    "counterparty.name",
-    "counterparty.country",
-    "counterparty.account",
-];
-
-/// The top-level fields of an intent, in documentation order.
-pub const INTENT_FIELDS: [&str; 9] = [
-    "intent_id",
-    "agent_id",
-    "account_id",
-    "action",
-    "amount",
-    "currency",
-    "counterparty",
-    "created_at",
-    "attributes",
-];
-
-/// Why a payload is not a valid intent (the dead-letter `kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InvalidKind {
-    InvalidJson,
-    TooLarge,
-    MissingField,
-    UnknownField,
-    InvalidField,
-}
-
-impl InvalidKind {
-    pub const ALL: [InvalidKind; 5] = [
-        InvalidKind::InvalidJson,
-        InvalidKind::TooLarge,
-        InvalidKind::MissingField,
-        InvalidKind::UnknownField,
-        InvalidKind::InvalidField,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InvalidKind::InvalidJson => "invalid_json",
-            InvalidKind::TooLarge => "too_large",
-            InvalidKind::MissingField => "missing_field",
-            InvalidKind::UnknownField => "unknown_field",
-            InvalidKind::InvalidField => "invalid_field",
-        }
-    }
-}
-
-/// A precise, human-readable reason why a payload was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
-#[error("{message}")]
-pub struct InvalidIntent {
-    pub kind: InvalidKind,
-    /// The offending field as a dotted path (`counterparty.country`), when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl InvalidIntent {
-    fn new(kind: InvalidKind, field: Option<&str>, message: String) -> Self {
-        InvalidIntent {
-            kind,
-            field: field.map(str::to_owned),
-            message,
-        }
-    }
-
-    fn field(field: &str, message: String) -> Self {
-        Self::new(InvalidKind::InvalidField, Some(field), message)
-    }
-}
 
 /// Parses and validates one intent payload of at most `max_bytes` bytes.
 pub fn parse_intent(payload: &[u8], max_bytes: usize) -> Result<Intent, InvalidIntent> {
@@ -392,7 +247,7 @@ impl<'de> Visitor<'de> for ScalarSeed {
 }
 
 /// A JSON value as read from the payload: strict about duplicate keys at every depth.
-enum Field {
+enum Strict {
     Value(Json),
     /// A duplicate key somewhere inside, as a dotted path relative to this value.
     DuplicateKey(String),
@@ -403,61 +258,61 @@ enum Field {
 struct StrictValue;
 
 impl<'de> DeserializeSeed<'de> for StrictValue {
-    type Value = Field;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
+    type Value = Strict;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Strict, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for StrictValue {
-    type Value = Field;
+    type Value = Strict;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Field, E> {
-        Ok(Field::Value(Json::Bool(v)))
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict::Value(Json::Bool(v)))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Field, E> {
-        Ok(Field::Value(Json::from(v)))
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict::Value(Json::from(v)))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Field, E> {
-        Ok(Field::Value(Json::from(v)))
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict::Value(Json::from(v)))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Field, E> {
-        Ok(Field::Value(Json::from(v)))
+    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+        Ok(Strict::Value(Json::from(v)))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Field, E> {
-        Ok(Field::Value(Json::String(v.to_owned())))
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict::Value(Json::String(v.to_owned())))
     }
-    fn visit_string<E>(self, v: String) -> Result<Field, E> {
-        Ok(Field::Value(Json::String(v)))
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict::Value(Json::String(v)))
     }
-    fn visit_unit<E>(self) -> Result<Field, E> {
-        Ok(Field::Value(Json::Null))
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict::Value(Json::Null))
     }
-    fn visit_none<E>(self) -> Result<Field, E> {
-        Ok(Field::Value(Json::Null))
+    fn visit_none<E>(self) -> Result<Strict, E> {
+        Ok(Strict::Value(Json::Null))
     }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Strict, D::Error> {
         d.deserialize_any(self)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
         let mut items = Vec::new();
         let mut dup = None;
         let mut index = 0usize;
         while let Some(item) = seq.next_element_seed(self)? {
             match item {
-                Field::Value(v) => items.push(v),
-                Field::DuplicateKey(path) => {
+                Strict::Value(v) => items.push(v),
+                Strict::DuplicateKey(path) => {
                     dup.get_or_insert(format!("[{index}].{path}"));
                 }
             }
             index += 1;
         }
-        Ok(dup.map_or(Field::Value(Json::Array(items)), Field::DuplicateKey))
+        Ok(dup.map_or(Strict::Value(Json::Array(items)), Strict::DuplicateKey))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
         // With serde_json's `arbitrary_precision`, a number arrives as a one-entry map under a
         // private key; `Json` knows how to read that back, so hand such maps over to it.
         let mut object = Map::new();
@@ -465,61 +320,25 @@ impl<'de> Visitor<'de> for StrictValue {
         while let Some(key) = map.next_key_seed(Text)? {
             if key == NUMBER_TOKEN {
                 let text: String = map.next_value()?;
-                return Ok(Field::Value(Json::Number(
+                return Ok(Strict::Value(Json::Number(
                     serde_json::Number::from_string_unchecked(text),
                 )));
             }
             let key = key.into_owned();
             match map.next_value_seed(self)? {
-                Field::Value(v) => {
+                Strict::Value(v) => {
                     if object.contains_key(&key) {
                         dup.get_or_insert(key);
                     } else {
                         object.insert(key, v);
                     }
                 }
-                Field::DuplicateKey(path) => {
+                Strict::DuplicateKey(path) => {
                     dup.get_or_insert(format!("{key}.{path}"));
                 }
             }
         }
-        Ok(dup.map_or(Field::Value(Json::Object(object)), Field::DuplicateKey))
-    }
-}
-
-/// The top-level fields of an intent, in the order of [`INTENT_FIELDS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Top {
-    IntentId,
-    AgentId,
-    AccountId,
-    Action,
-    Amount,
-    Currency,
-    Counterparty,
-    CreatedAt,
-    Attributes,
-}
-
-impl Top {
-    /// The field called `name` (one `match`: a jump on the length, then one comparison).
-    fn named(name: &str) -> Option<Top> {
-        Some(match name {
-            "intent_id" => Top::IntentId,
-            "agent_id" => Top::AgentId,
-            "account_id" => Top::AccountId,
-            "action" => Top::Action,
-            "amount" => Top::Amount,
-            "currency" => Top::Currency,
-            "counterparty" => Top::Counterparty,
-            "created_at" => Top::CreatedAt,
-            "attributes" => Top::Attributes,
-            _ => return None,
-        })
-    }
-
-    fn name(self) -> &'static str {
-        INTENT_FIELDS[self as usize]
+        Ok(dup.map_or(Strict::Value(Json::Object(object)), Strict::DuplicateKey))
     }
 }
 
@@ -550,21 +369,21 @@ impl<'de> Visitor<'de> for IntentVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let raw = self.raw;
-        let mut seen = [false; INTENT_FIELDS.len()];
+        let mut seen = [false; Field::ALL.len()];
         let mut error: Option<InvalidIntent> = None;
         while let Some(key) = map.next_key_seed(Text)? {
             if error.is_some() {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            let Some(field) = Top::named(&key) else {
+            let Some(field) = Field::named(&key) else {
                 map.next_value::<IgnoredAny>()?;
                 error = Some(InvalidIntent::new(
                     InvalidKind::UnknownField,
                     Some(&key),
                     format!(
                         "unknown field `{key}`; an intent has only {} (extra data belongs in `attributes`)",
-                        backticked(&INTENT_FIELDS)
+                        backticked(Field::ALL.map(Field::name))
                     ),
                 ));
                 continue;
@@ -575,12 +394,12 @@ impl<'de> Visitor<'de> for IntentVisitor<'_> {
                 continue;
             }
             let result = match field {
-                Top::Counterparty => map
+                Field::Counterparty => map
                     .next_value_seed(CounterpartySeed)?
                     .map(|cp| raw.counterparty = cp),
-                Top::Attributes => match map.next_value_seed(StrictValue)? {
-                    Field::Value(v) => raw.set_attributes(v),
-                    Field::DuplicateKey(path) => Err(InvalidIntent::field(
+                Field::Attributes => match map.next_value_seed(StrictValue)? {
+                    Strict::Value(v) => raw.set_attributes(v),
+                    Strict::DuplicateKey(path) => Err(InvalidIntent::field(
                         &format!("{key}.{path}"),
                         format!("duplicate key `{key}.{path}`"),
                     )),
@@ -595,7 +414,7 @@ impl<'de> Visitor<'de> for IntentVisitor<'_> {
     }
 }
 
-fn backticked(names: &[&str]) -> String {
+fn backticked<const N: usize>(names: [&str; N]) -> String {
     names
         .iter()
         .map(|n| format!("`{n}`"))
@@ -679,10 +498,10 @@ fn utc_timestamp(text: &str) -> Option<DateTime<Utc>> {
 
 impl Raw {
     /// Sets a scalar field (any but `counterparty` and `attributes`).
-    fn set(&mut self, field: Top, value: Scalar<'_>) -> Result<(), InvalidIntent> {
+    fn set(&mut self, field: Field, value: Scalar<'_>) -> Result<(), InvalidIntent> {
         let name = field.name();
         match field {
-            Top::IntentId => {
+            Field::IntentId => {
                 let id = required_string(name, value)?;
                 let chars = id.chars().count();
                 if chars > MAX_INTENT_ID_CHARS {
@@ -693,9 +512,9 @@ impl Raw {
                 }
                 self.intent_id = Some(id.into());
             }
-            Top::AgentId => self.agent_id = Some(required_string(name, value)?.into()),
-            Top::AccountId => self.account_id = Some(required_string(name, value)?.into()),
-            Top::Action => {
+            Field::AgentId => self.agent_id = Some(required_string(name, value)?.into()),
+            Field::AccountId => self.account_id = Some(required_string(name, value)?.into()),
+            Field::Action => {
                 let action = required_string(name, value)?;
                 if !valid_action(&action) {
                     return Err(InvalidIntent::field(
@@ -705,7 +524,7 @@ impl Raw {
                 }
                 self.action = Some(action.into());
             }
-            Top::Amount => {
+            Field::Amount => {
                 self.amount = match value {
                     Scalar::Null => None,
                     Scalar::Str(s) => Some(parse_amount(&s, false)),
@@ -723,7 +542,7 @@ impl Raw {
                 .transpose()
                 .map_err(|e| InvalidIntent::field(name, format!("`amount` {e}")))?;
             }
-            Top::Currency => {
+            Field::Currency => {
                 let currency = optional_string(name, value)?;
                 if let Some(c) = &currency {
                     if !is_iso4217(c) {
@@ -735,7 +554,7 @@ impl Raw {
                 }
                 self.currency = currency.map(CompactString::from);
             }
-            Top::CreatedAt => {
+            Field::CreatedAt => {
                 let text = match value {
                     Scalar::Str(s) => s,
                     Scalar::Null => {
@@ -777,7 +596,7 @@ impl Raw {
                 self.created_at = Some(utc);
             }
             // Read by `CounterpartySeed` and `set_attributes`, never through `set`.
-            Top::Counterparty | Top::Attributes => {}
+            Field::Counterparty | Field::Attributes => {}
         }
         Ok(())
     }
@@ -788,7 +607,7 @@ impl Raw {
             Json::Object(o) => Some(o),
             other => {
                 return Err(InvalidIntent::field(
-                    Top::Attributes.name(),
+                    Field::Attributes.name(),
                     format!(
                         "`attributes` must be an object, found {}",
                         json_type(&other)
@@ -810,17 +629,19 @@ impl Raw {
             })
         }
         let intent = Intent {
-            intent_id: need(self.intent_id, "intent_id")?,
-            agent_id: need(self.agent_id, "agent_id")?,
-            account_id: need(self.account_id, "account_id")?,
-            action: need(self.action, "action")?,
-            amount: self.amount,
-            currency: self.currency,
+            head: IntentHead {
+                intent_id: need(self.intent_id, "intent_id")?,
+                agent_id: need(self.agent_id, "agent_id")?,
+                account_id: need(self.account_id, "account_id")?,
+                action: need(self.action, "action")?,
+                amount: self.amount,
+                currency: self.currency,
+                created_at: need(self.created_at, "created_at")?,
+            },
             counterparty: self.counterparty,
-            created_at: need(self.created_at, "created_at")?,
             attributes: self.attributes,
         };
-        if intent.amount.is_some() && intent.currency.is_none() {
+        if intent.head.amount.is_some() && intent.head.currency.is_none() {
             return Err(InvalidIntent::new(
                 InvalidKind::MissingField,
                 Some("currency"),
@@ -871,7 +692,7 @@ impl<'de> Visitor<'de> for CounterpartySeed {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut cp = Counterparty::default();
-        let mut seen = [false; COUNTERPARTY_FIELDS.len()];
+        let mut seen = [false; CpField::ALL.len()];
         let mut error = None;
         while let Some(key) = map.next_key_seed(Text)? {
             if key == NUMBER_TOKEN {
@@ -882,7 +703,7 @@ impl<'de> Visitor<'de> for CounterpartySeed {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            let Some(index) = counterparty_field(&key) else {
+            let Some(field) = CpField::named(&key) else {
                 map.next_value::<IgnoredAny>()?;
                 let path = format!("counterparty.{key}");
                 error = Some(InvalidIntent::new(
@@ -890,13 +711,13 @@ impl<'de> Visitor<'de> for CounterpartySeed {
                     Some(&path),
                     format!(
                         "unknown field `{path}`; a counterparty has only {}",
-                        backticked(&COUNTERPARTY_FIELDS)
+                        backticked(CpField::ALL.map(CpField::name))
                     ),
                 ));
                 continue;
             };
-            let path = COUNTERPARTY_PATHS[index];
-            if std::mem::replace(&mut seen[index], true) {
+            let path = field.path();
+            if std::mem::replace(&mut seen[field as usize], true) {
                 map.next_value::<IgnoredAny>()?;
                 error = Some(InvalidIntent::field(
                     path,
@@ -905,14 +726,8 @@ impl<'de> Visitor<'de> for CounterpartySeed {
                 continue;
             }
             let value = map.next_value_seed(ScalarSeed)?;
-            let slot = match index {
-                0 => &mut cp.id,
-                1 => &mut cp.name,
-                2 => &mut cp.country,
-                _ => &mut cp.account,
-            };
             match optional_string(path, value) {
-                Ok(v) => *slot = v.map(CompactString::from),
+                Ok(v) => *cp.slot_mut(field) = v.map(CompactString::from),
                 Err(e) => error = Some(e),
             }
         }
@@ -921,17 +736,6 @@ impl<'de> Visitor<'de> for CounterpartySeed {
             None => validate_counterparty(cp).map(Some),
         })
     }
-}
-
-/// The index in [`COUNTERPARTY_FIELDS`] of the field called `name`.
-fn counterparty_field(name: &str) -> Option<usize> {
-    Some(match name {
-        "id" => 0,
-        "name" => 1,
-        "country" => 2,
-        "account" => 3,
-        _ => return None,
-    })
 }
 
 fn validate_counterparty(cp: Counterparty) -> Result<Counterparty, InvalidIntent> {
@@ -952,7 +756,7 @@ fn validate_counterparty(cp: Counterparty) -> Result<Counterparty, InvalidIntent
     Ok(cp)
 }
 
-impl FromStr for Intent {
+impl std::str::FromStr for Intent {
     type Err = InvalidIntent;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         parse_intent(s.as_bytes(), DEFAULT_MAX_BYTES)
@@ -983,10 +787,10 @@ mod tests {
     #[test]
     fn a_valid_intent_parses_exactly() {
         let i: Intent = VALID.parse().unwrap();
-        assert_eq!(i.amount, Some(Decimal::new(1200050, 2)));
-        assert_eq!(i.amount.unwrap().to_string(), "12000.50");
+        assert_eq!(i.head.amount, Some(Decimal::new(1200050, 2)));
+        assert_eq!(i.head.amount.unwrap().to_string(), "12000.50");
         assert_eq!(i.counterparty.unwrap().country.as_deref(), Some("DE"));
-        assert_eq!(i.created_at.to_rfc3339(), "2026-11-28T10:00:00+00:00");
+        assert_eq!(i.head.created_at.to_rfc3339(), "2026-11-28T10:00:00+00:00");
     }
 
     #[test]
@@ -1004,7 +808,7 @@ mod tests {
             ("-0", "0"),
         ] {
             let i: Intent = with("amount", text).parse().unwrap();
-            assert_eq!(i.amount.unwrap().to_string(), expected, "{text}");
+            assert_eq!(i.head.amount.unwrap().to_string(), expected, "{text}");
         }
     }
 
@@ -1013,7 +817,7 @@ mod tests {
         let i: Intent = with("created_at", "\"2026-11-28T11:30:00+01:30\"")
             .parse()
             .unwrap();
-        assert_eq!(i.created_at.to_rfc3339(), "2026-11-28T10:00:00+00:00");
+        assert_eq!(i.head.created_at.to_rfc3339(), "2026-11-28T10:00:00+00:00");
     }
 
     #[test]
@@ -1029,15 +833,20 @@ mod tests {
 
     #[test]
     fn field_names_match_their_lists() {
-        for (i, name) in INTENT_FIELDS.iter().enumerate() {
-            assert_eq!(Top::named(name).map(|f| f as usize), Some(i), "{name}");
-            assert_eq!(Top::named(name).map(Top::name), Some(*name));
+        for (i, f) in Field::ALL.into_iter().enumerate() {
+            assert_eq!(Field::named(f.name()).map(|f| f as usize), Some(i), "{f:?}");
+            assert_eq!(Field::named(f.name()).map(Field::name), Some(f.name()));
         }
-        for (i, name) in COUNTERPARTY_FIELDS.iter().enumerate() {
-            assert_eq!(counterparty_field(name), Some(i), "{name}");
+        for (i, f) in CpField::ALL.into_iter().enumerate() {
+            assert_eq!(
+                CpField::named(f.name()).map(|f| f as usize),
+                Some(i),
+                "{f:?}"
+            );
+            assert_eq!(f.path(), format!("counterparty.{}", f.name()));
         }
-        assert_eq!(Top::named("intent"), None);
-        assert_eq!(counterparty_field("ids"), None);
+        assert_eq!(Field::named("intent"), None);
+        assert_eq!(CpField::named("ids"), None);
     }
 
     #[test]
@@ -1098,7 +907,7 @@ mod tests {
             );
             // Years outside 1678 to 2261 are refused either way.
             let supported = general(t).filter(|d| d.timestamp_nanos_opt().is_some());
-            assert_eq!(parsed.ok().map(|i| i.created_at), supported, "{t}");
+            assert_eq!(parsed.ok().map(|i| i.head.created_at), supported, "{t}");
         }
     }
 
@@ -1110,10 +919,15 @@ mod tests {
             country: Some("DE".into()),
             account: Some("DE89".into()),
         };
-        for (i, name) in COUNTERPARTY_FIELDS.iter().enumerate() {
-            assert_eq!(Some(cp.field_at(i)), cp.field(name), "{name}");
+        let by_name = |name: &str| match name {
+            "id" => cp.id.as_deref(),
+            "name" => cp.name.as_deref(),
+            "country" => cp.country.as_deref(),
+            _ => cp.account.as_deref(),
+        };
+        for f in CpField::ALL {
+            assert_eq!(cp.get(f), by_name(f.name()), "{f:?}");
         }
-        assert_eq!(cp.field_at(COUNTERPARTY_FIELDS.len()), None);
     }
 
     #[test]
