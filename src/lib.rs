@@ -9,7 +9,9 @@
 pub mod allocator;
 pub mod config;
 pub mod http;
+pub mod kafka;
 pub mod pipeline;
 pub mod review;
 pub mod service;
+pub mod shutdown;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The Kafka service (DESIGN section 5): consume intents, decide, produce decisions and dead
+//! The Kafka service ([docs/design.md](../docs/design.md#5-kafka-guarantees)): consume intents, decide, produce decisions and dead
 //! letters, and commit the consumed offsets in the same transaction.
 //!
 //! One thread runs the loop below on rdkafka's blocking clients; transactions are blocking
@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
@@ -30,6 +29,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::kafka::{client_config, is_fatal, partition_count};
+use crate::telemetry::events::{self, Emit};
 use crate::telemetry::metrics;
 use riskgate_core::decision::Source;
 use riskgate_core::engine::{Clock, Engine, EngineOptions, Processed};
@@ -172,37 +173,12 @@ impl rdkafka::producer::ProducerContext for ProducerCtx {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
-/// The librdkafka settings every client of the service shares: the brokers and the
-/// pass-through table.
-pub(crate) fn client_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in config.client_properties() {
-        c.set(k, v);
-    }
-    c
-}
-
 pub(crate) fn engine_options(config: &Config) -> EngineOptions {
     EngineOptions {
         duplicate_horizon: config.engine.duplicate_horizon,
         max_future_skew: config.engine.max_future_skew,
         ..EngineOptions::default()
     }
-}
-
-/// How many partitions `topic` has, or `None` when it does not exist.
-pub fn partition_count<C: ClientContext>(
-    client: &rdkafka::client::Client<C>,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Option<i32>, KafkaError> {
-    let md = client.fetch_metadata(Some(topic), timeout)?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().len() as i32))
 }
 
 /// The service's transactional producer.
@@ -266,7 +242,10 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
     })?;
     tracing::info!(transactional_id = %k.transactional_id, "transactions initialised; earlier incarnations fenced");
 
-    metrics().set_ruleset(&ruleset.version);
+    events::RulesetInUse {
+        version: &ruleset.version,
+    }
+    .emit();
     let (restored_tx, restored_rx) = mpsc::channel();
     let worker = Arc::new(Mutex::new(Worker {
         config: config.clone(),
@@ -402,7 +381,7 @@ fn wait_for_topics(
 }
 
 /// Calls `f` until it succeeds, backing off on errors, unless the service is told to stop.
-fn retry_until_done<T>(
+pub(crate) fn retry_until_done<T>(
     controls: &Controls,
     what: &'static str,
     mut f: impl FnMut() -> Result<T, KafkaError>,
@@ -428,22 +407,6 @@ fn retry_until_done<T>(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
-    }
-}
-
-fn is_fatal(e: &KafkaError) -> bool {
-    match e {
-        KafkaError::Transaction(t) => t.is_fatal(),
-        _ => matches!(
-            e.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::Fatal
-                    | RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
-                    | RDKafkaErrorCode::ClusterAuthorizationFailed
-            )
-        ),
     }
 }
 
@@ -758,20 +721,15 @@ impl Worker {
         };
         part.state = State::Ready(Box::new(engine));
         self.health.restoring.fetch_sub(1, Ordering::Relaxed);
-        metrics()
-            .restore_seconds
-            .observe(stats.elapsed.as_secs_f64());
-        metrics().restored_decisions.inc_by(stats.applied);
-        tracing::info!(
-            partition = r.partition,
-            committed_offset = r.committed,
-            records = stats.read,
-            decisions = stats.applied,
-            unreadable = stats.unreadable,
-            seconds = stats.elapsed.as_secs_f64(),
-            records_per_second = stats.per_second() as u64,
-            "state restored"
-        );
+        events::StateRestored {
+            partition: r.partition,
+            committed_offset: r.committed,
+            records: stats.read,
+            decisions: stats.applied,
+            unreadable: stats.unreadable,
+            elapsed: stats.elapsed,
+        }
+        .emit();
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.config.kafka.intents_topic, r.partition);
         consumer
@@ -841,7 +799,6 @@ impl Worker {
         let payload = m.payload().unwrap_or_default();
         let started = Instant::now();
         let now = Utc::now();
-        let stats = metrics();
         self.out.clear();
         let processed = engine.process(
             payload,
@@ -852,40 +809,34 @@ impl Worker {
         let (topic, partition) = match processed {
             Processed::Decided(d) => {
                 d.write_json(&mut self.out, Some(payload));
-                stats
-                    .decisions
-                    .with_label_values(&[d.outcome.as_str()])
-                    .inc();
-                if d.duplicate {
-                    stats.duplicates.inc();
+                // From the intent's Kafka timestamp (its producer's clock) to now.
+                let end_to_end = m
+                    .timestamp()
+                    .to_millis()
+                    .and_then(|sent| u64::try_from(now.timestamp_millis() - sent).ok())
+                    .map(Duration::from_millis);
+                events::Decided {
+                    decision: &d,
+                    evaluation: started.elapsed(),
+                    end_to_end,
                 }
-                for r in &d.reasons {
-                    stats.rule_matches.with_label_values(&[&r.rule]).inc();
-                }
+                .emit();
                 (k.decisions_topic.as_str(), p)
             }
             Processed::Invalid(letter) => {
-                stats
-                    .invalid_intents
-                    .with_label_values(&[letter.error.kind.as_str()])
-                    .inc();
                 letter.write_json_line(&mut self.out);
                 self.out.pop();
+                events::DeadLettered {
+                    kind: letter.error.kind,
+                    evaluation: started.elapsed(),
+                }
+                .emit();
                 (
                     k.dead_letter_topic.as_str(),
                     p % self.dead_letter_partitions.max(1),
                 )
             }
         };
-        stats
-            .evaluation_seconds
-            .observe(started.elapsed().as_secs_f64());
-        if let Some(sent_ms) = m.timestamp().to_millis() {
-            let ms = now.timestamp_millis() - sent_ms;
-            if ms >= 0 {
-                stats.end_to_end_seconds.observe(ms as f64 / 1000.0);
-            }
-        }
         part.committed = part.committed.or(Some(offset));
         part.next = Some(offset + 1);
         let mut record = BaseRecord::to(topic)
@@ -975,19 +926,15 @@ impl Worker {
             match step {
                 Ok(()) => {
                     self.health.broker_up.store(true, Ordering::Relaxed);
-                    metrics().transactions.with_label_values(&["commit"]).inc();
-                    metrics()
-                        .commit_seconds
-                        .observe(commit_started.elapsed().as_secs_f64());
-                    tracing::debug!(
-                        records = self.txn.as_ref().map_or(0, |t| t.records),
-                        open_ms = self
+                    events::TransactionCommitted {
+                        records: self.txn.as_ref().map_or(0, |t| t.records),
+                        open: self
                             .txn
                             .as_ref()
-                            .map_or(0, |t| t.started.elapsed().as_millis() as u64),
-                        commit_ms = commit_started.elapsed().as_millis() as u64,
-                        "transaction committed"
-                    );
+                            .map_or(Duration::ZERO, |t| t.started.elapsed()),
+                        commit: commit_started.elapsed(),
+                    }
+                    .emit();
                     for part in self.partitions.values_mut() {
                         part.committed = part.next;
                         part.pending.clear();
@@ -1146,7 +1093,6 @@ impl Worker {
     /// commit, and queues its intents to be decided again.
     fn redo_aborted(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
         self.txn = None;
-        metrics().transactions.with_label_values(&["abort"]).inc();
         let touched: Vec<(i32, Option<i64>, Vec<OwnedMessage>)> = self
             .partitions
             .iter_mut()
@@ -1165,11 +1111,15 @@ impl Worker {
                 .pause(&tpl)
                 .map_err(Error::kafka("pause partitions after an abort"))?;
         }
-        tracing::warn!(
-            partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(),
-            intents = redo,
-            "transaction aborted; restoring the state as of the last commit, then deciding its intents again"
-        );
+        events::TransactionAborted {
+            partitions: &tpl
+                .elements()
+                .iter()
+                .map(|e| e.partition())
+                .collect::<Vec<_>>(),
+            intents: redo,
+        }
+        .emit();
         Ok(())
     }
 
@@ -1178,7 +1128,10 @@ impl Worker {
     fn reload(&mut self, consumer: &BaseConsumer<Ctx>, ruleset: Arc<Ruleset>) -> Result<(), Error> {
         self.finish_transaction(consumer)?;
         tracing::info!(old = %self.ruleset.version, new = %ruleset.version, "ruleset swapped; rebuilding partition state under it");
-        metrics().set_ruleset(&ruleset.version);
+        events::RulesetInUse {
+            version: &ruleset.version,
+        }
+        .emit();
         self.ruleset = ruleset;
         let parts: Vec<(i32, Option<i64>)> = self
             .partitions

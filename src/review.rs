@@ -1,5 +1,5 @@
 //! `riskgate review`: where finance operations see what is held, why, and approve or reject
-//! it (DESIGN section 6).
+//! it ([docs/design.md](../docs/design.md#6-review-of-held-intents)).
 //!
 //! The pending holds are rebuilt from the decisions topic ([`queue`], pure state) by a
 //! consumer outside the engine's group that reads every partition from the beginning and
@@ -23,12 +23,11 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, Role};
-use crate::pipeline::client_config;
-use crate::pipeline::restore::decisions_reader;
+use crate::kafka::{client_config, decisions_reader};
+use crate::shutdown::{Shutdown, GRACE};
 use crate::telemetry::review_metrics;
 use auth::Auth;
 use queue::{Applied, Queue, Refusal};
@@ -382,7 +381,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let shutdown = Shutdown::new();
+    let stop = shutdown.flag();
     let expiry = app.clone();
     tokio::spawn(async move {
         let mut in_flight = HashSet::new();
@@ -394,17 +394,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     });
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let stopper = stop.clone();
-    tokio::spawn(async move {
-        let which = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
-        tracing::info!(signal = which, "shutting down");
-        stopper.store(true, Ordering::Relaxed);
-    });
+    shutdown.listen("closing the review service", GRACE)?;
     let follower = app.clone();
     tokio::task::spawn_blocking(move || follow(&config, &follower, &stop))
         .await?

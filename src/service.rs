@@ -2,7 +2,6 @@
 //! topic creation, on a tokio runtime.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +14,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc as tmpsc;
 
 use crate::config::Config;
-use crate::pipeline::{self, client_config, partition_count, Controls, Health};
-use crate::telemetry::metrics;
+use crate::kafka::{client_config, partition_count};
+use crate::pipeline::{self, Controls, Health};
+use crate::shutdown::{Shutdown, GRACE};
+use crate::telemetry::events::{self, Emit};
 use riskgate_core::rules::Ruleset;
 
 /// Runs the service until SIGTERM or SIGINT. `ruleset` is the one loaded and validated at
 /// start.
 pub async fn run(config: Config, ruleset: Arc<Ruleset>) -> anyhow::Result<()> {
-    let shutdown = Arc::new(AtomicBool::new(false));
+    let shutdown = Shutdown::new();
     let health = Arc::new(Health::default());
     let bound = crate::http::serve(config.http.listen, health.clone())
         .await
@@ -31,7 +32,10 @@ pub async fn run(config: Config, ruleset: Arc<Ruleset>) -> anyhow::Result<()> {
         })?;
     tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
     if config.kafka.create_topics {
-        create_topics(&config).await?;
+        // Metadata calls block: they run off the async workers.
+        let c = config.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || create_topics(&c, &runtime)).await??;
     }
 
     // Reload triggers: SIGHUP and, when watched, changes in the rules directory.
@@ -56,23 +60,10 @@ pub async fn run(config: Config, ruleset: Arc<Ruleset>) -> anyhow::Result<()> {
         reload_tx,
     ));
 
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let which = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
-        tracing::info!(
-            signal = which,
-            "shutting down: finishing the open transaction"
-        );
-        stop.store(true, Ordering::Relaxed);
-    });
+    shutdown.listen("finishing the open transaction", GRACE)?;
 
     let controls = Controls {
-        shutdown,
+        shutdown: shutdown.flag(),
         reloads: reload_rx,
         health,
     };
@@ -114,39 +105,33 @@ async fn reloader(
                 tracing::debug!(trigger = why, version = %current, "rules unchanged");
             }
             Ok(Ok(rs)) => {
-                tracing::info!(trigger = why, old = %current, new = %rs.version, rules = rs.rules.len(), "ruleset reloaded");
+                events::RulesetReloaded {
+                    trigger: why,
+                    old: &current,
+                    new: &rs.version,
+                    rules: rs.rules.len(),
+                }
+                .emit();
                 current = rs.version.clone();
-                metrics()
-                    .ruleset_reloads
-                    .with_label_values(&["success"])
-                    .inc();
                 if reloads.send(Arc::new(rs)).is_err() {
                     return;
                 }
             }
-            Ok(Err(errors)) => {
-                metrics()
-                    .ruleset_reloads
-                    .with_label_values(&["failure"])
-                    .inc();
-                for e in &errors.0 {
-                    tracing::error!(trigger = why, error = %e, "ruleset reload refused");
-                }
-                tracing::error!(
-                    trigger = why,
-                    problems = errors.0.len(),
-                    running = %current,
-                    "the new ruleset has errors; still deciding with the running one"
-                );
+            Ok(Err(errors)) => events::RulesetRefused {
+                trigger: why,
+                errors: &errors,
+                running: &current,
             }
+            .emit(),
             Err(e) => tracing::error!(error = %e, "ruleset reload failed"),
         }
     }
 }
 
 /// Creates missing topics: the intents topic with `partitions` partitions, the others with
-/// as many as the intents topic has.
-async fn create_topics(config: &Config) -> anyhow::Result<()> {
+/// as many as the intents topic has. Blocking: it runs on a blocking thread, and drives the
+/// admin client's request on `runtime`.
+fn create_topics(config: &Config, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
     let k = &config.kafka;
     let probe: BaseProducer = client_config(config)
         .set("allow.auto.create.topics", "false")
@@ -168,9 +153,7 @@ async fn create_topics(config: &Config) -> anyhow::Result<()> {
     if wanted.is_empty() {
         return Ok(());
     }
-    let results = admin
-        .create_topics(wanted.iter(), &AdminOptions::new())
-        .await?;
+    let results = runtime.block_on(admin.create_topics(wanted.iter(), &AdminOptions::new()))?;
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, partitions, "topic created"),
@@ -189,7 +172,7 @@ async fn create_topics(config: &Config) -> anyhow::Result<()> {
         if all {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(100));
     }
     anyhow::bail!("created topics did not appear in the metadata within 10 s")
 }

@@ -1,7 +1,7 @@
 """The wire format as a client that is not rdkafka-based Rust sees it.
 
 Produces intents with the confluent-kafka Python client, then reads the decisions and dead
-letters riskgate wrote for them (read_committed) and checks the contract of DESIGN section 2.
+letters riskgate wrote for them (read_committed) and checks the contract of docs/design.md, section 2.
 
 usage: wire_format.py BROKER INTENTS_TOPIC DECISIONS_TOPIC DEAD_LETTER_TOPIC
 """

@@ -1,4 +1,4 @@
-//! Rebuilding one partition's state from the decisions topic (DESIGN section 5).
+//! Rebuilding one partition's state from the decisions topic ([docs/design.md](../../docs/design.md#5-kafka-guarantees)).
 //!
 //! Every decision the service writes embeds its intent, so the decisions of a partition are
 //! enough to rebuild its velocity counters and its duplicate horizon. Only decisions whose
@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use riskgate_core::decision::{Decision, Source};
@@ -23,38 +23,8 @@ use riskgate_core::engine::Engine;
 use riskgate_core::intent::Intent;
 use riskgate_core::wire::parse_record;
 
-use super::{client_config, engine_options, Error};
-
-/// The context of consumers that read a topic to its end (restore, review): the end of a
-/// partition is the expected way to get there, not an error worth logging.
-pub(crate) struct Quiet;
-
-impl ClientContext for Quiet {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::warn!(error = %error, reason, "decisions consumer error");
-        }
-    }
-}
-
-impl ConsumerContext for Quiet {}
-
-/// A consumer that reads committed records of partitions it is assigned by hand, from
-/// wherever it is told, and says when it reaches a partition's end. librdkafka wants a group
-/// id even then (`<group_id>.<purpose>`); the consumer never joins that group nor commits.
-pub(crate) fn decisions_reader(
-    config: &Config,
-    purpose: &str,
-) -> Result<BaseConsumer<Quiet>, KafkaError> {
-    client_config(config)
-        .set("group.id", format!("{}.{purpose}", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(Quiet)
-}
+use super::{engine_options, Error};
+use crate::kafka::decisions_reader;
 
 /// What a restore did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The ruleset: loading and validating `rules/*.toml` (DESIGN section 3).
+//! The ruleset: loading and validating `rules/*.toml` ([docs/design.md](../../../docs/design.md#3-rules-semantics)).
 //!
 //! Loading collects every problem it can find, each with file, line, column and the rule,
 //! counter or list it belongs to, before refusing the ruleset.

@@ -1,8 +1,10 @@
-//! Every metric riskgate exports, in one place (DESIGN section 7).
+//! Every metric riskgate exports, in one place ([docs/design.md](../../docs/design.md#7-metrics-and-health)).
 //!
 //! Names follow Prometheus conventions: the `riskgate_` prefix, `_total` counters, `_seconds`
 //! histograms in base units, and labels of low cardinality only: outcome, rule id, dead-letter
 //! kind, partition number, result. Never an intent, account or agent id.
+
+pub mod events;
 
 use std::sync::OnceLock;
 

@@ -1,0 +1,186 @@
+//! What the service tells its operators, one type per event: each logs and counts in one place
+//! ([`Emit::emit`]), so the log line and the metric of a happening can never drift apart
+//! (vectordotdev/vector's `internal_events`).
+
+use std::time::Duration;
+
+use riskgate_core::decision::Decision;
+use riskgate_core::intent::InvalidKind;
+use riskgate_core::rules::LoadErrors;
+
+use super::metrics;
+
+/// An event: logged and counted by [`Emit::emit`].
+pub trait Emit {
+    fn emit(&self);
+}
+
+/// An intent was decided. Counted only (one per intent: the hot path logs nothing).
+pub struct Decided<'a> {
+    pub decision: &'a Decision,
+    /// Time spent parsing and deciding.
+    pub evaluation: Duration,
+    /// From the intent's Kafka timestamp to its decision, when it has one.
+    pub end_to_end: Option<Duration>,
+}
+
+impl Emit for Decided<'_> {
+    fn emit(&self) {
+        let m = metrics();
+        let d = self.decision;
+        m.decisions.with_label_values(&[d.outcome.as_str()]).inc();
+        if d.duplicate {
+            m.duplicates.inc();
+        }
+        for r in &d.reasons {
+            m.rule_matches.with_label_values(&[&r.rule]).inc();
+        }
+        m.evaluation_seconds.observe(self.evaluation.as_secs_f64());
+        if let Some(e) = self.end_to_end {
+            m.end_to_end_seconds.observe(e.as_secs_f64());
+        }
+    }
+}
+
+/// An invalid intent went to the dead-letter topic. Counted only.
+pub struct DeadLettered {
+    pub kind: InvalidKind,
+    pub evaluation: Duration,
+}
+
+impl Emit for DeadLettered {
+    fn emit(&self) {
+        let m = metrics();
+        m.invalid_intents
+            .with_label_values(&[self.kind.as_str()])
+            .inc();
+        m.evaluation_seconds.observe(self.evaluation.as_secs_f64());
+    }
+}
+
+/// A transaction was committed with its decisions and offsets.
+pub struct TransactionCommitted {
+    pub records: usize,
+    pub open: Duration,
+    pub commit: Duration,
+}
+
+impl Emit for TransactionCommitted {
+    fn emit(&self) {
+        let m = metrics();
+        m.transactions.with_label_values(&["commit"]).inc();
+        m.commit_seconds.observe(self.commit.as_secs_f64());
+        tracing::debug!(
+            records = self.records,
+            open_ms = self.open.as_millis() as u64,
+            commit_ms = self.commit.as_millis() as u64,
+            "transaction committed"
+        );
+    }
+}
+
+/// A transaction was aborted; its intents are decided again after a restore.
+pub struct TransactionAborted<'a> {
+    pub partitions: &'a [i32],
+    pub intents: usize,
+}
+
+impl Emit for TransactionAborted<'_> {
+    fn emit(&self) {
+        metrics().transactions.with_label_values(&["abort"]).inc();
+        tracing::warn!(
+            partitions = ?self.partitions,
+            intents = self.intents,
+            "transaction aborted; restoring the state as of the last commit, then deciding its intents again"
+        );
+    }
+}
+
+/// A partition's state was rebuilt from the decisions topic.
+pub struct StateRestored {
+    pub partition: i32,
+    pub committed_offset: Option<i64>,
+    pub records: u64,
+    pub decisions: u64,
+    pub unreadable: u64,
+    pub elapsed: Duration,
+}
+
+impl Emit for StateRestored {
+    fn emit(&self) {
+        let m = metrics();
+        m.restore_seconds.observe(self.elapsed.as_secs_f64());
+        m.restored_decisions.inc_by(self.decisions);
+        let secs = self.elapsed.as_secs_f64();
+        tracing::info!(
+            partition = self.partition,
+            committed_offset = self.committed_offset,
+            records = self.records,
+            decisions = self.decisions,
+            unreadable = self.unreadable,
+            seconds = secs,
+            records_per_second = (self.records as f64 / secs.max(1e-9)) as u64,
+            "state restored"
+        );
+    }
+}
+
+/// A new, valid ruleset was loaded and handed to the pipeline.
+pub struct RulesetReloaded<'a> {
+    pub trigger: &'a str,
+    pub old: &'a str,
+    pub new: &'a str,
+    pub rules: usize,
+}
+
+impl Emit for RulesetReloaded<'_> {
+    fn emit(&self) {
+        metrics()
+            .ruleset_reloads
+            .with_label_values(&["success"])
+            .inc();
+        tracing::info!(
+            trigger = self.trigger,
+            old = self.old,
+            new = self.new,
+            rules = self.rules,
+            "ruleset reloaded"
+        );
+    }
+}
+
+/// A changed ruleset was refused; the running one keeps deciding.
+pub struct RulesetRefused<'a> {
+    pub trigger: &'a str,
+    pub errors: &'a LoadErrors,
+    pub running: &'a str,
+}
+
+impl Emit for RulesetRefused<'_> {
+    fn emit(&self) {
+        metrics()
+            .ruleset_reloads
+            .with_label_values(&["failure"])
+            .inc();
+        for e in &self.errors.0 {
+            tracing::error!(trigger = self.trigger, error = %e, "ruleset reload refused");
+        }
+        tracing::error!(
+            trigger = self.trigger,
+            problems = self.errors.0.len(),
+            running = self.running,
+            "the new ruleset has errors; still deciding with the running one"
+        );
+    }
+}
+
+/// The pipeline now decides with this ruleset.
+pub struct RulesetInUse<'a> {
+    pub version: &'a str,
+}
+
+impl Emit for RulesetInUse<'_> {
+    fn emit(&self) {
+        metrics().set_ruleset(self.version);
+    }
+}
