@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use riskgate::config::{Config, Purpose};
 use riskgate_core::decision::Outcome;
 use riskgate_core::engine::{Engine, EngineOptions};
-use riskgate_core::expr::parse_duration;
+use riskgate_core::expr::{parse_duration, DurationError};
 use riskgate_core::intent::{InvalidKind, DEFAULT_MAX_BYTES};
 use riskgate_core::replay::{replay, Summary};
 use riskgate_core::rules::Ruleset;
@@ -119,7 +119,7 @@ enum LogFormat {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn duration_arg(s: &str) -> Result<TimeDelta, String> {
+fn duration_arg(s: &str) -> Result<TimeDelta, DurationError> {
     parse_duration(s)
 }
 
@@ -252,7 +252,7 @@ fn hash_secret() -> Result<ExitCode> {
         eprintln!("riskgate: error: the secret is shorter than 12 characters; choose a longer one");
         return Ok(ExitCode::FAILURE);
     }
-    let hash = riskgate::review::auth::hash_secret(secret).map_err(anyhow::Error::msg)?;
+    let hash = riskgate::review::auth::hash_secret(secret)?;
     println!("{hash}");
     Ok(ExitCode::SUCCESS)
 }

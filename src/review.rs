@@ -232,11 +232,10 @@ fn count_outcome(outcome: &str, ended_hold_decided_at: Option<chrono::DateTime<U
 
 /// Reads the decisions topic from the beginning into the queue, and keeps following it,
 /// until `stop`.
-fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), String> {
+fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowError> {
     let topic = config.kafka.decisions_topic.as_str();
     // Every start reads the topic from the beginning.
-    let consumer = decisions_reader(config, "review")
-        .map_err(|e| format!("cannot create the decisions consumer: {e}"))?;
+    let consumer = decisions_reader(config, "review").map_err(FollowError::Consumer)?;
     let started = Instant::now();
     let mut backoff = Duration::from_millis(200);
     let partitions = loop {
@@ -266,11 +265,9 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), String> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
+            .map_err(FollowError::Assign)?;
     }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| format!("cannot assign the decisions partitions: {e}"))?;
+    consumer.assign(&tpl).map_err(FollowError::Assign)?;
     tracing::info!(
         topic,
         partitions,
@@ -338,6 +335,15 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), String> {
     Ok(())
 }
 
+/// Why the review service cannot follow the decisions topic.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("cannot create the decisions consumer: {0}")]
+    Consumer(KafkaError),
+    #[error("cannot assign the decisions partitions: {0}")]
+    Assign(KafkaError),
+}
+
 /// Runs the review service until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let review = &config.review;
@@ -348,8 +354,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .to_std()
             .unwrap_or(Duration::from_secs(8 * 3600)),
         review.secure_cookies,
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
+    )?;
     let producer: FutureProducer = client_config(&config)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -396,9 +401,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     shutdown.listen("closing the review service", GRACE)?;
     let follower = app.clone();
-    tokio::task::spawn_blocking(move || follow(&config, &follower, &stop))
-        .await?
-        .map_err(|e| anyhow::anyhow!(e))?;
+    tokio::task::spawn_blocking(move || follow(&config, &follower, &stop)).await??;
     tracing::info!("stopped cleanly");
     Ok(())
 }

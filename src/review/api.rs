@@ -313,7 +313,7 @@ async fn sign_in(
     let (token, session) = app
         .auth
         .open(identity)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     tracing::info!(target: "riskgate::audit", reviewer = %reviewer, attempt = "sign_in", allowed = true, "reviewer signed in");
     let cookie = HeaderValue::from_str(&app.auth.cookie(&token))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;

@@ -21,16 +21,31 @@ use crate::config::{Reviewer, Role};
 /// The session cookie's name.
 pub const COOKIE: &str = "riskgate_session";
 
+/// Why a secret could not be hashed or a token made.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no randomness for {what}: {cause}")]
+    Randomness {
+        what: &'static str,
+        cause: getrandom::Error,
+    },
+    #[error("{0}")]
+    Hash(argon2::password_hash::Error),
+}
+
 /// Hashes `secret` for a `[[review.reviewers]]` entry: Argon2id with the crate's
 /// recommended parameters and a random salt, in PHC format.
-pub fn hash_secret(secret: &str) -> Result<String, String> {
+pub fn hash_secret(secret: &str) -> Result<String, AuthError> {
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| format!("no randomness for a salt: {e}"))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    getrandom::fill(&mut salt).map_err(|cause| AuthError::Randomness {
+        what: "a salt",
+        cause,
+    })?;
+    let salt = SaltString::encode_b64(&salt).map_err(AuthError::Hash)?;
     Argon2::default()
         .hash_password(secret.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(AuthError::Hash)
 }
 
 /// A signed-in person.
@@ -66,9 +81,12 @@ pub struct Auth {
     secure_cookies: bool,
 }
 
-fn random_token() -> Result<String, String> {
+fn random_token() -> Result<String, AuthError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a token: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(|cause| AuthError::Randomness {
+        what: "a token",
+        cause,
+    })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -81,7 +99,7 @@ impl Auth {
         reviewers: &[Reviewer],
         ttl: Duration,
         secure_cookies: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AuthError> {
         Ok(Auth {
             reviewers: reviewers
                 .iter()
@@ -116,7 +134,7 @@ impl Auth {
     }
 
     /// Opens a session for `identity`: its cookie token and the session.
-    pub fn open(&self, identity: Identity) -> Result<(String, Session), String> {
+    pub fn open(&self, identity: Identity) -> Result<(String, Session), AuthError> {
         let token = random_token()?;
         let session = Session {
             identity,

@@ -253,7 +253,7 @@ impl Queue {
         key: Option<&[u8]>,
         payload: &[u8],
         max_intent_bytes: usize,
-    ) -> Result<Applied, String> {
+    ) -> Result<Applied, wire::ReadError> {
         let next = self.positions.entry(partition).or_insert(0);
         *next = (*next).max(offset + 1);
         // Most records are decisions that do not hold: a light look tells them apart.

@@ -345,7 +345,9 @@ fn amount_base(rs: &Ruleset, intent: &Intent) -> Result<Decimal, String> {
     match (intent.head.amount, &rs.fx) {
         (None, _) => Ok(Decimal::ZERO),
         (Some(a), None) => Ok(a),
-        (Some(a), Some(fx)) => fx.convert(a, intent.head.currency.as_deref().unwrap_or("")),
+        (Some(a), Some(fx)) => fx
+            .convert(a, intent.head.currency.as_deref().unwrap_or(""))
+            .map_err(|e| e.to_string()),
     }
 }
 

@@ -155,6 +155,19 @@ pub struct Scoring {
     pub deny_at: Option<i64>,
 }
 
+/// Why an intent has no `amount_base`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FxError {
+    #[error("`amount_base` is unavailable: [fx] has no rate for `{0}`")]
+    NoRate(String),
+    #[error("`amount_base` is unavailable: {amount} {currency} x {rate} exceeds exact decimal precision")]
+    Precision {
+        amount: Decimal,
+        currency: String,
+        rate: Decimal,
+    },
+}
+
 /// Currency conversion into a base currency.
 #[derive(Debug, Clone)]
 pub struct Fx {
@@ -164,20 +177,20 @@ pub struct Fx {
 
 impl Fx {
     /// The exact amount in the base currency, or why there is none.
-    pub fn convert(&self, amount: Decimal, currency: &str) -> Result<Decimal, String> {
+    pub fn convert(&self, amount: Decimal, currency: &str) -> Result<Decimal, FxError> {
         if currency == self.base {
             return Ok(amount);
         }
         let Some(rate) = self.rates.get(currency) else {
-            return Err(format!(
-                "`amount_base` is unavailable: [fx] has no rate for `{currency}`"
-            ));
+            return Err(FxError::NoRate(currency.to_owned()));
         };
         match amount.checked_mul(*rate) {
             Some(p) if p.scale() == amount.scale() + rate.scale() || p.is_zero() => Ok(p),
-            _ => Err(format!(
-                "`amount_base` is unavailable: {amount} {currency} x {rate} exceeds exact decimal precision"
-            )),
+            _ => Err(FxError::Precision {
+                amount,
+                currency: currency.to_owned(),
+                rate: *rate,
+            }),
         }
     }
 }

@@ -48,6 +48,16 @@ struct Expect {
     invalid: Option<String>,
 }
 
+/// A rule-test file that is not valid TOML or not in the shape of test cases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", path.display())]
+pub struct TestFileError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
 /// The outcome of one case.
 #[derive(Debug, Clone)]
 pub struct CaseResult {
@@ -112,7 +122,7 @@ pub fn run_dir(rules_dir: &Path, ruleset: Arc<Ruleset>) -> Report {
         match std::fs::read_to_string(&path) {
             Ok(text) => match run_file(&path, &text, &ruleset) {
                 Ok(cases) => report.cases.extend(cases),
-                Err(e) => report.broken_files.push(e),
+                Err(e) => report.broken_files.push(e.to_string()),
             },
             Err(e) => report
                 .broken_files
@@ -139,14 +149,15 @@ pub fn run_file(
     path: &Path,
     text: &str,
     ruleset: &Arc<Ruleset>,
-) -> Result<Vec<CaseResult>, String> {
+) -> Result<Vec<CaseResult>, TestFileError> {
     let file: TestFile = toml::from_str(text).map_err(|e| {
         let (line, column) = crate::rules::line_column(text, e.span().map_or(0, |s| s.start));
-        format!(
-            "{}:{line}:{column}: {}",
-            path.display(),
-            e.message().trim_end()
-        )
+        TestFileError {
+            path: path.to_owned(),
+            line,
+            column,
+            message: e.message().trim_end().to_owned(),
+        }
     })?;
     let defaults = file.defaults.unwrap_or_default();
     Ok(file

@@ -427,6 +427,7 @@ fn unreadable_records_are_errors_that_change_nothing() {
     assert!(q
         .apply(0, 1, None, br#"{"stage":"review","intent_id":"x"}"#, 65536)
         .unwrap_err()
+        .to_string()
         .starts_with("a review record"));
     assert!(q.is_empty());
     assert_eq!(q.position(0), 2, "the position moves past them");

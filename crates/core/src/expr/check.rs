@@ -553,7 +553,7 @@ impl Compiler<'_> {
             } else {
                 parse_duration(s.inner())
                     .map(Scalar::Dur)
-                    .map_err(EvalError::new)
+                    .map_err(|e| EvalError::new(e.to_string()))
             };
             return match folded {
                 Ok(v) => (Node::Const(v), ret),

@@ -13,13 +13,18 @@ use super::ast::{Func, TimePart};
 use super::eval::err;
 use super::value::{EvalError, EvalResult, Value};
 
+/// A text that is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not a duration; write e.g. `100ms`, `30s`, `10m`, `1h30m`, `24h` or `30d`")]
+pub struct DurationError {
+    pub text: String,
+}
+
 /// Parses a duration: one or more `<number><unit>` with units `ns`, `us`, `ms`, `s`, `m`,
 /// `h`, `d`, `w` (`1h30m`, `1.5h`, `100ms`, `30d`), optionally signed.
-pub fn parse_duration(text: &str) -> Result<TimeDelta, String> {
-    let bad = || {
-        format!(
-            "`{text}` is not a duration; write e.g. `100ms`, `30s`, `10m`, `1h30m`, `24h` or `30d`"
-        )
+pub fn parse_duration(text: &str) -> Result<TimeDelta, DurationError> {
+    let bad = || DurationError {
+        text: text.to_owned(),
     };
     let (negative, mut rest) = match text.strip_prefix('-') {
         Some(r) => (true, r),
@@ -169,7 +174,9 @@ pub(super) fn call<'a>(f: Func, args: SmallVec<[Value<'a>; 2]>) -> EvalResult<'a
             )),
         },
         Func::Duration => match first {
-            Value::Str(s) => parse_duration(&s).map(Value::Dur).map_err(EvalError::new),
+            Value::Str(s) => parse_duration(&s)
+                .map(Value::Dur)
+                .map_err(|e| EvalError::new(e.to_string())),
             Value::Dur(d) => Ok(Value::Dur(d)),
             other => err(format!(
                 "duration() needs a string, not a {}",

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 pub use fields::{json_decimal, CpField, Field, FieldPath};
-pub use parse::{parse_amount, parse_intent};
+pub use parse::{parse_amount, parse_intent, AmountError};
 
 /// The default limit on the size of one intent payload.
 pub const DEFAULT_MAX_BYTES: usize = 64 * 1024;

@@ -63,11 +63,26 @@ fn json_message(e: &serde_json::Error) -> String {
     format!("invalid JSON: {text}")
 }
 
+/// Why an amount's text is not an amount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    #[error("must not be negative, found `{0}`")]
+    Negative(String),
+    #[error(
+        "`{0}` is not a plain decimal (digits with an optional decimal point, e.g. `12000.50`)"
+    )]
+    NotPlain(String),
+    #[error(
+        "`{0}` cannot be represented exactly (at most 28 decimal places and 28 significant digits)"
+    )]
+    Inexact(String),
+}
+
 /// Parses an exact, non-negative decimal from an amount's JSON text.
 ///
 /// Strings must be plain decimals (digits with an optional point; no sign, no exponent);
 /// JSON numbers may use an exponent and are converted exactly.
-pub fn parse_amount(text: &str, is_json_number: bool) -> Result<Decimal, String> {
+pub fn parse_amount(text: &str, is_json_number: bool) -> Result<Decimal, AmountError> {
     let plain = |s: &str| {
         let (int, frac) = s.split_once('.').unwrap_or((s, ""));
         !s.is_empty()
@@ -78,12 +93,10 @@ pub fn parse_amount(text: &str, is_json_number: bool) -> Result<Decimal, String>
     };
     if !is_json_number {
         if text.starts_with('-') {
-            return Err(format!("must not be negative, found `{text}`"));
+            return Err(AmountError::Negative(text.to_owned()));
         }
         if !plain(text) {
-            return Err(format!(
-                "`{text}` is not a plain decimal (digits with an optional decimal point, e.g. `12000.50`)"
-            ));
+            return Err(AmountError::NotPlain(text.to_owned()));
         }
     } else if let Some(magnitude) = text.strip_prefix('-') {
         // `-0` and `-0.0` are zero, every other negative number is refused.
@@ -93,7 +106,7 @@ pub fn parse_amount(text: &str, is_json_number: bool) -> Result<Decimal, String>
                 .next()
                 .is_some_and(|m| m.bytes().all(|b| matches!(b, b'0' | b'.')));
         if !zero {
-            return Err(format!("must not be negative, found `{text}`"));
+            return Err(AmountError::Negative(text.to_owned()));
         }
     }
     let parsed = if text.contains(['e', 'E']) {
@@ -101,9 +114,7 @@ pub fn parse_amount(text: &str, is_json_number: bool) -> Result<Decimal, String>
     } else {
         Decimal::from_str_exact(text)
     };
-    let value = parsed.map_err(|_| {
-        format!("`{text}` cannot be represented exactly (at most 28 decimal places and 28 significant digits)")
-    })?;
+    let value = parsed.map_err(|_| AmountError::Inexact(text.to_owned()))?;
     Ok(if value.is_sign_negative() {
         Decimal::ZERO
     } else {

@@ -106,6 +106,21 @@ impl Decision {
     }
 }
 
+/// Why a record of the decisions topic cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the record has no `intent`")]
+    NoIntent,
+    #[error("its intent is invalid: {}", .0.message)]
+    Intent(crate::intent::InvalidIntent),
+    #[error("`decision`, `decided_at` and `source` are required")]
+    Incomplete,
+    #[error("a review record: {0}")]
+    Review(serde_json::Error),
+}
+
 /// Reads one record of the decisions topic, as [`Decision::write_json`] wrote it with the
 /// intent embedded: the decision and its intent, or `None` for a later record about an
 /// intent (a review outcome, `"stage": "review"`), which is not a decision of the engine
@@ -113,17 +128,16 @@ impl Decision {
 pub fn parse_record(
     bytes: &[u8],
     max_intent_bytes: usize,
-) -> Result<Option<(Decision, Intent)>, String> {
-    let r: DecisionRecord<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+) -> Result<Option<(Decision, Intent)>, ReadError> {
+    let r: DecisionRecord<'_> = serde_json::from_slice(bytes)?;
     if r.stage.is_some_and(|s| s != "decision") {
         return Ok(None);
     }
-    let raw = r.intent.ok_or("the record has no `intent`")?;
-    let intent = parse_intent(raw.get().as_bytes(), max_intent_bytes)
-        .map_err(|e| format!("its intent is invalid: {}", e.message))?;
+    let raw = r.intent.ok_or(ReadError::NoIntent)?;
+    let intent = parse_intent(raw.get().as_bytes(), max_intent_bytes).map_err(ReadError::Intent)?;
     let (Some(decided_at), Some(outcome), Some(source)) = (r.decided_at, r.decision, r.source)
     else {
-        return Err("`decision`, `decided_at` and `source` are required".to_owned());
+        return Err(ReadError::Incomplete);
     };
     let decision = Decision {
         head: intent.head.clone(),
@@ -259,13 +273,13 @@ impl RecordHead<'_> {
 }
 
 /// Reads the [`RecordHead`] of a record of the decisions topic.
-pub fn read_head(bytes: &[u8]) -> Result<RecordHead<'_>, String> {
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+pub fn read_head(bytes: &[u8]) -> Result<RecordHead<'_>, ReadError> {
+    Ok(serde_json::from_slice(bytes)?)
 }
 
 /// Reads a review record.
-pub fn read_review(bytes: &[u8]) -> Result<ReviewRecord, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("a review record: {e}"))
+pub fn read_review(bytes: &[u8]) -> Result<ReviewRecord, ReadError> {
+    serde_json::from_slice(bytes).map_err(ReadError::Review)
 }
 
 impl ReviewRecord {
