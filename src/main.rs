@@ -115,7 +115,7 @@ enum LogFormat {
 }
 
 /// Deciding allocates many small, short-lived strings; mimalloc handles that pattern far
-/// better than the system allocator (measured: see the README's performance section).
+/// better than the system allocator (measured: docs/performance.md, the ledger).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
