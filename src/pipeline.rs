@@ -952,13 +952,11 @@ impl Worker {
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
                 Err(e) if is_fatal(&e) => {
-                    if self.transaction_expired() {
-                        return self.renew_producer(consumer, &e.to_string());
-                    }
-                    return Err(Error::Kafka {
-                        what: "commit the transaction (fatal: this instance must restart)",
-                        source: e,
-                    });
+                    return self.fatal(
+                        consumer,
+                        "commit the transaction (fatal: this instance must restart)",
+                        e,
+                    )
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "transaction commit failed; aborting");
@@ -990,13 +988,11 @@ impl Worker {
             match self.producer.abort_transaction(Duration::from_secs(1)) {
                 Ok(()) => break,
                 Err(e) if is_fatal(&e) => {
-                    if self.transaction_expired() {
-                        return self.renew_producer(consumer, &e.to_string());
-                    }
-                    return Err(Error::Kafka {
-                        what: "abort the transaction (fatal: this instance must restart)",
-                        source: e,
-                    });
+                    return self.fatal(
+                        consumer,
+                        "abort the transaction (fatal: this instance must restart)",
+                        e,
+                    )
                 }
                 Err(e) => {
                     attempts += 1;
@@ -1008,6 +1004,20 @@ impl Worker {
             }
         }
         self.redo_aborted(consumer)
+    }
+
+    /// A fatal error of a transaction call (`what`): the service stops, unless the open
+    /// transaction outlived `transaction.timeout.ms`, when a new producer takes over.
+    fn fatal(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        what: &'static str,
+        e: KafkaError,
+    ) -> Result<(), Error> {
+        if self.transaction_expired() {
+            return self.renew_producer(consumer, &e.to_string());
+        }
+        Err(Error::Kafka { what, source: e })
     }
 
     /// Whether the open transaction has been open longer than `transaction.timeout.ms`: then
