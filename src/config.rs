@@ -1,7 +1,10 @@
-//! The service's configuration (DESIGN section 5): a TOML file, then environment overrides
+//! The service's configuration ([docs/design.md](../docs/design.md#5-kafka-guarantees)): a TOML file, then environment overrides
 //! (`RISKGATE__KAFKA__BROKERS=...`), then validation that reports every problem at once.
-//! Secrets (librdkafka properties such as `sasl.password`) never appear in output: the
-//! `Display` of a [`Config`] redacts them.
+//! The file is read the way rules are: a serde shape of it (every key optional and of any
+//! type, so that one wrong key does not hide the others), then validation into [`Config`].
+//! Secrets (librdkafka properties such as `sasl.password`, reviewers' secret hashes) never
+//! appear in output: the `Display` and `Debug` of a [`Config`] redact them, and no problem
+//! shows their value.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use serde::de::{self, DeserializeOwned, IgnoredAny, Visitor};
+use serde::Deserialize;
+use toml::value::Datetime;
 use toml::{Table, Value};
 
 use riskgate_core::expr::parse_duration;
@@ -36,7 +42,7 @@ pub enum Purpose {
     Review,
 }
 
-/// `riskgate review` (DESIGN section 6).
+/// `riskgate review` ([docs/design.md](../docs/design.md#6-review-of-held-intents)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Review {
     /// The review page, its API, `/metrics`, `/healthz` and `/readyz`.
@@ -89,7 +95,7 @@ pub fn is_reviewer_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Kafka {
     pub brokers: String,
     pub group_id: String,
@@ -109,6 +115,44 @@ pub struct Kafka {
     pub replication_factor: i32,
     /// Passed to librdkafka as they are (security.protocol, SASL, TLS, timeouts...).
     pub librdkafka: BTreeMap<String, String>,
+}
+
+/// The values of secret librdkafka properties are `"<redacted>"`.
+impl fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Kafka {
+            brokers,
+            group_id,
+            intents_topic,
+            decisions_topic,
+            dead_letter_topic,
+            transactional_id,
+            commit_interval,
+            commit_max_records,
+            create_topics,
+            partitions,
+            replication_factor,
+            librdkafka,
+        } = self;
+        let librdkafka: BTreeMap<&str, &str> = librdkafka
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "<redacted>" } else { v }))
+            .collect();
+        f.debug_struct("Kafka")
+            .field("brokers", brokers)
+            .field("group_id", group_id)
+            .field("intents_topic", intents_topic)
+            .field("decisions_topic", decisions_topic)
+            .field("dead_letter_topic", dead_letter_topic)
+            .field("transactional_id", transactional_id)
+            .field("commit_interval", commit_interval)
+            .field("commit_max_records", commit_max_records)
+            .field("create_topics", create_topics)
+            .field("partitions", partitions)
+            .field("replication_factor", replication_factor)
+            .field("librdkafka", &librdkafka)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -191,11 +235,15 @@ impl Config {
                 override_key(&mut table, path, &value, &var, &mut problems);
             }
         }
-        let mut r = Reader {
+        // Cannot fail (every key of the raw shape is optional and takes any value); were it
+        // to, serde's message names keys, never values.
+        let raw = Section::<RawConfig>::deserialize(mark_datetimes(Value::Table(table)))
+            .map_err(|e| fail(vec![e.message().to_owned()]))?;
+        let mut check = Check {
             problems: &mut problems,
             purpose,
         };
-        let config = r.config(table);
+        let config = check.config(raw);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -319,100 +367,315 @@ fn override_key(table: &mut Table, path: &str, value: &str, var: &str, problems:
     at.insert(last.clone(), parsed);
 }
 
-struct Reader<'p> {
+// ---------------------------------------------------------------------------------------
+// The file format, as written: every key optional and of any type, so that deserializing
+// never stops at the first problem; `Check` then reports them all.
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    kafka: Option<Typed<Section<RawKafka>>>,
+    rules: Option<Typed<Section<RawRules>>>,
+    http: Option<Typed<Section<RawHttp>>>,
+    engine: Option<Typed<Section<RawEngine>>>,
+    review: Option<Typed<Section<RawReview>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: Option<Typed<String>>,
+    group_id: Option<Typed<String>>,
+    intents_topic: Option<Typed<String>>,
+    decisions_topic: Option<Typed<String>>,
+    dead_letter_topic: Option<Typed<String>>,
+    transactional_id: Option<Typed<String>>,
+    commit_interval: Option<Typed<String>>,
+    commit_max_records: Option<Typed<i64>>,
+    create_topics: Option<Typed<bool>>,
+    partitions: Option<Typed<i64>>,
+    replication_factor: Option<Typed<i64>>,
+    /// Any property name: not a [`Section`].
+    librdkafka: Option<Typed<BTreeMap<String, Typed<Property>>>>,
+}
+
+/// A librdkafka property as written; numbers and booleans are passed on as their text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Property {
+    Text(String),
+    Integer(i64),
+    Boolean(bool),
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    dir: Option<Typed<String>>,
+    watch: Option<Typed<bool>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Typed<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    max_intent_bytes: Option<Typed<i64>>,
+    duplicate_horizon: Option<Typed<String>>,
+    max_future_skew: Option<Typed<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReview {
+    listen: Option<Typed<String>>,
+    expire_after: Option<Typed<String>>,
+    session_ttl: Option<Typed<String>>,
+    secure_cookies: Option<Typed<bool>>,
+    reviewers: Option<Typed<Vec<Typed<Section<RawReviewer>>>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReviewer {
+    name: Option<Typed<String>>,
+    role: Option<Typed<String>>,
+    secret_hash: Option<Typed<String>>,
+    /// A plain-text secret: known only to be refused, and never kept.
+    secret: Option<IgnoredAny>,
+}
+
+/// A value as written: of the type `T` reads, or not, and then kept for the message.
+/// (Serde's own type error would end the deserializing.)
+enum Typed<T> {
+    Ok(T),
+    Wrong(Value),
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Typed<T> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        let datetime = matches!(&value, Value::Table(t) if marked_datetime(t).is_some());
+        if !datetime {
+            if let Ok(v) = T::deserialize(value.clone()) {
+                return Ok(Typed::Ok(v));
+            }
+        }
+        Ok(Typed::Wrong(unmark_datetimes(value)))
+    }
+}
+
+/// A table as written: its keys that `T` declares, read by serde, and the others, each a
+/// problem. `deny_unknown_fields` would report only the first, so they are taken out first.
+#[derive(Default)]
+struct Section<T> {
+    known: T,
+    unknown: Vec<String>,
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Section<T> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut table = Table::deserialize(deserializer)?;
+        let keys = declared_keys::<T>();
+        let unknown: Vec<String> = table
+            .keys()
+            .filter(|k| !keys.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for key in &unknown {
+            table.remove(key);
+        }
+        let known = T::deserialize(Value::Table(table)).map_err(de::Error::custom)?;
+        Ok(Section { known, unknown })
+    }
+}
+
+/// The keys of the struct `T`, as its derived `Deserialize` hands them to
+/// `deserialize_struct`: the raw shape is the one list of them.
+fn declared_keys<T: DeserializeOwned>() -> &'static [&'static str] {
+    struct Keys<'k>(&'k mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Keys<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only its keys are wanted"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut keys: &'static [&'static str] = &[];
+    let _ = T::deserialize(Keys(&mut keys));
+    keys
+}
+
+/// `toml::Value` hands serde a datetime as its text, which a string key would take; no key
+/// takes a datetime. So before deserializing, each datetime becomes a table holding its text
+/// under this key, which no raw type takes, and [`Typed`] turns it back for the message.
+const DATETIME_MARK: &str = "\u{0}datetime";
+
+fn mark_datetimes(value: Value) -> Value {
+    match value {
+        Value::Datetime(d) => Value::Table(Table::from_iter([(
+            DATETIME_MARK.to_owned(),
+            Value::String(d.to_string()),
+        )])),
+        Value::Array(items) => Value::Array(items.into_iter().map(mark_datetimes).collect()),
+        Value::Table(t) => {
+            Value::Table(t.into_iter().map(|(k, v)| (k, mark_datetimes(v))).collect())
+        }
+        other => other,
+    }
+}
+
+fn unmark_datetimes(value: Value) -> Value {
+    match value {
+        Value::Table(t) => match marked_datetime(&t) {
+            Some(d) => Value::Datetime(d),
+            None => Value::Table(
+                t.into_iter()
+                    .map(|(k, v)| (k, unmark_datetimes(v)))
+                    .collect(),
+            ),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(unmark_datetimes).collect()),
+        other => other,
+    }
+}
+
+fn marked_datetime(table: &Table) -> Option<Datetime> {
+    match table.get(DATETIME_MARK) {
+        Some(Value::String(text)) if table.len() == 1 => text.parse().ok(),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation: the raw shape to a `Config`, with defaults, every problem in the order of the
+// keys above.
+
+struct Check<'p> {
     problems: &'p mut Vec<String>,
     purpose: Purpose,
 }
 
-impl Reader<'_> {
-    fn config(&mut self, mut root: Table) -> Config {
-        let mut kafka = self.section(&mut root, "kafka");
-        let mut rules = self.section(&mut root, "rules");
-        let mut http = self.section(&mut root, "http");
-        let mut engine = self.section(&mut root, "engine");
-        let review = self.section(&mut root, "review");
-        self.unknown(&root, "");
+impl Check<'_> {
+    fn config(&mut self, root: Section<RawConfig>) -> Config {
+        let raw = root.known;
+        let kafka = self.section(raw.kafka, "kafka");
+        let rules = self.section(raw.rules, "rules");
+        let http = self.section(raw.http, "http");
+        let engine = self.section(raw.engine, "engine");
+        let review = self.section(raw.review, "review");
+        self.unknown(root.unknown, "");
+        Config {
+            kafka: self.kafka(kafka),
+            rules: self.rules(rules),
+            http: self.http(http),
+            engine: self.engine(engine),
+            review: self.review(review),
+        }
+    }
 
-        let librdkafka = match kafka.remove("librdkafka") {
-            None => BTreeMap::new(),
-            Some(Value::Table(t)) => t
-                .into_iter()
-                .filter_map(|(k, v)| match v {
-                    Value::String(s) => Some((k, s)),
-                    Value::Integer(i) => Some((k, i.to_string())),
-                    Value::Boolean(b) => Some((k, b.to_string())),
-                    _ => {
+    fn kafka(&mut self, section: Section<RawKafka>) -> Kafka {
+        let k = section.known;
+        let librdkafka = self
+            .typed(k.librdkafka, "kafka.librdkafka", |_| {
+                "must be a table".to_owned()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let value = match value {
+                    Typed::Ok(Property::Text(s)) => s,
+                    Typed::Ok(Property::Integer(i)) => i.to_string(),
+                    Typed::Ok(Property::Boolean(b)) => b.to_string(),
+                    Typed::Wrong(_) => {
                         self.problems.push(format!(
-                            "kafka.librdkafka.{k}: must be a string, number or boolean"
+                            "kafka.librdkafka.{key}: must be a string, number or boolean"
                         ));
-                        None
+                        return None;
                     }
-                })
-                .collect(),
-            Some(_) => {
-                self.problems
-                    .push("kafka.librdkafka: must be a table".to_owned());
-                BTreeMap::new()
-            }
-        };
-        let s = |r: &mut Self, t: &mut Table, key: &str, section: &str, default: &str| {
-            r.string(t, key, section)
+                };
+                Some((key, value))
+            })
+            .collect();
+        let s = |c: &mut Self, value: Option<Typed<String>>, key: &str, default: &str| {
+            c.string(value, "kafka", key)
                 .unwrap_or_else(|| default.to_owned())
         };
-        let kafka_cfg = Kafka {
-            brokers: s(self, &mut kafka, "brokers", "kafka", "127.0.0.1:9092"),
-            group_id: s(self, &mut kafka, "group_id", "kafka", "riskgate"),
-            intents_topic: s(self, &mut kafka, "intents_topic", "kafka", "intents"),
-            decisions_topic: s(self, &mut kafka, "decisions_topic", "kafka", "decisions"),
+        let kafka = Kafka {
+            brokers: s(self, k.brokers, "brokers", "127.0.0.1:9092"),
+            group_id: s(self, k.group_id, "group_id", "riskgate"),
+            intents_topic: s(self, k.intents_topic, "intents_topic", "intents"),
+            decisions_topic: s(self, k.decisions_topic, "decisions_topic", "decisions"),
             dead_letter_topic: s(
                 self,
-                &mut kafka,
+                k.dead_letter_topic,
                 "dead_letter_topic",
-                "kafka",
                 "intents.dlq",
             ),
-            transactional_id: s(self, &mut kafka, "transactional_id", "kafka", ""),
+            transactional_id: s(self, k.transactional_id, "transactional_id", ""),
             commit_interval: self
-                .duration(&mut kafka, "commit_interval", "kafka")
+                .duration(k.commit_interval, "kafka", "commit_interval")
                 .and_then(|d| d.to_std().ok())
                 .unwrap_or(Duration::from_millis(100)),
             commit_max_records: self
-                .positive(&mut kafka, "commit_max_records", "kafka")
+                .positive(k.commit_max_records, "kafka", "commit_max_records")
                 .unwrap_or(10_000) as usize,
             create_topics: self
-                .boolean(&mut kafka, "create_topics", "kafka")
+                .boolean(k.create_topics, "kafka", "create_topics")
                 .unwrap_or(false),
             partitions: self
-                .positive(&mut kafka, "partitions", "kafka")
+                .positive(k.partitions, "kafka", "partitions")
                 .map_or(3, |p| p.min(i32::MAX as u64) as i32),
             replication_factor: self
-                .positive(&mut kafka, "replication_factor", "kafka")
+                .positive(k.replication_factor, "kafka", "replication_factor")
                 .map_or(1, |p| p.min(i32::MAX as u64) as i32),
             librdkafka,
         };
-        self.unknown(&kafka, "kafka");
+        self.unknown(section.unknown, "kafka");
         for (key, value) in [
-            ("brokers", &kafka_cfg.brokers),
-            ("group_id", &kafka_cfg.group_id),
-            ("intents_topic", &kafka_cfg.intents_topic),
-            ("decisions_topic", &kafka_cfg.decisions_topic),
-            ("dead_letter_topic", &kafka_cfg.dead_letter_topic),
+            ("brokers", &kafka.brokers),
+            ("group_id", &kafka.group_id),
+            ("intents_topic", &kafka.intents_topic),
+            ("decisions_topic", &kafka.decisions_topic),
+            ("dead_letter_topic", &kafka.dead_letter_topic),
         ] {
             if value.trim().is_empty() {
                 self.problems
                     .push(format!("kafka.{key}: must not be empty"));
             }
         }
-        if self.purpose == Purpose::Run && kafka_cfg.transactional_id.trim().is_empty() {
+        if self.purpose == Purpose::Run && kafka.transactional_id.trim().is_empty() {
             self.problems.push(
                 "kafka.transactional_id: required, stable and unique per instance (e.g. \"riskgate-a\"), so that a restarted instance fences its previous self"
                     .to_owned(),
             );
         }
         let topics = [
-            &kafka_cfg.intents_topic,
-            &kafka_cfg.decisions_topic,
-            &kafka_cfg.dead_letter_topic,
+            &kafka.intents_topic,
+            &kafka.decisions_topic,
+            &kafka.dead_letter_topic,
         ];
         if topics[0] == topics[1] || topics[0] == topics[2] || topics[1] == topics[2] {
             self.problems.push(
@@ -427,25 +690,32 @@ impl Reader<'_> {
             "enable.auto.commit",
             "isolation.level",
         ] {
-            if kafka_cfg.librdkafka.contains_key(reserved) {
+            if kafka.librdkafka.contains_key(reserved) {
                 self.problems.push(format!(
                     "kafka.librdkafka.{reserved}: set by riskgate itself (use the [kafka] keys)"
                 ));
             }
         }
+        kafka
+    }
 
-        let rules_cfg = Rules {
+    fn rules(&mut self, section: Section<RawRules>) -> Rules {
+        let r = section.known;
+        let rules = Rules {
             dir: self
-                .string(&mut rules, "dir", "rules")
+                .string(r.dir, "rules", "dir")
                 .map_or_else(|| PathBuf::from("rules"), PathBuf::from),
-            watch: self.boolean(&mut rules, "watch", "rules").unwrap_or(true),
+            watch: self.boolean(r.watch, "rules", "watch").unwrap_or(true),
         };
-        self.unknown(&rules, "rules");
+        self.unknown(section.unknown, "rules");
+        rules
+    }
 
+    fn http(&mut self, section: Section<RawHttp>) -> Http {
         let listen = self
-            .string(&mut http, "listen", "http")
+            .string(section.known.listen, "http", "listen")
             .unwrap_or_else(|| "127.0.0.1:9464".to_owned());
-        let http_cfg = Http {
+        let http = Http {
             listen: listen.parse().unwrap_or_else(|_| {
                 self.problems.push(format!(
                     "http.listen: `{listen}` is not an address with a port (e.g. \"127.0.0.1:9464\")"
@@ -453,41 +723,35 @@ impl Reader<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 9464))
             }),
         };
-        self.unknown(&http, "http");
+        self.unknown(section.unknown, "http");
+        http
+    }
 
-        let engine_cfg = Engine {
+    fn engine(&mut self, section: Section<RawEngine>) -> Engine {
+        let e = section.known;
+        let engine = Engine {
             max_intent_bytes: self
-                .positive(&mut engine, "max_intent_bytes", "engine")
+                .positive(e.max_intent_bytes, "engine", "max_intent_bytes")
                 .map_or(DEFAULT_MAX_BYTES, |n| n as usize),
             duplicate_horizon: self
-                .duration(&mut engine, "duplicate_horizon", "engine")
+                .duration(e.duplicate_horizon, "engine", "duplicate_horizon")
                 .unwrap_or(TimeDelta::hours(24)),
-            max_future_skew: match engine.get("max_future_skew") {
-                Some(Value::String(s)) if s == "off" => {
-                    engine.remove("max_future_skew");
-                    None
-                }
-                _ => Some(
-                    self.duration(&mut engine, "max_future_skew", "engine")
+            max_future_skew: match e.max_future_skew {
+                Some(Typed::Ok(s)) if s == "off" => None,
+                other => Some(
+                    self.duration(other, "engine", "max_future_skew")
                         .unwrap_or(TimeDelta::minutes(5)),
                 ),
             },
         };
-        self.unknown(&engine, "engine");
-
-        let review_cfg = self.review(review);
-        Config {
-            kafka: kafka_cfg,
-            rules: rules_cfg,
-            http: http_cfg,
-            engine: engine_cfg,
-            review: review_cfg,
-        }
+        self.unknown(section.unknown, "engine");
+        engine
     }
 
-    fn review(&mut self, mut t: Table) -> Review {
+    fn review(&mut self, section: Section<RawReview>) -> Review {
+        let r = section.known;
         let listen = self
-            .string(&mut t, "listen", "review")
+            .string(r.listen, "review", "listen")
             .unwrap_or_else(|| "127.0.0.1:9465".to_owned());
         let listen = listen.parse().unwrap_or_else(|_| {
             self.problems.push(format!(
@@ -496,69 +760,29 @@ impl Reader<'_> {
             SocketAddr::from(([127, 0, 0, 1], 9465))
         });
         let expire_after = self
-            .duration(&mut t, "expire_after", "review")
+            .duration(r.expire_after, "review", "expire_after")
             .unwrap_or(TimeDelta::hours(24));
         let session_ttl = self
-            .duration(&mut t, "session_ttl", "review")
+            .duration(r.session_ttl, "review", "session_ttl")
             .unwrap_or(TimeDelta::hours(8));
         let secure_cookies = self
-            .boolean(&mut t, "secure_cookies", "review")
+            .boolean(r.secure_cookies, "review", "secure_cookies")
             .unwrap_or(false);
+        let items = self
+            .typed(r.reviewers, "review.reviewers", |_| {
+                "must be an array of tables ([[review.reviewers]])".to_owned()
+            })
+            .unwrap_or_default();
         let mut reviewers: Vec<Reviewer> = Vec::new();
-        match t.remove("reviewers") {
-            None => {}
-            Some(Value::Array(items)) => {
-                for (i, item) in items.into_iter().enumerate() {
-                    let at = format!("review.reviewers[{i}]");
-                    let Value::Table(mut r) = item else {
-                        self.problems.push(format!(
-                            "{at}: must be a table with `name`, `role` and `secret_hash`"
-                        ));
-                        continue;
-                    };
-                    if r.remove("secret").is_some() {
-                        self.problems.push(format!(
-                            "{at}.secret: secrets are never stored in plain text; put the output of `riskgate hash-secret` in `secret_hash`"
-                        ));
-                    }
-                    let name = self.string(&mut r, "name", &at).unwrap_or_default();
-                    if !is_reviewer_name(&name) {
-                        self.problems.push(format!(
-                            "{at}.name: `{name}` is not a reviewer name (1 to 64 letters, digits, `.`, `_`, `-` or `@`)"
-                        ));
-                    } else if reviewers.iter().any(|x| x.name == name) {
-                        self.problems
-                            .push(format!("{at}.name: `{name}` is configured twice"));
-                    }
-                    let role = match self.string(&mut r, "role", &at).as_deref() {
-                        Some("viewer") => Role::Viewer,
-                        Some("approver") => Role::Approver,
-                        other => {
-                            self.problems.push(format!(
-                                "{at}.role: must be \"viewer\" or \"approver\", not {}",
-                                other.map_or("missing".to_owned(), |o| format!("`{o}`"))
-                            ));
-                            Role::Viewer
-                        }
-                    };
-                    let secret_hash = self.string(&mut r, "secret_hash", &at).unwrap_or_default();
-                    match argon2::PasswordHash::new(&secret_hash) {
-                        Ok(h) if h.algorithm.as_str().starts_with("argon2") => {}
-                        _ => self.problems.push(format!(
-                            "{at}.secret_hash: not an Argon2 hash in PHC format (`$argon2id$v=19$...`); make one with `riskgate hash-secret`"
-                        )),
-                    }
-                    self.unknown(&r, &at);
-                    reviewers.push(Reviewer {
-                        name,
-                        role,
-                        secret_hash,
-                    });
-                }
-            }
-            Some(_) => self.problems.push(
-                "review.reviewers: must be an array of tables ([[review.reviewers]])".to_owned(),
-            ),
+        for (i, item) in items.into_iter().enumerate() {
+            let at = format!("review.reviewers[{i}]");
+            let Some(reviewer) = self.typed(Some(item), &at, |_| {
+                "must be a table with `name`, `role` and `secret_hash`".to_owned()
+            }) else {
+                continue;
+            };
+            let reviewer = self.reviewer(reviewer, &at, &reviewers);
+            reviewers.push(reviewer);
         }
         if self.purpose == Purpose::Review && reviewers.is_empty() {
             self.problems.push(
@@ -566,7 +790,7 @@ impl Reader<'_> {
                     .to_owned(),
             );
         }
-        self.unknown(&t, "review");
+        self.unknown(section.unknown, "review");
         Review {
             listen,
             expire_after,
@@ -576,21 +800,83 @@ impl Reader<'_> {
         }
     }
 
-    fn section(&mut self, root: &mut Table, name: &str) -> Table {
-        match root.remove(name) {
-            None => Table::new(),
-            Some(Value::Table(t)) => t,
-            Some(_) => {
-                self.problems.push(format!("{name}: must be a table"));
-                Table::new()
+    /// One `[[review.reviewers]]` table, at `at`; `before` are the ones above it.
+    fn reviewer(
+        &mut self,
+        section: Section<RawReviewer>,
+        at: &str,
+        before: &[Reviewer],
+    ) -> Reviewer {
+        let r = section.known;
+        if r.secret.is_some() {
+            self.problems.push(format!(
+                "{at}.secret: secrets are never stored in plain text; put the output of `riskgate hash-secret` in `secret_hash`"
+            ));
+        }
+        let name = self.string(r.name, at, "name").unwrap_or_default();
+        if !is_reviewer_name(&name) {
+            self.problems.push(format!(
+                "{at}.name: `{name}` is not a reviewer name (1 to 64 letters, digits, `.`, `_`, `-` or `@`)"
+            ));
+        } else if before.iter().any(|x| x.name == name) {
+            self.problems
+                .push(format!("{at}.name: `{name}` is configured twice"));
+        }
+        let role = match self.string(r.role, at, "role").as_deref() {
+            Some("viewer") => Role::Viewer,
+            Some("approver") => Role::Approver,
+            other => {
+                self.problems.push(format!(
+                    "{at}.role: must be \"viewer\" or \"approver\", not {}",
+                    other.map_or("missing".to_owned(), |o| format!("`{o}`"))
+                ));
+                Role::Viewer
+            }
+        };
+        let secret_hash = self
+            .string(r.secret_hash, at, "secret_hash")
+            .unwrap_or_default();
+        match argon2::PasswordHash::new(&secret_hash) {
+            Ok(h) if h.algorithm.as_str().starts_with("argon2") => {}
+            _ => self.problems.push(format!(
+                "{at}.secret_hash: not an Argon2 hash in PHC format (`$argon2id$v=19$...`); make one with `riskgate hash-secret`"
+            )),
+        }
+        self.unknown(section.unknown, at);
+        Reviewer {
+            name,
+            role,
+            secret_hash,
+        }
+    }
+
+    /// The value of a key, or `None` when it is missing, or wrong: then `must` says what it
+    /// must be (from the value, which must not be shown if it may be a secret).
+    fn typed<T>(
+        &mut self,
+        value: Option<Typed<T>>,
+        at: &str,
+        must: impl FnOnce(&Value) -> String,
+    ) -> Option<T> {
+        match value? {
+            Typed::Ok(v) => Some(v),
+            Typed::Wrong(other) => {
+                self.problems.push(format!("{at}: {}", must(&other)));
+                None
             }
         }
     }
 
-    fn unknown(&mut self, table: &Table, section: &str) {
-        for key in table.keys() {
+    /// A section (an empty one when it is missing, or not a table: a problem).
+    fn section<T: Default>(&mut self, value: Option<Typed<Section<T>>>, at: &str) -> Section<T> {
+        self.typed(value, at, |_| "must be a table".to_owned())
+            .unwrap_or_default()
+    }
+
+    fn unknown(&mut self, keys: Vec<String>, section: &str) {
+        for key in keys {
             let at = if section.is_empty() {
-                key.clone()
+                key
             } else {
                 format!("{section}.{key}")
             };
@@ -598,46 +884,37 @@ impl Reader<'_> {
         }
     }
 
-    fn string(&mut self, t: &mut Table, key: &str, section: &str) -> Option<String> {
-        match t.remove(key)? {
-            Value::String(s) => Some(s),
-            other => {
-                self.problems.push(format!(
-                    "{section}.{key}: must be a string, not {}",
-                    other.type_str()
-                ));
+    fn string(&mut self, value: Option<Typed<String>>, section: &str, key: &str) -> Option<String> {
+        self.typed(value, &format!("{section}.{key}"), |v| {
+            format!("must be a string, not {}", v.type_str())
+        })
+    }
+
+    fn boolean(&mut self, value: Option<Typed<bool>>, section: &str, key: &str) -> Option<bool> {
+        self.typed(value, &format!("{section}.{key}"), |v| {
+            format!("must be true or false, not {}", v.type_str())
+        })
+    }
+
+    fn positive(&mut self, value: Option<Typed<i64>>, section: &str, key: &str) -> Option<u64> {
+        let must = |v: &Value| format!("must be a positive integer, not {v}");
+        match self.typed(value, &format!("{section}.{key}"), must)? {
+            i if i > 0 => Some(i as u64),
+            i => {
+                self.problems
+                    .push(format!("{section}.{key}: {}", must(&Value::Integer(i))));
                 None
             }
         }
     }
 
-    fn boolean(&mut self, t: &mut Table, key: &str, section: &str) -> Option<bool> {
-        match t.remove(key)? {
-            Value::Boolean(b) => Some(b),
-            other => {
-                self.problems.push(format!(
-                    "{section}.{key}: must be true or false, not {}",
-                    other.type_str()
-                ));
-                None
-            }
-        }
-    }
-
-    fn positive(&mut self, t: &mut Table, key: &str, section: &str) -> Option<u64> {
-        match t.remove(key)? {
-            Value::Integer(i) if i > 0 => Some(i as u64),
-            other => {
-                self.problems.push(format!(
-                    "{section}.{key}: must be a positive integer, not {other}"
-                ));
-                None
-            }
-        }
-    }
-
-    fn duration(&mut self, t: &mut Table, key: &str, section: &str) -> Option<TimeDelta> {
-        let text = self.string(t, key, section)?;
+    fn duration(
+        &mut self,
+        value: Option<Typed<String>>,
+        section: &str,
+        key: &str,
+    ) -> Option<TimeDelta> {
+        let text = self.string(value, section, key)?;
         match parse_duration(&text) {
             Ok(d) if d > TimeDelta::zero() => Some(d),
             Ok(_) => {
@@ -788,6 +1065,89 @@ duplicate_horizon = "0s"
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         assert_eq!(e.problems.len(), 8, "{all}");
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_keys_are_named_where_they_are() {
+        let text = r#"
+colour = 1
+rules = "rules"
+[kafka]
+transactional_id = "t"
+brokers = 1979-05-27
+partitions = 1.5
+replication_factor = "2"
+create_topics = "yes"
+[kafka.librdkafka]
+"linger.ms" = 5
+"enable.idempotence" = true
+"socket.timeout.ms" = 1.5
+"sasl.password" = ["hunter2"]
+[engine]
+max_future_skew = 300
+[review]
+reviewers = [1, { name = "a", role = "viewer", secret_hash = 7, size = 1 }]
+"#;
+        let e = Config::parse(text, "w.toml", env(&[])).unwrap_err();
+        assert_eq!(
+            e.problems,
+            [
+                "rules: must be a table",
+                "colour: unknown key",
+                "kafka.librdkafka.sasl.password: must be a string, number or boolean",
+                "kafka.librdkafka.socket.timeout.ms: must be a string, number or boolean",
+                "kafka.brokers: must be a string, not datetime",
+                "kafka.create_topics: must be true or false, not string",
+                "kafka.partitions: must be a positive integer, not 1.5",
+                "kafka.replication_factor: must be a positive integer, not \"2\"",
+                "engine.max_future_skew: must be a string, not integer",
+                "review.reviewers[0]: must be a table with `name`, `role` and `secret_hash`",
+                "review.reviewers[1].secret_hash: must be a string, not integer",
+                "review.reviewers[1].secret_hash: not an Argon2 hash in PHC format (`$argon2id$v=19$...`); make one with `riskgate hash-secret`",
+                "review.reviewers[1].size: unknown key",
+            ]
+        );
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // The same checks apply to what the environment sets.
+        let e = Config::parse(
+            "",
+            "e.toml",
+            env(&[
+                ("RISKGATE__KAFKA__TRANSACTIONAL_ID", "1979-05-27"),
+                ("RISKGATE__KAFKA__PARTITIONS", "-1"),
+                ("RISKGATE__KAFKA__PARTITIONS__MAX", "2"),
+                ("RISKGATE__ENGINE__COLOUR", "blue"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.problems,
+            [
+                "RISKGATE__KAFKA__PARTITIONS__MAX: `partitions` is not a table",
+                "kafka.transactional_id: must be a string, not datetime",
+                "kafka.partitions: must be a positive integer, not -1",
+                "kafka.transactional_id: required, stable and unique per instance (e.g. \"riskgate-a\"), so that a restarted instance fences its previous self",
+                "engine.colour: unknown key",
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output_and_errors() {
+        let text = "[kafka]\ntransactional_id = \"t\"\n[kafka.librdkafka]\n\"sasl.password\" = \"hunter2\"\n\"sasl.username\" = \"u\"\n";
+        let c = Config::parse(text, "s.toml", env(&[])).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("\"sasl.password\": \"<redacted>\""),
+            "{shown}"
+        );
+        assert!(shown.contains("\"sasl.username\": \"u\""), "{shown}");
+        let text = "[[review.reviewers]]\nname = \"a\"\nrole = \"viewer\"\nsecret = \"hunter2\"\nsecret_hash = \"hunter2\"\n";
+        let e = Config::parse_for(text, "s.toml", env(&[]), Purpose::Review).unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
     }
 
     #[test]
