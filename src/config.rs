@@ -19,7 +19,7 @@ use toml::value::Datetime;
 use toml::{Table, Value};
 
 use riskgate_core::expr::parse_duration;
-use riskgate_core::intent::DEFAULT_MAX_BYTES;
+use riskgate_core::intent::{Field, FieldPath, DEFAULT_MAX_BYTES};
 
 /// The prefix of environment overrides; `__` separates the levels of a key.
 pub const ENV_PREFIX: &str = "RISKGATE__";
@@ -113,6 +113,10 @@ pub struct Kafka {
     /// Partitions of topics created at start when the intents topic does not exist yet.
     pub partitions: i32,
     pub replication_factor: i32,
+    /// The intent field producers key intents by: the record key riskgate checks, and the
+    /// scope of an intent id. Every counter's key must contain it when the intents topic has
+    /// more than one partition (docs/kafka.md, "Partitioning").
+    pub partition_key: FieldPath,
     /// Passed to librdkafka as they are (security.protocol, SASL, TLS, timeouts...).
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -132,6 +136,7 @@ impl fmt::Debug for Kafka {
             create_topics,
             partitions,
             replication_factor,
+            partition_key,
             librdkafka,
         } = self;
         let librdkafka: BTreeMap<&str, &str> = librdkafka
@@ -148,6 +153,7 @@ impl fmt::Debug for Kafka {
             .field("commit_interval", commit_interval)
             .field("commit_max_records", commit_max_records)
             .field("create_topics", create_topics)
+            .field("partition_key", partition_key)
             .field("partitions", partitions)
             .field("replication_factor", replication_factor)
             .field("librdkafka", &librdkafka)
@@ -292,6 +298,7 @@ impl fmt::Display for Config {
         writeln!(f, "commit_max_records = {}", k.commit_max_records)?;
         writeln!(f, "create_topics = {}", k.create_topics)?;
         writeln!(f, "partitions = {}", k.partitions)?;
+        writeln!(f, "partition_key = \"{}\"", k.partition_key)?;
         writeln!(f, "replication_factor = {}", k.replication_factor)?;
         writeln!(f, "\n[kafka.librdkafka]")?;
         for (key, value) in &k.librdkafka {
@@ -395,6 +402,7 @@ struct RawKafka {
     create_topics: Option<Typed<bool>>,
     partitions: Option<Typed<i64>>,
     replication_factor: Option<Typed<i64>>,
+    partition_key: Option<Typed<String>>,
     /// Any property name: not a [`Section`].
     librdkafka: Option<Typed<BTreeMap<String, Typed<Property>>>>,
 }
@@ -651,6 +659,18 @@ impl Check<'_> {
             replication_factor: self
                 .positive(k.replication_factor, "kafka", "replication_factor")
                 .map_or(1, |p| p.min(i32::MAX as u64) as i32),
+            partition_key: self
+                .string(k.partition_key, "kafka", "partition_key")
+                .and_then(|text| {
+                    let path = FieldPath::parse(&text);
+                    if path.is_none() {
+                        self.problems.push(format!(
+                            "kafka.partition_key: `{text}` is not an intent field; use `account_id`, `agent_id`, `intent_id`, `action`, `currency`, `counterparty.<field>` or `attributes.<path>`"
+                        ));
+                    }
+                    path
+                })
+                .unwrap_or(FieldPath::Field(Field::AccountId)),
             librdkafka,
         };
         self.unknown(section.unknown, "kafka");

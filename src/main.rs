@@ -14,7 +14,7 @@ use riskgate::config::{Config, Purpose};
 use riskgate_core::decision::Outcome;
 use riskgate_core::engine::{Engine, EngineOptions};
 use riskgate_core::expr::{parse_duration, DurationError};
-use riskgate_core::intent::{InvalidKind, DEFAULT_MAX_BYTES};
+use riskgate_core::intent::{FieldPath, InvalidKind, DEFAULT_MAX_BYTES};
 use riskgate_core::replay::{replay, Summary};
 use riskgate_core::rules::Ruleset;
 use riskgate_core::testing;
@@ -36,6 +36,13 @@ enum Command {
         /// The rules directory: every `*.toml` directly in it.
         #[arg(default_value = "rules")]
         rules_dir: PathBuf,
+        /// The intent field the intents topic is keyed by (`[kafka] partition_key`).
+        #[arg(long, default_value = "account_id", value_parser = field_path_arg)]
+        partition_key: FieldPath,
+        /// How many partitions the intents topic has: with more than one, every counter's key
+        /// must contain the partition key, as the service checks at start.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
     },
     /// Run the rule tests in RULES_DIR/tests/*.toml; a failing case shows expected vs actual.
     Test {
@@ -70,6 +77,10 @@ enum Command {
         /// replay's decisions then depend only on its input, not on when it runs.
         #[arg(long, value_parser = duration_arg)]
         max_future_skew: Option<TimeDelta>,
+        /// The intent field intents are keyed by (`[kafka] partition_key`): an intent id is
+        /// a duplicate within the intents of the same value of it.
+        #[arg(long, default_value = "account_id", value_parser = field_path_arg)]
+        partition_key: FieldPath,
         /// Print no summary on standard error.
         #[arg(long, short)]
         quiet: bool,
@@ -119,6 +130,12 @@ enum LogFormat {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn field_path_arg(s: &str) -> Result<FieldPath, String> {
+    FieldPath::parse(s).ok_or_else(|| {
+        format!("`{s}` is not an intent field; use `account_id`, `agent_id`, `intent_id`, `action`, `currency`, `counterparty.<field>` or `attributes.<path>`")
+    })
+}
+
 fn duration_arg(s: &str) -> Result<TimeDelta, DurationError> {
     parse_duration(s)
 }
@@ -127,7 +144,11 @@ fn main() -> ExitCode {
     riskgate::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { rules_dir } => check(&rules_dir),
+        Command::Check {
+            rules_dir,
+            partition_key,
+            partitions,
+        } => check(&rules_dir, &partition_key, partitions),
         Command::Test { rules_dir } => test(&rules_dir),
         Command::Replay {
             rules,
@@ -137,11 +158,13 @@ fn main() -> ExitCode {
             max_intent_bytes,
             duplicate_horizon,
             max_future_skew,
+            partition_key,
             quiet,
         } => {
             let options = EngineOptions {
                 duplicate_horizon,
                 max_future_skew,
+                partition_key,
                 ..EngineOptions::default()
             };
             run_replay(
@@ -257,10 +280,14 @@ fn hash_secret() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(dir: &Path) -> Result<ExitCode> {
+fn check(dir: &Path, partition_key: &FieldPath, partitions: i32) -> Result<ExitCode> {
     let Some(rs) = load(dir) else {
         return Ok(ExitCode::FAILURE);
     };
+    if let Err(e) = rs.check_partitioning(partition_key, partitions) {
+        eprintln!("riskgate: error: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
     println!(
         "ruleset {} is valid: {} file{}, {} rules, {} counters, {} lists",
         rs.version,

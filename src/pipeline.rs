@@ -16,7 +16,7 @@
 pub(crate) mod restore;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use crate::kafka::{client_config, is_fatal, partition_count};
 use crate::telemetry::events::{self, Emit};
 use crate::telemetry::metrics;
 use riskgate_core::decision::Source;
-use riskgate_core::engine::{Clock, Engine, EngineOptions, Processed};
+use riskgate_core::engine::{Clock, Engine, EngineOptions, Processed, RecordKey};
 use riskgate_core::rules::Ruleset;
 
 pub use restore::{restore, RestoreStats};
@@ -76,6 +76,8 @@ pub struct Health {
     /// Partitions of the decisions and dead-letter topics whose leader is unknown or
     /// unreachable (from the producer's statistics).
     pub leaderless_outputs: AtomicUsize,
+    /// How many partitions the intents topic has, once checked at start (0 before).
+    pub intents_partitions: AtomicI32,
     /// When the loop entered a blocking broker call it has not returned from (a
     /// transaction's commit or abort), in milliseconds since the Unix epoch; 0: none.
     pub blocked_since_ms: AtomicU64,
@@ -177,6 +179,7 @@ pub(crate) fn engine_options(config: &Config) -> EngineOptions {
     EngineOptions {
         duplicate_horizon: config.engine.duplicate_horizon,
         max_future_skew: config.engine.max_future_skew,
+        partition_key: config.kafka.partition_key.clone(),
         ..EngineOptions::default()
     }
 }
@@ -237,6 +240,14 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
         dead_letter_topic = %k.dead_letter_topic, dead_letter_partitions = dead_letters,
         "topics checked"
     );
+    controls
+        .health
+        .intents_partitions
+        .store(intents, Ordering::Relaxed);
+    // Counters must not be split by partition (docs/kafka.md, "Partitioning").
+    ruleset
+        .check_partitioning(&k.partition_key, intents)
+        .map_err(|e| Error::Setup(format!("refusing to start: {e}")))?;
     retry_until_done(&controls, "initialise transactions", || {
         producer.init_transactions(Duration::from_secs(30))
     })?;
@@ -803,6 +814,7 @@ impl Worker {
         let processed = engine.process(
             payload,
             self.config.engine.max_intent_bytes,
+            RecordKey::Kafka(m.key()),
             source,
             Clock::At(now),
         );
@@ -1136,6 +1148,13 @@ impl Worker {
     /// Swaps in a new ruleset: commits what the old one decided, then rebuilds every
     /// partition's counters under the new counter definitions.
     fn reload(&mut self, consumer: &BaseConsumer<Ctx>, ruleset: Arc<Ruleset>) -> Result<(), Error> {
+        // The reloader checked this already; a ruleset that would split counters by
+        // partition never replaces the running one.
+        let partitions = self.health.intents_partitions.load(Ordering::Relaxed);
+        if let Err(e) = ruleset.check_partitioning(&self.config.kafka.partition_key, partitions) {
+            tracing::error!(version = %ruleset.version, error = %e, "ruleset reload refused");
+            return Ok(());
+        }
         self.finish_transaction(consumer)?;
         tracing::info!(old = %self.ruleset.version, new = %ruleset.version, "ruleset swapped; rebuilding partition state under it");
         events::RulesetInUse {
@@ -1143,16 +1162,24 @@ impl Worker {
         }
         .emit();
         self.ruleset = ruleset;
-        let parts: Vec<(i32, Option<i64>)> = self
+        // Every partition, restoring ones included: a restore that started under the old
+        // ruleset is superseded (its result is ignored) and starts again under the new one.
+        let parts: Vec<(i32, Option<Option<i64>>, Vec<OwnedMessage>)> = self
             .partitions
-            .iter()
-            .filter(|(_, part)| matches!(part.state, State::Ready(_)))
-            .map(|(p, part)| (*p, part.committed))
+            .iter_mut()
+            .map(|(p, part)| match &mut part.state {
+                State::Ready(_) => (*p, Some(part.committed), Vec::new()),
+                State::Restoring {
+                    committed,
+                    buffered,
+                    ..
+                } => (*p, *committed, std::mem::take(buffered)),
+            })
             .collect();
         let mut tpl = TopicPartitionList::new();
-        for (p, committed) in parts {
+        for (p, committed, buffered) in parts {
             tpl.add_partition(&self.config.kafka.intents_topic, p);
-            self.begin_restore(p, Some(committed), Vec::new());
+            self.begin_restore(p, committed, buffered);
         }
         if tpl.count() > 0 {
             consumer

@@ -18,6 +18,7 @@ use crate::kafka::{client_config, partition_count};
 use crate::pipeline::{self, Controls, Health};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::telemetry::events::{self, Emit};
+use riskgate_core::intent::FieldPath;
 use riskgate_core::rules::Ruleset;
 
 /// Runs the service until SIGTERM or SIGINT. `ruleset` is the one loaded and validated at
@@ -58,6 +59,7 @@ pub async fn run(config: Config, ruleset: Arc<Ruleset>) -> anyhow::Result<()> {
         ruleset.version.clone(),
         trigger_rx,
         reload_tx,
+        (health.clone(), config.kafka.partition_key.clone()),
     ));
 
     shutdown.listen("finishing the open transaction", GRACE)?;
@@ -93,6 +95,7 @@ async fn reloader(
     mut current: Arc<str>,
     mut triggers: tmpsc::Receiver<&'static str>,
     reloads: mpsc::Sender<Arc<Ruleset>>,
+    (health, partition_key): (Arc<Health>, FieldPath),
 ) {
     while let Some(why) = triggers.recv().await {
         // Editors write files in several steps: let a burst of changes settle first.
@@ -103,6 +106,28 @@ async fn reloader(
         match loaded {
             Ok(Ok(rs)) if rs.version == current => {
                 tracing::debug!(trigger = why, version = %current, "rules unchanged");
+            }
+            Ok(Ok(rs))
+                if rs
+                    .check_partitioning(
+                        &partition_key,
+                        health
+                            .intents_partitions
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                    .is_err() =>
+            {
+                let partitions = health
+                    .intents_partitions
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = rs.check_partitioning(&partition_key, partitions) {
+                    events::PartitioningRefused {
+                        trigger: why,
+                        error: &e,
+                        running: &current,
+                    }
+                    .emit();
+                }
             }
             Ok(Ok(rs)) => {
                 events::RulesetReloaded {

@@ -7,7 +7,6 @@
 
 use riskgate_test_support as support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -25,6 +24,9 @@ struct Running {
     shutdown: Arc<AtomicBool>,
     health: Arc<Health>,
     thread: JoinHandle<Result<(), pipeline::Error>>,
+    /// Rules whose counters are all keyed by account: the partitioning check accepts them on
+    /// the two partitions these tests use.
+    rules: tempfile::TempDir,
 }
 
 fn start(address: &str, topics: &Topics) -> Running {
@@ -56,8 +58,8 @@ max_future_skew = "off"
         dlq = topics.dead_letters,
     );
     let config = Config::parse(&text, "faults.toml", Vec::new()).unwrap();
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let ruleset = Arc::new(Ruleset::load_dir(&rules).unwrap());
+    let rules = support::account_rules();
+    let ruleset = Arc::new(Ruleset::load_dir(rules.path()).unwrap());
     let shutdown = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::default());
     let (_reload_tx, reloads) = mpsc::channel();
@@ -74,6 +76,7 @@ max_future_skew = "off"
         shutdown,
         health,
         thread,
+        rules,
     }
 }
 
@@ -110,8 +113,7 @@ fn mock_with_topics(
 fn stop_and_check(running: Running, broker: &Broker, topics: &Topics) -> usize {
     running.shutdown.store(true, Ordering::Relaxed);
     running.thread.join().unwrap().unwrap();
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let (decided, dead) = check_against_oracle(broker, topics, &rules, false);
+    let (decided, dead) = check_against_oracle(broker, topics, running.rules.path(), false);
     decided + dead
 }
 

@@ -28,7 +28,12 @@ fn intents(count: usize) -> Vec<(Option<i32>, String, Vec<u8>)> {
         .map(|(i, l)| {
             // Distinct intent ids, so that every line is decided (or dead-lettered) afresh.
             let line = l.replacen("\"intent_id\":\"", &format!("\"intent_id\":\"{i}-"), 1);
-            (None, format!("k{}", i % 17), line.into_bytes())
+            // Keyed by account, as producers must; lines that are not intents get any key.
+            let key = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v["account_id"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("k{}", i % 17));
+            (None, key, line.into_bytes())
         })
         .collect()
 }
@@ -109,12 +114,14 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
     let broker = Broker::shared();
     let topics = Topics::new("metrics");
     topics.create(&broker, 2);
-    let rules = root().join("rules");
+    // Two partitions keyed by account: the sample rules' account counters and policy (their
+    // agent counters need one partition, and the service would refuse them here).
+    let rules = account_rules();
     let mut s = Service::start(&ServiceConfig {
         broker: &broker,
         topics: &topics,
         transactional_id: "metrics-a",
-        rules: &rules,
+        rules: rules.path(),
         extra: "",
     });
     let http = s.http_address();
@@ -339,6 +346,23 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
     for purpose in [Purpose::Run, Purpose::Review] {
         let config = Config::load_for(&root().join("deploy/riskgate.toml"), Vec::new(), purpose);
         assert!(config.is_ok(), "{purpose:?}: {config:?}");
+    }
+    // The stack's topics and rules are a setup the partitioning check accepts.
+    let partitions: i32 = compose
+        .split("--partitions ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("docker-compose.yml creates its topics with --partitions N");
+    let config = Config::load_for(
+        &root().join("deploy/riskgate.toml"),
+        Vec::new(),
+        Purpose::Run,
+    )
+    .unwrap();
+    let rules = riskgate_core::rules::Ruleset::load_dir(&root().join("rules")).unwrap();
+    if let Err(e) = rules.check_partitioning(&config.kafka.partition_key, partitions) {
+        panic!("docker-compose.yml's {partitions} partitions with the sample rules: {e}");
     }
 
     let exported: BTreeSet<String> = riskgate::telemetry::metrics()

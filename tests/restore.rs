@@ -82,7 +82,7 @@ fn restoring_from_decision_records_changes_no_decision() {
     let mut restored = engine();
     for r in &records {
         let (decision, intent) = parse_record(r, 1 << 16).unwrap().expect("a decision");
-        restored.restore(&intent, decision);
+        restored.restore(intent, decision);
     }
     restored.sweep();
     for (i, line) in input.iter().enumerate() {

@@ -34,7 +34,9 @@ fn ten_thousand_intents_over_three_partitions_are_decided_exactly_once() {
     let input = intents(10_000, 7, 200, false);
     broker.produce(&topics.intents, &input);
 
-    let rules = sample_rules();
+    // Counters keyed by account, as the intents are: the partitioning check accepts them.
+    let account_rules = account_rules();
+    let rules = account_rules.path().to_owned();
     let mut service = Service::start(&ServiceConfig {
         broker: &broker,
         topics: &topics,
@@ -80,7 +82,8 @@ fn crashes_do_not_change_decisions() {
     // Few accounts, so that velocity limits hold some intents.
     let input = intents(20_000, 11, 30, false);
     broker.produce(&clean.intents, &input);
-    let rules = sample_rules();
+    let account_rules = account_rules();
+    let rules = account_rules.path().to_owned();
 
     let mut reference = Service::start(&ServiceConfig {
         broker: &broker,
@@ -289,7 +292,8 @@ fn two_instances_split_the_partitions_and_one_takes_over() {
     let broker = Broker::shared();
     let topics = Topics::new("pair");
     topics.create(&broker, 4);
-    let rules = sample_rules();
+    let account_rules = account_rules();
+    let rules = account_rules.path().to_owned();
     let config = |tid| ServiceConfig {
         broker: &broker,
         topics: &topics,
@@ -340,7 +344,8 @@ fn sigterm_drains_and_a_broken_reload_keeps_the_running_rules() {
     let topics = Topics::new("reload");
     topics.create(&broker, 2);
     let rules = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(sample_rules()).unwrap() {
+    let account_rules = account_rules();
+    for entry in std::fs::read_dir(account_rules.path()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|x| x == "toml") {
             std::fs::copy(&path, rules.path().join(path.file_name().unwrap())).unwrap();
@@ -479,7 +484,8 @@ fn a_zombie_with_the_same_transactional_id_is_fenced_and_stops() {
     let broker = Broker::shared();
     let topics = Topics::new("zombie");
     topics.create(&broker, 2);
-    let rules = sample_rules();
+    let account_rules = account_rules();
+    let rules = account_rules.path().to_owned();
     let config = ServiceConfig {
         broker: &broker,
         topics: &topics,
@@ -517,7 +523,8 @@ fn missing_topics_are_refused_unless_creation_is_configured() {
     let _serial = serial();
     let broker = Broker::shared();
     let topics = Topics::new("fresh");
-    let rules = sample_rules();
+    let account_rules = account_rules();
+    let rules = account_rules.path().to_owned();
     let config = |extra| ServiceConfig {
         broker: &broker,
         topics: &topics,
@@ -552,7 +559,8 @@ fn another_client_produces_intents_and_reads_decisions() {
     let _serial = serial();
     let broker = Broker::shared();
     let topics = Topics::new("wire");
-    topics.create(&broker, 2);
+    // One partition: the sample rules' agent counters are exact on it.
+    topics.create(&broker, 1);
     let rules = sample_rules();
     let mut s = Service::start(&ServiceConfig {
         broker: &broker,
@@ -578,4 +586,195 @@ fn another_client_produces_intents_and_reads_decisions() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("wire format ok"), "{stdout}");
     assert!(s.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn the_sample_rules_on_three_partitions_are_refused_with_the_ways_out() {
+    let _serial = serial();
+    let broker = Broker::shared();
+    let topics = Topics::new("split");
+    topics.create(&broker, 3);
+    let rules = sample_rules();
+    let mut s = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "split-a",
+        rules: &rules,
+        extra: "",
+    });
+    let status = s.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{status}");
+    let log = s.log_text();
+    for needle in [
+        "3 partitions keyed by `account_id`",
+        "counter `agent_actions_10m` has key [agent_id]",
+        "counter `agent_exports_1h` has key [agent_id]",
+        "use one partition",
+        "add `account_id` to the key",
+    ] {
+        assert!(log.contains(needle), "no `{needle}` in:\n{log}");
+    }
+    // The offline check says the same.
+    let out = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+        .args([
+            "check",
+            "--partitions",
+            "3",
+            "--partition-key",
+            "account_id",
+        ])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("counter `agent_actions_10m` has key [agent_id]"),
+        "{stderr}"
+    );
+}
+
+/// The value of a metric series in `/metrics` text, when present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn records_keyed_otherwise_than_their_account_are_denied_as_misrouted() {
+    let _serial = serial();
+    let broker = Broker::shared();
+    let topics = Topics::new("misrouted");
+    topics.create(&broker, 1);
+    let rules = tempfile::tempdir().unwrap();
+    velocity_rules(rules.path());
+    let mut s = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "misrouted-a",
+        rules: rules.path(),
+        extra: "",
+    });
+    let http = s.http_address();
+    s.wait_ready();
+    let (_, _, body) = transfer(1, "acct-1");
+    // No key (every client's default), a wrong key, then the right one.
+    let producer = broker.producer();
+    producer
+        .send(rdkafka::producer::BaseRecord::<(), _>::to(&topics.intents).payload(&body))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+    broker.produce(
+        &topics.intents,
+        &[
+            (None, "acct-2".to_owned(), transfer(2, "acct-1").2),
+            transfer(3, "acct-1"),
+        ],
+    );
+    let third = decision_on(&broker, &topics, 3);
+    let decisions = broker.read_all(&topics.decisions);
+    assert_eq!(decisions.len(), 3);
+    for d in &decisions[..2] {
+        assert_eq!(d.value["decision"], "deny", "{}", d.value);
+        assert_eq!(d.value["reasons"][0]["rule"], "riskgate:misrouted");
+        assert_eq!(d.value["counters"], serde_json::json!({}));
+    }
+    // The misrouted ones counted nowhere: the third sees no earlier transfer.
+    assert_eq!(third["decision"], "allow", "{third}");
+    assert_eq!(third["counters"]["transfers_1h"], 0);
+    let (_, text) = http_get(&http, "/metrics").unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "riskgate_system_decisions_total{reason=\"misrouted\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(s.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn huge_and_broken_records_never_stall_a_partition() {
+    use sha2_hex::hex_sha256;
+    let _serial = serial();
+    let broker = Broker::shared();
+    let topics = Topics::new("huge");
+    topics.create(&broker, 1);
+    let rules = tempfile::tempdir().unwrap();
+    velocity_rules(rules.path());
+    let mut s = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "huge-a",
+        rules: rules.path(),
+        extra: "",
+    });
+    s.wait_ready();
+    // 900 KB that is not UTF-8; a 700 KB JSON intent; the largest record this producer sends.
+    let not_text: Vec<u8> = (0..900_000u32).map(|i| (i % 251) as u8 | 0x80).collect();
+    let mut json = br#"{"intent_id":"big","agent_id":"bot","account_id":"acct-1","action":"transfer","attributes":{"blob":""#.to_vec();
+    json.resize(700_000, b'a');
+    json.extend_from_slice(br#""},"created_at":"2026-11-28T10:00:00Z"}"#);
+    let largest = vec![b'{'; 999_000];
+    let bad = [not_text, json, largest];
+    let started = std::time::Instant::now();
+    for (i, payload) in bad.iter().enumerate() {
+        broker.produce(
+            &topics.intents,
+            &[
+                (None, "acct-1".to_owned(), payload.clone()),
+                // An account of its own each, so that no velocity rule fires.
+                transfer(10 + i as u32, &format!("acct-{}", 10 + i)),
+            ],
+        );
+        let d = decision_on(&broker, &topics, 10 + i as u32);
+        assert_eq!(d["decision"], "allow", "{d}");
+        assert_eq!(d["counters"]["transfers_1h"], 0, "{d}");
+    }
+    eprintln!(
+        "three huge records and the intents after them: {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let letters = broker.read_all(&topics.dead_letters);
+    assert_eq!(letters.len(), 3, "one dead letter each, none written twice");
+    for (letter, payload) in letters.iter().zip(&bad) {
+        let v = &letter.value;
+        assert_eq!(v["error"]["kind"], "too_large", "{v}");
+        assert_eq!(v["payload_bytes"], payload.len());
+        assert_eq!(v["payload_sha256"], hex_sha256(payload).as_str());
+        assert_eq!(v["payload_truncated"], true);
+    }
+    assert!(s.terminate(Duration::from_secs(30)).success());
+}
+
+mod sha2_hex {
+    /// The SHA-256 of `bytes` in hex, computed here independently of riskgate's code.
+    pub fn hex_sha256(bytes: &[u8]) -> String {
+        let out = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(bytes)?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+    }
 }

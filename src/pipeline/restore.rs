@@ -78,7 +78,9 @@ pub fn restore(
     // Source offset -> the last record for it. Kept whole until the end of the partition,
     // because only then is it known which record for an offset is the last.
     let mut kept: BTreeMap<i64, (Decision, Intent)> = BTreeMap::new();
-    let max_bytes = config.engine.max_intent_bytes;
+    // The embedded intents were valid when they were decided: a limit lowered since must not
+    // drop them from the state (that would reset counters), so none applies here.
+    let max_bytes = usize::MAX;
     let intents_topic = config.kafka.intents_topic.as_str();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -129,7 +131,7 @@ pub fn restore(
     }
     for (_, (decision, intent)) in kept {
         stats.applied += 1;
-        engine.restore(&intent, decision);
+        engine.restore(intent, decision);
     }
     engine.sweep();
     stats.elapsed = started.elapsed();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use riskgate_core::decision::Decision;
 use riskgate_core::intent::InvalidKind;
-use riskgate_core::rules::LoadErrors;
+use riskgate_core::rules::{LoadErrors, PartitioningError};
 
 use super::metrics;
 
@@ -29,11 +29,22 @@ impl Emit for Decided<'_> {
         let m = metrics();
         let d = self.decision;
         m.decisions.with_label_values(&[d.outcome.as_str()]).inc();
-        if d.duplicate {
-            m.duplicates.inc();
-        }
-        for r in &d.reasons {
-            m.rule_matches.with_label_values(&[&r.rule]).inc();
+        if d.is_system() {
+            // One reason, `riskgate:<reason>`: not a rule of the ruleset.
+            if let Some(reason) = d.reasons.first() {
+                let label = reason
+                    .rule
+                    .strip_prefix("riskgate:")
+                    .unwrap_or(&reason.rule);
+                m.system_decisions.with_label_values(&[label]).inc();
+            }
+        } else {
+            if d.duplicate {
+                m.duplicates.inc();
+            }
+            for r in &d.reasons {
+                m.rule_matches.with_label_values(&[&r.rule]).inc();
+            }
         }
         m.evaluation_seconds.observe(self.evaluation.as_secs_f64());
         if let Some(e) = self.end_to_end {
@@ -170,6 +181,28 @@ impl Emit for RulesetRefused<'_> {
             problems = self.errors.0.len(),
             running = self.running,
             "the new ruleset has errors; still deciding with the running one"
+        );
+    }
+}
+
+/// A changed ruleset was refused because it would split counters by partition.
+pub struct PartitioningRefused<'a> {
+    pub trigger: &'a str,
+    pub error: &'a PartitioningError,
+    pub running: &'a str,
+}
+
+impl Emit for PartitioningRefused<'_> {
+    fn emit(&self) {
+        metrics()
+            .ruleset_reloads
+            .with_label_values(&["failure"])
+            .inc();
+        tracing::error!(trigger = self.trigger, error = %self.error, "ruleset reload refused");
+        tracing::error!(
+            trigger = self.trigger,
+            running = self.running,
+            "the new ruleset does not fit the partitioning; still deciding with the running one"
         );
     }
 }

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub rule_matches: IntCounterVec,
     pub invalid_intents: IntCounterVec,
     pub duplicates: IntCounter,
+    pub system_decisions: IntCounterVec,
     pub evaluation_seconds: Histogram,
     pub end_to_end_seconds: Histogram,
     pub consumer_lag: IntGaugeVec,
@@ -103,6 +104,17 @@ impl Metrics {
                 "riskgate_duplicate_intents_total",
                 "Intents whose intent_id was already decided within the duplicate horizon",
             )?,
+            system_decisions: {
+                let c = counter_vec(
+                    "riskgate_system_decisions_total",
+                    "Intents riskgate denied itself before any rule (misrouted, stale, future, conflict), by reason",
+                    &["reason"],
+                )?;
+                for r in riskgate_core::engine::SystemReason::ALL {
+                    c.with_label_values(&[r.as_str()]);
+                }
+                c
+            },
             evaluation_seconds: histogram(
                 "riskgate_decision_evaluation_seconds",
                 "Time to parse, decide and serialize one intent",

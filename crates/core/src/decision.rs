@@ -162,11 +162,110 @@ pub struct Decision {
     pub duplicate: bool,
 }
 
-/// An invalid intent, kept whole for the dead-letter output.
+impl Decision {
+    /// Whether riskgate itself answered, before any rule (a `riskgate:*` reason): such a
+    /// decision contributes to no counter and is not remembered.
+    pub fn is_system(&self) -> bool {
+        self.reasons
+            .first()
+            .is_some_and(|r| r.rule.starts_with("riskgate:"))
+    }
+}
+
+/// The most bytes of an invalid payload a dead letter copies: with its hex form for
+/// payloads that are not text, a dead letter stays far below any producer's or broker's
+/// record limit (1 MB by default), so it can always be written.
+pub const DEAD_LETTER_PAYLOAD_MAX: usize = 8 * 1024;
+
+/// An invalid intent, for the dead-letter output: why, the payload (its first
+/// [`DEAD_LETTER_PAYLOAD_MAX`] bytes, its size and the SHA-256 of all of it) and the ids it
+/// names, when they could be read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
     pub error: InvalidIntent,
+    /// The payload's first bytes: all of it unless `payload_bytes` says it was longer.
     pub payload: Vec<u8>,
+    /// The whole payload's size.
+    pub payload_bytes: usize,
+    /// The whole payload's SHA-256, in hex.
+    pub payload_sha256: String,
+    /// `intent_id`, `agent_id` and `account_id` as strings at the top of the payload, when it
+    /// is JSON they could be read from.
+    pub ids: Ids,
     pub source: Source,
     pub at: DateTime<Utc>,
+}
+
+/// The identifiers of an invalid intent, as far as they could be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Ids {
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub intent_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub agent_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub account_id: Option<String>,
+}
+
+/// A string, or nothing for a value of another type.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+impl DeadLetter {
+    /// The dead letter of a payload of `bytes` bytes whose first bytes, `prefix`, are all
+    /// that was kept (a replay line too long to hold), with the SHA-256 of all of it.
+    pub fn of_prefix(
+        error: InvalidIntent,
+        prefix: &[u8],
+        bytes: usize,
+        sha256: String,
+        source: Source,
+        at: DateTime<Utc>,
+    ) -> DeadLetter {
+        DeadLetter {
+            error,
+            payload: prefix[..prefix.len().min(DEAD_LETTER_PAYLOAD_MAX)].to_vec(),
+            payload_bytes: bytes,
+            payload_sha256: sha256,
+            ids: Ids::default(),
+            source,
+            at,
+        }
+    }
+
+    /// The dead letter of `payload`, refused for `error`. `max_bytes` is the intent size
+    /// limit: a payload over it is not read for ids.
+    pub fn new(
+        error: InvalidIntent,
+        payload: &[u8],
+        max_bytes: usize,
+        source: Source,
+        at: DateTime<Utc>,
+    ) -> DeadLetter {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(payload);
+        let mut hex = String::with_capacity(64);
+        for b in digest {
+            use std::fmt::Write;
+            let _ = write!(hex, "{b:02x}");
+        }
+        let ids = if payload.len() <= max_bytes {
+            serde_json::from_slice(payload).unwrap_or_default()
+        } else {
+            Ids::default()
+        };
+        DeadLetter {
+            error,
+            payload: payload[..payload.len().min(DEAD_LETTER_PAYLOAD_MAX)].to_vec(),
+            payload_bytes: payload.len(),
+            payload_sha256: hex,
+            ids,
+            source,
+            at,
+        }
+    }
 }

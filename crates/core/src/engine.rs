@@ -9,7 +9,6 @@
 
 mod evaluate;
 
-use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -21,22 +20,30 @@ use smallvec::SmallVec;
 
 pub use evaluate::{evaluate, Evaluation};
 
-use crate::decision::{CounterValue, DeadLetter, Decision, Outcome, Source};
-use crate::expr::{Activation, Value};
-use crate::intent::{json_decimal, parse_intent, Field, FieldPath, Intent};
+use crate::decision::{CounterValue, DeadLetter, Decision, Outcome, Reason, RuleAction, Source};
+use crate::expr::{format_duration, Activation, Value};
+use crate::intent::{
+    json_decimal, parse_intent, Counterparty, Field, FieldPath, Intent, IntentHead,
+};
 use crate::rules::{Aggregate, CounterDef, Ruleset};
 use crate::velocity::{Contribution, CounterSpec, Missing, Open, StateSize, Velocity};
+use crate::wire::text;
 
 /// Engine settings that are not part of the ruleset.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// A repeated `intent_id` within this much event time is a duplicate.
+    /// A repeated intent (the same partition-key value and `intent_id`) within this much event
+    /// time is a duplicate; an intent dated more than this before the watermark is stale.
     pub duplicate_horizon: TimeDelta,
-    /// When set, the watermark never runs further ahead of the clock than this, so an intent
-    /// dated far in the future cannot expire everyone's velocity state. The service sets it;
-    /// offline replay leaves it unset by default so that its decisions depend only on its
-    /// input, never on when it runs.
+    /// When set, an intent dated more than this after the clock is refused
+    /// (`riskgate:future`), so a far-future date can neither expire velocity state nor sit in
+    /// the duplicate horizon. The service sets it; offline replay leaves it unset by default
+    /// so that its decisions depend only on its input, never on when it runs.
     pub max_future_skew: Option<TimeDelta>,
+    /// The intent field producers key intents by (`[kafka] partition_key`): the scope of
+    /// an intent id (duplicates are per value of it and `intent_id`), and what a record's
+    /// Kafka key must be.
+    pub partition_key: FieldPath,
     /// Expired buckets and keys are swept after at least this many decisions, and never
     /// more often than once per entry of state left by the last sweep, so that sweeping
     /// costs at most about one entry visited per decision. Intents past the duplicate
@@ -56,6 +63,7 @@ impl Default for EngineOptions {
         EngineOptions {
             duplicate_horizon: TimeDelta::hours(24),
             max_future_skew: Some(TimeDelta::minutes(5)),
+            partition_key: FieldPath::Field(Field::AccountId),
             sweep_every: 65_536,
         }
     }
@@ -68,37 +76,141 @@ pub struct EngineSize {
     pub remembered_intents: usize,
 }
 
-/// A decision remembered for the duplicate horizon. It is its own key: found by its intent id
-/// (hashing and comparing as that string), it costs no copy of the id.
+/// A decision remembered for the duplicate horizon, with what its decision does not repeat of
+/// its intent (so that a conflicting reuse of its id can be told from a duplicate). It is its
+/// own key: found by its partition-key value and intent id, it costs no copy of the id.
 struct Remembered {
     created_at_ns: i64,
+    /// The intent's partition-key value: an intent id's scope.
+    scope: CompactString,
     decision: Arc<Decision>,
+    counterparty: Option<Counterparty>,
+    attributes: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// What a remembered decision is found by.
+#[derive(Hash)]
+struct Key<'a> {
+    scope: &'a str,
+    intent_id: &'a str,
 }
 
 impl Remembered {
-    fn intent_id(&self) -> &str {
-        &self.decision.head.intent_id
+    fn key(&self) -> Key<'_> {
+        Key {
+            scope: &self.scope,
+            intent_id: &self.decision.head.intent_id,
+        }
+    }
+
+    /// Whether `intent` is this intent again: every field equal after parsing (formatting,
+    /// key order and the offset of a timestamp do not count).
+    fn same_intent(&self, intent: &Intent) -> bool {
+        self.decision.head == intent.head
+            && self.counterparty == intent.counterparty
+            && match (&self.attributes, &intent.attributes) {
+                (None, None) => true,
+                (Some(a), Some(b)) => same_json_map(a, b),
+                _ => false,
+            }
     }
 }
 
 impl Hash for Remembered {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.intent_id().hash(state)
+        self.key().hash(state)
     }
 }
 
 impl PartialEq for Remembered {
     fn eq(&self, other: &Remembered) -> bool {
-        self.intent_id() == other.intent_id()
+        self.key() == other.key()
     }
 }
 
 impl Eq for Remembered {}
 
-impl Borrow<str> for Remembered {
-    fn borrow(&self) -> &str {
-        self.intent_id()
+impl PartialEq for Key<'_> {
+    fn eq(&self, other: &Key<'_>) -> bool {
+        self.scope == other.scope && self.intent_id == other.intent_id
     }
+}
+
+impl hashbrown::Equivalent<Remembered> for Key<'_> {
+    fn equivalent(&self, r: &Remembered) -> bool {
+        *self == r.key()
+    }
+}
+
+/// JSON objects equal as values: numbers by their exact decimal (`1.0` is `1`).
+fn same_json_map(
+    a: &serde_json::Map<String, serde_json::Value>,
+    b: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| same_json(v, w)))
+}
+
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Number(x), J::Number(y)) => match (json_decimal(x), json_decimal(y)) {
+            (Some(x), Some(y)) => x == y,
+            _ => x == y,
+        },
+        (J::Array(x), J::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_json(v, w))
+        }
+        (J::Object(x), J::Object(y)) => same_json_map(x, y),
+        _ => a == b,
+    }
+}
+
+/// Why an intent is answered by riskgate itself, before any rule: a system decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SystemReason {
+    /// The record's Kafka key is missing or is not the intent's partition-key value.
+    Misrouted,
+    /// Dated more than the duplicate horizon before the watermark.
+    Stale,
+    /// Dated more than `max_future_skew` after the clock.
+    Future,
+    /// The intent id was used, within the horizon, for a different intent.
+    Conflict,
+}
+
+impl SystemReason {
+    pub const ALL: [SystemReason; 4] = [
+        SystemReason::Misrouted,
+        SystemReason::Stale,
+        SystemReason::Future,
+        SystemReason::Conflict,
+    ];
+
+    /// The reason's rule id on the decision.
+    pub fn rule(self) -> &'static str {
+        match self {
+            SystemReason::Misrouted => "riskgate:misrouted",
+            SystemReason::Stale => "riskgate:stale",
+            SystemReason::Future => "riskgate:future",
+            SystemReason::Conflict => "riskgate:conflict",
+        }
+    }
+
+    /// The reason without its `riskgate:` prefix (a metric label).
+    pub fn as_str(self) -> &'static str {
+        &self.rule()["riskgate:".len()..]
+    }
+}
+
+/// The Kafka key a record came with, for [`Engine::process`] to check against the intent's
+/// partition-key value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKey<'a> {
+    /// Not a Kafka record (replay, rule tests): nothing to check.
+    Unchecked,
+    Kafka(Option<&'a [u8]>),
 }
 
 /// A ruleset with the velocity and duplicate state of one partition. One thread owns it
@@ -145,26 +257,83 @@ impl Engine {
                 .map(|c| CompactString::from(&*c.id))
                 .collect(),
             velocity: Velocity::new(&specs),
-            options,
             remembered: HashSet::default(),
             watermark_ns: i64::MIN,
             decided: 0,
             next_sweep: options.sweep_every,
             remembers: 0,
             next_forget: Engine::forget_every_min(&options),
+            options,
             ruleset,
         }
     }
 
-    /// Decides `intent` at `now`, then lets it contribute to the counters.
+    /// Decides `intent` at `now`, then lets it contribute to the counters. Checks run in this
+    /// order: stale, future, duplicate or conflict, then the rules
+    /// ([docs/design.md](../../../docs/design.md#3-rules-semantics)).
     pub fn decide(&mut self, intent: Intent, source: Source, now: DateTime<Utc>) -> Arc<Decision> {
         let at_ns = intent.head.created_at.timestamp_nanos_opt().unwrap_or(0);
-        if let Some(original) = self.duplicate_of(&intent.head.intent_id, at_ns) {
-            let mut again = (*original).clone();
-            again.source = source;
-            again.duplicate = true;
-            return Arc::new(again);
+        // A stale intent cannot be checked against the intents the engine has forgotten.
+        // "More than the horizon" is strict: exactly one horizon behind is still checked.
+        if at_ns < self.forget_floor() {
+            let message = format!(
+                "`created_at` {} is more than the duplicate horizon ({}) before the newest intent of its partition ({}): it cannot be checked against the intents decided then",
+                text::timestamp(&intent.head.created_at),
+                format_duration(self.options.duplicate_horizon),
+                text::timestamp(&DateTime::from_timestamp_nanos(self.watermark_ns)),
+            );
+            return self.system(
+                intent.head,
+                SystemReason::Stale,
+                message,
+                source,
+                now,
+                false,
+            );
         }
+        if let Some(skew) = self.options.max_future_skew {
+            if at_ns > (now + skew).timestamp_nanos_opt().unwrap_or(i64::MAX) {
+                let message = format!(
+                    "`created_at` {} is more than {} after the clock ({})",
+                    text::timestamp(&intent.head.created_at),
+                    format_duration(skew),
+                    text::timestamp(&now),
+                );
+                return self.system(
+                    intent.head,
+                    SystemReason::Future,
+                    message,
+                    source,
+                    now,
+                    false,
+                );
+            }
+        }
+        let scope = self.options.partition_key.text(&intent).unwrap_or_default();
+        if let Some(original) =
+            self.remembered_within_horizon(&scope, &intent.head.intent_id, at_ns)
+        {
+            if original.same_intent(&intent) {
+                let mut again = (*original.decision).clone();
+                again.source = source;
+                again.duplicate = true;
+                return Arc::new(again);
+            }
+            let message = format!(
+                "intent id `{}` was used within the duplicate horizon for a different intent, created at {}; an intent id stands for one intent",
+                intent.head.intent_id,
+                text::timestamp(&original.decision.head.created_at),
+            );
+            return self.system(
+                intent.head,
+                SystemReason::Conflict,
+                message,
+                source,
+                now,
+                true,
+            );
+        }
+        let scope = CompactString::from(scope.as_ref());
         let rs = &*self.ruleset;
         let watermark = advance(&mut self.watermark_ns, &self.options, at_ns, now);
         let amount_base = amount_base(rs, &intent);
@@ -202,8 +371,13 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        let Intent {
+            head,
+            counterparty,
+            attributes,
+        } = intent;
         let decision = Arc::new(Decision {
-            head: intent.head,
+            head,
             outcome: verdict.outcome,
             score: verdict.score,
             reasons: verdict.reasons,
@@ -214,7 +388,13 @@ impl Engine {
             source,
             duplicate: false,
         });
-        self.remember(at_ns, decision.clone());
+        self.remember(Remembered {
+            created_at_ns: at_ns,
+            scope,
+            decision: decision.clone(),
+            counterparty,
+            attributes,
+        });
         self.decided += 1;
         if self.decided >= self.next_sweep {
             self.sweep();
@@ -228,9 +408,10 @@ impl Engine {
     /// restore takes for each decision read back from the decisions topic. Rules are not
     /// evaluated; the counters see exactly the contributions the original run made (under
     /// the counter definitions of this engine's ruleset), and the decision is remembered
-    /// for the duplicate horizon. A duplicate contributes nothing, as when it was decided.
-    pub fn restore(&mut self, intent: &Intent, decision: Decision) {
-        if decision.duplicate {
+    /// for the duplicate horizon. A duplicate or a system decision contributes nothing and
+    /// is not remembered, as when it was decided.
+    pub fn restore(&mut self, intent: Intent, decision: Decision) {
+        if decision.duplicate || decision.is_system() {
             return;
         }
         let at_ns = intent.head.created_at.timestamp_nanos_opt().unwrap_or(0);
@@ -241,11 +422,11 @@ impl Engine {
             at_ns,
             decision.decided_at,
         );
-        let amount_base = amount_base(rs, intent);
-        let mut open = self.velocity.open(intent, at_ns, watermark);
+        let amount_base = amount_base(rs, &intent);
+        let mut open = self.velocity.open(&intent, at_ns, watermark);
         // A counter's `where` cannot read counters, so none are offered.
         let act = Activation {
-            intent,
+            intent: &intent,
             amount_base: amount_base.as_ref().copied().map_err(String::as_str),
             counters: &[],
             lists: &rs.list_values,
@@ -253,15 +434,56 @@ impl Engine {
         };
         contribute(rs, &self.same_filter, &act, decision.outcome, &mut open);
         drop(open);
-        self.remember(at_ns, Arc::new(decision));
+        let scope = CompactString::from(
+            self.options
+                .partition_key
+                .text(&intent)
+                .unwrap_or_default()
+                .as_ref(),
+        );
+        self.remember(Remembered {
+            created_at_ns: at_ns,
+            scope,
+            decision: Arc::new(decision),
+            counterparty: intent.counterparty,
+            attributes: intent.attributes,
+        });
     }
 
-    fn remember(&mut self, at_ns: i64, decision: Arc<Decision>) {
+    /// A system decision: deny, one reason that says what happened, score 0, no counters, no
+    /// errors; it contributes to nothing, is not remembered and does not move the watermark.
+    fn system(
+        &self,
+        head: IntentHead,
+        reason: SystemReason,
+        message: String,
+        source: Source,
+        now: DateTime<Utc>,
+        duplicate: bool,
+    ) -> Arc<Decision> {
+        Arc::new(Decision {
+            head,
+            outcome: Outcome::Deny,
+            score: 0,
+            reasons: vec![Reason {
+                rule: Arc::from(reason.rule()),
+                action: RuleAction::Deny,
+                score: None,
+                message: Some(message),
+                approvals: 1,
+            }],
+            errors: Vec::new(),
+            counters: Vec::new(),
+            ruleset: self.ruleset.version.clone(),
+            decided_at: now,
+            source,
+            duplicate,
+        })
+    }
+
+    fn remember(&mut self, remembered: Remembered) {
         // An intent id seen before (beyond the horizon) now stands for this decision.
-        self.remembered.replace(Remembered {
-            created_at_ns: at_ns,
-            decision,
-        });
+        self.remembered.replace(remembered);
         // The duplicate horizon is swept on its own, more often than the rest of the state,
         // here, so that a restore is bounded too (see `EngineOptions::sweep_every`).
         self.remembers += 1;
@@ -294,14 +516,20 @@ impl Engine {
         options.sweep_every.min(FORGET_EVERY_MIN)
     }
 
-    fn duplicate_of(&self, intent_id: &str, at_ns: i64) -> Option<Arc<Decision>> {
+    /// The remembered intent with this scope and id, if it is within the horizon of `at_ns`.
+    fn remembered_within_horizon(
+        &self,
+        scope: &str,
+        intent_id: &str,
+        at_ns: i64,
+    ) -> Option<&Remembered> {
         let horizon = self.horizon_ns();
-        let entry = self.remembered.get(intent_id)?;
+        let entry = self.remembered.get(&Key { scope, intent_id })?;
         // An entry past the horizon behind the watermark counts as forgotten whether or not a
         // sweep has dropped it yet: when sweeps run changes no decision.
         (entry.created_at_ns >= self.forget_floor()
             && entry.created_at_ns.abs_diff(at_ns) <= horizon.unsigned_abs())
-        .then(|| entry.decision.clone())
+        .then_some(entry)
     }
 
     /// Drops expired buckets, idle keys and intents past the duplicate horizon.
@@ -365,18 +593,23 @@ pub enum Clock {
 #[derive(Debug)]
 pub enum Processed {
     Decided(Arc<Decision>),
-    /// Not a valid intent: its dead letter.
-    Invalid(DeadLetter),
+    /// Not a valid intent: its dead letter (boxed: rare, and larger than a decision's `Arc`).
+    Invalid(Box<DeadLetter>),
 }
 
 impl Engine {
     /// The step every front end takes for one record (replay, the service, the rule tests):
     /// the payload is parsed and validated, then decided at the `clock`'s time, or becomes a
     /// dead letter that says what was wrong and keeps the payload.
+    ///
+    /// A Kafka record's key must be the intent's partition-key value: a record without a key,
+    /// or with another, is answered `riskgate:misrouted` (its partition's state is not the
+    /// one its counters and duplicates live in) before anything else.
     pub fn process(
         &mut self,
         payload: &[u8],
         max_bytes: usize,
+        key: RecordKey<'_>,
         source: Source,
         clock: Clock,
     ) -> Processed {
@@ -386,17 +619,50 @@ impl Engine {
                     Clock::At(now) => now,
                     Clock::EventTime => intent.head.created_at,
                 };
+                if let RecordKey::Kafka(key) = key {
+                    if let Some(message) = self.misrouted(&intent, key) {
+                        let d = self.system(
+                            intent.head,
+                            SystemReason::Misrouted,
+                            message,
+                            source,
+                            now,
+                            false,
+                        );
+                        return Processed::Decided(d);
+                    }
+                }
                 Processed::Decided(self.decide(intent, source, now))
             }
-            Err(error) => Processed::Invalid(DeadLetter {
+            Err(error) => Processed::Invalid(Box::new(DeadLetter::new(
                 error,
-                payload: payload.to_vec(),
+                payload,
+                max_bytes,
                 source,
-                at: match clock {
+                match clock {
                     Clock::At(now) => now,
                     Clock::EventTime => DateTime::UNIX_EPOCH,
                 },
-            }),
+            ))),
+        }
+    }
+
+    /// Why a record keyed `key` is not where `intent` belongs, if it is not.
+    fn misrouted(&self, intent: &Intent, key: Option<&[u8]>) -> Option<String> {
+        let path = &self.options.partition_key;
+        let value = path.text(intent);
+        match (key, &value) {
+            (Some(k), Some(v)) if k == v.as_bytes() => None,
+            (None, Some(v)) => Some(format!(
+                "the record has no key, but intents must be keyed by `{path}` (`{v}` here): produce it with that key"
+            )),
+            (Some(k), Some(v)) => Some(format!(
+                "the record is keyed `{}`, but intents must be keyed by `{path}`, which is `{v}` here: produce it with that key",
+                String::from_utf8_lossy(k)
+            )),
+            (_, None) => Some(format!(
+                "the intent has no `{path}`, the field intents are keyed by"
+            )),
         }
     }
 }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::decision::DeadLetter;
 use crate::decision::{Outcome, Source};
-use crate::engine::{Clock, Engine, EngineSize, Processed};
-use crate::intent::InvalidKind;
+use crate::engine::{Clock, Engine, EngineSize, Processed, RecordKey};
+use crate::intent::{InvalidIntent, InvalidKind};
 
 /// Counts of what a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,12 +58,14 @@ pub fn replay(
             output.flush()?;
             dlq.flush()?;
         }
-        if input.read_until(b'\n', &mut line)? == 0 {
+        // A line is kept up to the size limit (and a byte more), never whole: memory does not
+        // grow with a line's length.
+        let Some(long) = read_line(&mut input, &mut line, max_bytes.saturating_add(2))? else {
             break;
-        }
+        };
         line_no += 1;
         let payload = trim_line_end(&line);
-        if payload.iter().all(u8::is_ascii_whitespace) {
+        if long.is_none() && payload.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         summary.lines += 1;
@@ -70,8 +73,30 @@ pub fn replay(
             file: label.clone(),
             line: line_no,
         };
+        if let Some((bytes, sha256)) = long {
+            summary.invalid += 1;
+            summary.invalid_by_kind[InvalidKind::TooLarge as usize] += 1;
+            out.clear();
+            DeadLetter::of_prefix(
+                InvalidIntent::too_large(bytes, max_bytes),
+                payload,
+                bytes,
+                sha256,
+                source,
+                clock(),
+            )
+            .write_json_line(&mut out);
+            dlq.write_all(&out)?;
+            continue;
+        }
         out.clear();
-        match engine.process(payload, max_bytes, source, Clock::At(clock())) {
+        match engine.process(
+            payload,
+            max_bytes,
+            RecordKey::Unchecked,
+            source,
+            Clock::At(clock()),
+        ) {
             Processed::Decided(d) => {
                 summary.decisions += 1;
                 summary.by_outcome[d.outcome as usize] += 1;
@@ -96,6 +121,61 @@ pub fn replay(
     engine.sweep();
     summary.state = Some(engine.size());
     Ok(summary)
+}
+
+/// Reads the next line into `line`, its end included, keeping at most `keep` bytes of it.
+/// `None` at the end of the input; `Some(Some((length, sha256)))` when the line was longer
+/// than `keep`: its whole length and the SHA-256 of all of it, both without the final `\n`.
+#[allow(clippy::type_complexity)]
+fn read_line(
+    input: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    keep: usize,
+) -> io::Result<Option<Option<(usize, String)>>> {
+    use sha2::Digest;
+    let mut read = 0usize;
+    let mut hasher: Option<sha2::Sha256> = None;
+    let mut ended = false;
+    while !ended {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        ended = done;
+        let n = chunk.len();
+        let kept = n.min(keep.saturating_sub(line.len()));
+        line.extend_from_slice(&chunk[..kept]);
+        read += n;
+        if read > keep {
+            let payload = &chunk[..n - usize::from(done)];
+            match &mut hasher {
+                Some(h) => h.update(payload),
+                None => {
+                    // The bytes kept before this chunk, then all of this chunk.
+                    let mut h = sha2::Sha256::new();
+                    h.update(&line[..line.len() - kept]);
+                    h.update(payload);
+                    hasher = Some(h);
+                }
+            }
+        }
+        input.consume(n);
+    }
+    if read == 0 {
+        return Ok(None);
+    }
+    Ok(Some(hasher.map(|h| {
+        let mut hex = String::with_capacity(64);
+        for b in h.finalize() {
+            use std::fmt::Write;
+            let _ = write!(hex, "{b:02x}");
+        }
+        (read - usize::from(ended), hex)
+    })))
 }
 
 fn trim_line_end(line: &[u8]) -> &[u8] {

@@ -216,6 +216,43 @@ pub struct Ruleset {
     pub actions: ActionIndex,
 }
 
+/// A counter whose key does not contain the partition key: on several partitions, its
+/// values would be split by partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitCounter {
+    pub id: Arc<str>,
+    /// The counter's key paths, as written.
+    pub key: Vec<String>,
+}
+
+/// Why a ruleset cannot decide intents spread over several partitions by a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PartitioningError {
+    pub partition_key: String,
+    pub partitions: i32,
+    pub counters: Vec<SplitCounter>,
+}
+
+impl fmt::Display for PartitioningError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (pk, n) = (&self.partition_key, self.partitions);
+        write!(
+            f,
+            "the intents topic has {n} partitions keyed by `{pk}`, but {} counter{} not keyed by `{pk}`, so {} would be split by partition and miss intents decided elsewhere:",
+            self.counters.len(),
+            if self.counters.len() == 1 { " is" } else { "s are" },
+            if self.counters.len() == 1 { "its count" } else { "their counts" },
+        )?;
+        for c in &self.counters {
+            write!(f, "\n  counter `{}` has key [{}]", c.id, c.key.join(", "))?;
+        }
+        write!(
+            f,
+            "\nways out: use one partition (every counter is then exact); or key the intents by a field every counter's key contains (`[kafka] partition_key`); or add `{pk}` to the key of the counters above"
+        )
+    }
+}
+
 /// One problem found while loading a ruleset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
@@ -461,6 +498,37 @@ impl Ruleset {
             files.push((path.clone(), text));
         }
         Self::load_sources(&files)
+    }
+
+    /// Whether this ruleset can decide intents spread over `partitions` partitions by
+    /// `partition_key`: every counter's key must then contain it, or its values would be
+    /// split by partition. One partition is always exact.
+    pub fn check_partitioning(
+        &self,
+        partition_key: &FieldPath,
+        partitions: i32,
+    ) -> Result<(), PartitioningError> {
+        if partitions <= 1 {
+            return Ok(());
+        }
+        let counters: Vec<SplitCounter> = self
+            .counters
+            .iter()
+            .filter(|c| !c.key.contains(partition_key))
+            .map(|c| SplitCounter {
+                id: c.id.clone(),
+                key: c.key_text.clone(),
+            })
+            .collect();
+        if counters.is_empty() {
+            Ok(())
+        } else {
+            Err(PartitioningError {
+                partition_key: partition_key.to_string(),
+                partitions,
+                counters,
+            })
+        }
     }
 
     /// Loads a ruleset from `(path, text)` pairs, in the given order.

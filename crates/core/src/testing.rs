@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use crate::decision::{CounterValue, Decision, Source};
-use crate::engine::{Clock, Engine, EngineOptions, Processed};
+use crate::engine::{Clock, Engine, EngineOptions, Processed, RecordKey};
 use crate::intent::DEFAULT_MAX_BYTES;
 use crate::rules::Ruleset;
 
@@ -249,7 +249,13 @@ fn decide(
     let json =
         serde_json::Value::Object(merged.into_iter().map(|(k, v)| (k, to_json(v))).collect());
     let payload = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
-    match engine.process(&payload, DEFAULT_MAX_BYTES, source, Clock::EventTime) {
+    match engine.process(
+        &payload,
+        DEFAULT_MAX_BYTES,
+        RecordKey::Unchecked,
+        source,
+        Clock::EventTime,
+    ) {
         Processed::Decided(d) => Ok(d),
         Processed::Invalid(letter) => Err(format!(
             "{}: {}",

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use riskgate_core::decision::Source;
-use riskgate_core::engine::{Engine, EngineOptions};
-use riskgate_core::intent::parse_intent;
+use riskgate_core::engine::{Clock, Engine, EngineOptions, Processed, RecordKey};
 use riskgate_core::rules::Ruleset;
 
 use super::{unique, Broker, Topics};
@@ -58,14 +57,21 @@ pub fn offline_decisions(
                 let p = m.partition();
                 let engine = engines
                     .entry(p)
-                    .or_insert_with(|| Engine::new(ruleset.clone(), options));
-                let verdict = match parse_intent(m.payload().unwrap_or_default(), 64 * 1024) {
-                    Ok(intent) => {
-                        let source = Source::File {
-                            file: Arc::from("oracle"),
-                            line: 0,
-                        };
-                        let d = engine.decide(intent, source, Utc::now());
+                    .or_insert_with(|| Engine::new(ruleset.clone(), options.clone()));
+                let source = Source::File {
+                    file: Arc::from("oracle"),
+                    line: 0,
+                };
+                // The service's own step: the record's key is checked as the service checks it.
+                let processed = engine.process(
+                    m.payload().unwrap_or_default(),
+                    64 * 1024,
+                    RecordKey::Kafka(m.key()),
+                    source,
+                    Clock::At(Utc::now()),
+                );
+                let verdict = match processed {
+                    Processed::Decided(d) => {
                         let mut line = Vec::new();
                         d.write_json_line(&mut line);
                         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
@@ -76,7 +82,7 @@ pub fn offline_decisions(
                             v["counters"].to_string(),
                         ))
                     }
-                    Err(e) => Err(e.kind.as_str().to_owned()),
+                    Processed::Invalid(letter) => Err(letter.error.kind.as_str().to_owned()),
                 };
                 out.insert((i64::from(p), m.offset()), verdict);
             }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::decision::RuleAction;
-use crate::intent::parse_intent;
+use crate::intent::{parse_intent, Field, FieldPath};
 use std::path::PathBuf;
 
 fn engine(rules: &str) -> Engine {
@@ -424,24 +424,41 @@ fn denied_intents_do_not_count_by_default() {
 
 #[test]
 fn duplicates_repeat_the_original_and_move_no_counter() {
-    let mut e = engine(VELOCITY_RULES);
-    let first = e.decide(intent("dup", r#""amount":"0.40""#), source(1), now());
-    let again = e.decide(
-        intent("dup", r#""amount":"999","account_id":"other""#),
-        source(2),
-        now(),
+    let mut e = engine_with(
+        VELOCITY_RULES,
+        EngineOptions {
+            max_future_skew: None,
+            ..EngineOptions::default()
+        },
     );
+    let first = e.decide(intent("dup", r#""amount":"0.40""#), source(1), now());
+    // The same intent again, written differently: a duplicate, the original's decision.
+    let again = e.decide(intent("dup", r#""amount":"0.4""#), source(2), now());
     assert!(again.duplicate && !first.duplicate);
     assert_eq!(again.source, source(2));
     assert_eq!(
         (again.outcome, &again.reasons, &again.head.amount),
         (first.outcome, &first.reasons, &first.head.amount)
     );
+    // The id reused for a different intent of the same account: a conflict, denied.
+    let conflict = e.decide(intent("dup", r#""amount":"999""#), source(3), now());
+    assert!(conflict.duplicate);
+    assert_eq!(conflict.outcome, Outcome::Deny);
+    assert_eq!(conflict.reasons.len(), 1);
+    assert_eq!(&*conflict.reasons[0].rule, "riskgate:conflict");
+    assert!(conflict.counters.is_empty() && conflict.errors.is_empty() && conflict.score == 0);
+    // The same id on another account is another intent (ids are scoped by the partition key).
+    let elsewhere = e.decide(
+        intent("dup", r#""amount":"999","account_id":"other""#),
+        source(4),
+        now(),
+    );
+    assert!(!elsewhere.duplicate && !elsewhere.is_system());
     let d = decide(&mut e, "next", r#""amount":"0.10""#);
     assert_eq!(
         d.counters[0],
         ("transfers_1h".into(), CounterValue::Int(1)),
-        "the duplicate did not count"
+        "neither the duplicate nor the conflict counted"
     );
     // Beyond the horizon the same id is a new intent.
     let later = decide(
@@ -449,7 +466,7 @@ fn duplicates_repeat_the_original_and_move_no_counter() {
         "dup",
         r#""amount":"0.10","created_at":"2026-11-29T10:00:01Z""#,
     );
-    assert!(!later.duplicate);
+    assert!(!later.duplicate && !later.is_system());
 }
 
 #[test]
@@ -699,7 +716,7 @@ fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
         );
         let d = decide(&mut e, &format!("i{i}"), &extra);
         // A restore from these decisions is bounded the same way.
-        restored.restore(&intent(&format!("i{i}"), &extra), (*d).clone());
+        restored.restore(intent(&format!("i{i}"), &extra), (*d).clone());
     }
     assert!(
         restored.size().remembered_intents <= 1_024 + 48,
@@ -719,7 +736,8 @@ fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
     );
     // What is within the horizon is still a duplicate.
     let again = format!(
-        r#""account_id":"acct-1","amount":"0.01","created_at":"{}""#,
+        r#""account_id":"acct-{}","amount":"0.01","created_at":"{}""#,
+        n - 3,
         at(n - 3)
     );
     assert!(decide(&mut e, &format!("i{}", n - 3), &again).duplicate);
@@ -782,4 +800,156 @@ fn hold_reasons_carry_the_approvals_their_rule_asks_for() {
     );
     let (back, _) = crate::wire::parse_record(&line, 65536).unwrap().unwrap();
     assert_eq!(back.reasons, d.reasons);
+}
+
+/// The shape every system decision has: deny, one `riskgate:*` reason, nothing else.
+fn assert_system(d: &Decision, rule: &str) {
+    assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+    assert_eq!(matched(d), [rule], "{d:?}");
+    assert!(d.is_system());
+    assert_eq!(d.score, 0);
+    assert!(d.counters.is_empty() && d.errors.is_empty(), "{d:?}");
+    assert!(d.reasons[0]
+        .message
+        .as_deref()
+        .is_some_and(|m| !m.is_empty()));
+}
+
+#[test]
+fn a_stale_intent_is_denied_and_changes_nothing() {
+    let mut e = engine_with(
+        VELOCITY_RULES,
+        EngineOptions {
+            max_future_skew: None,
+            ..EngineOptions::default()
+        },
+    );
+    let newest = r#""amount":"1","created_at":"2026-11-29T12:00:00Z""#;
+    assert!(!decide(&mut e, "new", newest).is_system());
+    // Exactly one horizon (24 h) behind the watermark is still checked against the
+    // remembered intents ("more than the horizon" is strict) ...
+    let edge = decide(
+        &mut e,
+        "edge",
+        r#""amount":"1","created_at":"2026-11-28T12:00:00Z""#,
+    );
+    assert!(!edge.is_system(), "{edge:?}");
+    // ... a nanosecond more is stale.
+    let old = r#""amount":"1","created_at":"2026-11-28T11:59:59.999999999Z""#;
+    let stale = decide(&mut e, "old", old);
+    assert_system(&stale, "riskgate:stale");
+    // It was not remembered and moved no counter: the same intent again is stale again, not
+    // a duplicate, and the next intent sees only the two earlier transfers.
+    assert_system(&decide(&mut e, "old", old), "riskgate:stale");
+    let next = decide(
+        &mut e,
+        "next",
+        r#""amount":"1","created_at":"2026-11-29T12:00:01Z""#,
+    );
+    assert_eq!(
+        next.counters[0],
+        ("transfers_1h".into(), CounterValue::Int(1))
+    );
+    // An allowed intent sent again a day after its watermark moved on is never decided again.
+    let mut e = engine_with(
+        VELOCITY_RULES,
+        EngineOptions {
+            max_future_skew: None,
+            ..EngineOptions::default()
+        },
+    );
+    let first = decide(
+        &mut e,
+        "pay",
+        r#""amount":"1","created_at":"2026-11-28T10:00:00Z""#,
+    );
+    assert_eq!(first.outcome, Outcome::Allow);
+    decide(
+        &mut e,
+        "later",
+        r#""amount":"1","created_at":"2026-11-29T10:00:01Z""#,
+    );
+    let replayed = decide(
+        &mut e,
+        "pay",
+        r#""amount":"1","created_at":"2026-11-28T10:00:00Z""#,
+    );
+    assert_system(&replayed, "riskgate:stale");
+}
+
+#[test]
+fn a_future_intent_is_denied_only_with_a_skew_limit() {
+    let mut e = engine(VELOCITY_RULES);
+    // now() is 2026-11-28T12:00:00Z; the default skew is 5 minutes.
+    let ahead = decide(
+        &mut e,
+        "f",
+        r#""created_at":"2026-11-28T12:05:00.000000001Z""#,
+    );
+    assert_system(&ahead, "riskgate:future");
+    let at_the_limit = decide(&mut e, "g", r#""created_at":"2026-11-28T12:05:00Z""#);
+    assert!(!at_the_limit.is_system());
+    // The future intent did not move the watermark: an intent a day before it is not stale.
+    let earlier = decide(&mut e, "h", r#""created_at":"2026-11-27T12:10:00Z""#);
+    assert!(!earlier.is_system(), "{earlier:?}");
+    let mut replay = engine_with(
+        VELOCITY_RULES,
+        EngineOptions {
+            max_future_skew: None,
+            ..EngineOptions::default()
+        },
+    );
+    assert!(!decide(&mut replay, "f", r#""created_at":"2027-01-01T00:00:00Z""#).is_system());
+}
+
+#[test]
+fn a_record_keyed_otherwise_than_its_partition_key_is_misrouted() {
+    let mut e = engine(VELOCITY_RULES);
+    let payload = br#"{"intent_id":"k","agent_id":"bot","account_id":"acct-1","action":"transfer","amount":"1","currency":"EUR","created_at":"2026-11-28T12:00:00Z"}"#;
+    let run = |e: &mut Engine, key: RecordKey<'_>| match e.process(
+        payload,
+        1 << 16,
+        key,
+        source(1),
+        Clock::At(now()),
+    ) {
+        Processed::Decided(d) => d,
+        Processed::Invalid(l) => panic!("{l:?}"),
+    };
+    assert_system(&run(&mut e, RecordKey::Kafka(None)), "riskgate:misrouted");
+    assert_system(
+        &run(&mut e, RecordKey::Kafka(Some(b"acct-2"))),
+        "riskgate:misrouted",
+    );
+    // Neither was remembered: the rightly keyed record is decided, not a duplicate.
+    let d = run(&mut e, RecordKey::Kafka(Some(b"acct-1")));
+    assert!(!d.is_system() && !d.duplicate, "{d:?}");
+    assert!(!run(&mut e, RecordKey::Unchecked).is_system());
+    // Another partition key: the record's key must then be that field.
+    let mut by_agent = engine_with(
+        "",
+        EngineOptions {
+            partition_key: FieldPath::Field(Field::AgentId),
+            ..EngineOptions::default()
+        },
+    );
+    assert_system(
+        &run(&mut by_agent, RecordKey::Kafka(Some(b"acct-1"))),
+        "riskgate:misrouted",
+    );
+    assert!(!run(&mut by_agent, RecordKey::Kafka(Some(b"bot"))).is_system());
+}
+
+#[test]
+fn system_decisions_are_not_restored() {
+    let mut e = engine(VELOCITY_RULES);
+    let stale_looking = decide(&mut e, "f", r#""created_at":"2026-11-28T13:00:00Z""#);
+    assert!(stale_looking.is_system());
+    let mut restored = engine(VELOCITY_RULES);
+    restored.restore(
+        intent("f", r#""created_at":"2026-11-28T13:00:00Z""#),
+        (*stale_looking).clone(),
+    );
+    assert_eq!(restored.size().remembered_intents, 0);
+    assert_eq!(restored.size().velocity.keys, 0);
 }

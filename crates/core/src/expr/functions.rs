@@ -68,6 +68,29 @@ pub fn parse_duration(text: &str) -> Result<TimeDelta, DurationError> {
     Ok(if negative { -delta } else { delta })
 }
 
+/// A duration as people write it, in the largest unit that divides it (`24h`, `90s`,
+/// `15m`, `2d`, `100ms`): what [`parse_duration`] reads back.
+pub fn format_duration(d: TimeDelta) -> String {
+    let Some(nanos) = d.num_nanoseconds() else {
+        return format!("{}s", d.num_seconds());
+    };
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    for (unit, size) in [
+        ("d", 86_400_000_000_000u64),
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+    ] {
+        if n >= size && n % size == 0 {
+            return format!("{sign}{}{unit}", n / size);
+        }
+    }
+    format!("{sign}{n}ns")
+}
+
 pub(super) fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, EvalError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))

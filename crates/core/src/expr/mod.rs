@@ -22,7 +22,7 @@ mod value;
 use rust_decimal::Decimal;
 use smallvec::SmallVec;
 
-pub use functions::{parse_duration, DurationError};
+pub use functions::{format_duration, parse_duration, DurationError};
 pub use value::{compare, equals, ConstList, EvalError, EvalResult, List, MapValue, Scalar, Value};
 
 use crate::intent::{Field, Intent};

@@ -208,3 +208,14 @@ pub fn json_decimal(n: &serde_json::Number) -> Option<Decimal> {
         Decimal::from_str_exact(text).ok()
     }
 }
+
+impl std::fmt::Display for FieldPath {
+    /// The path as a ruleset or a configuration writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FieldPath::Field(field) => f.write_str(field.name()),
+            FieldPath::Counterparty(field) => f.write_str(field.path()),
+            FieldPath::Attribute(parts) => write!(f, "attributes.{}", parts.join(".")),
+        }
+    }
+}

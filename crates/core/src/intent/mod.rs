@@ -129,6 +129,15 @@ pub struct InvalidIntent {
 }
 
 impl InvalidIntent {
+    /// A payload of `bytes` bytes, over the limit of `max_bytes`.
+    pub fn too_large(bytes: usize, max_bytes: usize) -> InvalidIntent {
+        InvalidIntent::new(
+            InvalidKind::TooLarge,
+            None,
+            format!("payload is {bytes} bytes; the limit is {max_bytes} bytes"),
+        )
+    }
+
     fn new(kind: InvalidKind, field: Option<&str>, message: String) -> Self {
         InvalidIntent {
             kind,

@@ -18,14 +18,7 @@ use crate::currency::is_iso4217;
 /// Parses and validates one intent payload of at most `max_bytes` bytes.
 pub fn parse_intent(payload: &[u8], max_bytes: usize) -> Result<Intent, InvalidIntent> {
     if payload.len() > max_bytes {
-        return Err(InvalidIntent::new(
-            InvalidKind::TooLarge,
-            None,
-            format!(
-                "payload is {} bytes; the limit is {max_bytes} bytes",
-                payload.len()
-            ),
-        ));
+        return Err(InvalidIntent::too_large(payload.len(), max_bytes));
     }
     // UTF-8 is checked once, here: serde_json then reads a `str` and checks no string again.
     let text = std::str::from_utf8(payload).map_err(|e| {

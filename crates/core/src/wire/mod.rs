@@ -215,16 +215,35 @@ impl<'de> Deserialize<'de> for Counters {
 
 impl Serialize for DeadLetter {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("DeadLetter", 5)?;
+        let mut st = s.serialize_struct("DeadLetter", 10)?;
         st.serialize_field("error", &self.error)?;
+        for (name, id) in [
+            ("intent_id", &self.ids.intent_id),
+            ("agent_id", &self.ids.agent_id),
+            ("account_id", &self.ids.account_id),
+        ] {
+            if let Some(id) = id {
+                st.serialize_field(name, id)?;
+            }
+        }
         match std::str::from_utf8(&self.payload) {
             Ok(text) => st.serialize_field("payload", text)?,
+            Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => {
+                // Text cut in the middle of a character: the whole characters.
+                let text = std::str::from_utf8(&self.payload[..e.valid_up_to()]).unwrap_or("");
+                st.serialize_field("payload", text)?
+            }
             Err(_) => {
-                // Not text: keep every byte, hex-encoded, so nothing is lost.
+                // Not text: every byte copied, hex-encoded.
                 let hex: String = self.payload.iter().map(|b| format!("{b:02x}")).collect();
                 st.serialize_field("payload_hex", &hex)?;
             }
         }
+        if self.payload_bytes > self.payload.len() {
+            st.serialize_field("payload_truncated", &true)?;
+        }
+        st.serialize_field("payload_bytes", &self.payload_bytes)?;
+        st.serialize_field("payload_sha256", &self.payload_sha256)?;
         st.serialize_field("source", &self.source)?;
         st.serialize_field("at", &timestamp(&self.at))?;
         st.end()

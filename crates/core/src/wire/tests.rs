@@ -135,36 +135,68 @@ fn dead_letters_are_pinned_text_or_hex() {
         message: "`amount` must not be negative, found `-5`".to_owned(),
     };
     let mut out = Vec::new();
-    DeadLetter {
-        error: error.clone(),
-        payload: br#"{"amount":"-5"}"#.to_vec(),
-        source: Source::Kafka {
+    let text = br#"{"intent_id":"i-9","agent_id":"bot","account_id":"acct-1","amount":"-5"}"#;
+    DeadLetter::new(
+        error.clone(),
+        text,
+        1 << 16,
+        Source::Kafka {
             topic: Arc::from("intents"),
             partition: 0,
             offset: 7,
         },
-        at: at("2026-11-28T10:00:00.5Z"),
-    }
+        at("2026-11-28T10:00:00.5Z"),
+    )
     .write_json_line(&mut out);
-    DeadLetter {
-        error: InvalidIntent {
+    DeadLetter::new(
+        InvalidIntent {
             kind: InvalidKind::InvalidJson,
             field: None,
             message: "invalid JSON: the payload is not UTF-8 (byte 2 is not valid)".to_owned(),
         },
-        payload: vec![b'{', 0xff, b'}'],
-        source: Source::File {
+        &[b'{', 0xff, b'}'],
+        1 << 16,
+        Source::File {
             file: Arc::from("-"),
             line: 12,
         },
-        at: at("2026-11-28T10:00:01Z"),
-    }
+        at("2026-11-28T10:00:01Z"),
+    )
+    .write_json_line(&mut out);
+    // A payload over the copy limit: its first bytes, its size and the hash of all of it.
+    let mut big = br#"{"intent_id":"i-10","note":""#.to_vec();
+    big.resize(20_000, b'x');
+    big.extend_from_slice(b"\"}");
+    DeadLetter::new(
+        InvalidIntent::too_large(big.len(), 16_384),
+        &big,
+        16_384,
+        Source::File {
+            file: Arc::from("-"),
+            line: 13,
+        },
+        at("2026-11-28T10:00:02Z"),
+    )
     .write_json_line(&mut out);
     check("dead_letters.jsonl", &out);
     let first: serde_json::Value =
         serde_json::from_slice(out.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(first["error"]["kind"], "invalid_field");
-    assert_eq!(first["payload"], r#"{"amount":"-5"}"#);
+    assert_eq!(first["intent_id"], "i-9");
+    assert_eq!(first["account_id"], "acct-1");
+    assert_eq!(first["payload"], std::str::from_utf8(text).unwrap());
+    let third: serde_json::Value =
+        serde_json::from_slice(out.split(|b| *b == b'\n').nth(2).unwrap()).unwrap();
+    assert_eq!(third["payload_truncated"], true);
+    assert_eq!(third["payload_bytes"], 20_002);
+    assert_eq!(
+        third["payload"].as_str().unwrap().len(),
+        crate::decision::DEAD_LETTER_PAYLOAD_MAX
+    );
+    assert!(
+        third.get("intent_id").is_none(),
+        "a payload over the limit is not read for ids"
+    );
 }
 
 #[test]
