@@ -30,7 +30,7 @@ use crate::kafka::{client_config, decisions_reader};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::telemetry::review_metrics;
 use auth::Auth;
-use queue::{Applied, Queue, Refusal};
+use queue::{Applied, HoldId, Queue, Refusal};
 use riskgate_core::wire::{ReviewRecord, Verdict};
 
 /// How long a request waits for its review record to be read back.
@@ -67,11 +67,12 @@ impl App {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes `name`'s verdict on `intent_id` and waits until it is read back: the
+    /// Publishes `name`'s verdict on the hold `id` and waits until it is read back: the
     /// record, and whether it ended the review.
     pub async fn review(
         &self,
-        intent_id: &str,
+        id: &HoldId,
+        seen: Option<(i32, i64)>,
         name: &str,
         role: Role,
         verdict: Verdict,
@@ -85,9 +86,9 @@ impl App {
         let (record, key, decided_at) = {
             let q = self.queue();
             let record = q
-                .review(intent_id, name, role, verdict, comment, Utc::now())
+                .review(id, seen, name, role, verdict, comment, Utc::now())
                 .map_err(ReviewError::Refused)?;
-            let hold = q.get(intent_id);
+            let hold = q.get(id);
             (
                 record,
                 hold.and_then(|h| h.key.clone()),
@@ -106,11 +107,11 @@ impl App {
         }
         let ended = {
             let q = self.queue();
-            match q.finished(intent_id) {
+            match q.finished(id) {
                 Some(f) if (f.partition, f.offset) == (partition, offset) => true,
                 Some(f) => return Err(ReviewError::Overtaken(f.reviewer.clone())),
                 None if verdict == Verdict::Approve
-                    && q.get(intent_id)
+                    && q.get(id)
                         .is_some_and(|h| h.approved_by.iter().any(|a| a == name)) =>
                 {
                     false
@@ -137,7 +138,7 @@ impl App {
             done.decision = riskgate_core::decision::Outcome::Allow;
             done.comment = format!("approvals complete ({})", done.comment);
             if let Err(e) = self.publish(&done, key.as_deref()).await {
-                tracing::warn!(intent_id, error = %e, "could not publish the final record of a completed approval");
+                tracing::warn!(intent_id = %id.intent_id, key = %id.key, error = %e, "could not publish the final record of a completed approval");
             }
         }
         Ok((record, ended))
@@ -180,19 +181,19 @@ impl App {
 
     /// Rejects, as `system:expiry`, every hold past its time that is not being expired
     /// already.
-    async fn expire_due(&self, in_flight: &mut HashSet<String>) {
+    async fn expire_due(&self, in_flight: &mut HashSet<HoldId>) {
         let due = {
             let q = self.queue();
             in_flight.retain(|id| q.get(id).is_some());
             q.expired(Utc::now(), self.expire_after)
         };
-        for record in due {
-            if !in_flight.insert(record.intent_id.clone()) {
+        for (id, record) in due {
+            if !in_flight.insert(id.clone()) {
                 continue;
             }
             let (key, decided_at) = {
                 let q = self.queue();
-                let h = q.get(&record.intent_id);
+                let h = q.get(&id);
                 (
                     h.and_then(|h| h.key.clone()),
                     h.map(|h| h.decision.decided_at),
@@ -203,16 +204,16 @@ impl App {
                     let ours = self.read_past(partition, offset).await
                         && self
                             .queue()
-                            .finished(&record.intent_id)
+                            .finished(&id)
                             .is_some_and(|f| (f.partition, f.offset) == (partition, offset));
                     if ours {
                         count_outcome("expire", decided_at);
-                        tracing::info!(target: "riskgate::audit", reviewer = queue::EXPIRY_REVIEWER, intent_id = %record.intent_id, attempt = "reject", allowed = true, decision = "deny", "hold expired unreviewed: rejected");
+                        tracing::info!(target: "riskgate::audit", reviewer = queue::EXPIRY_REVIEWER, intent_id = %id.intent_id, key = %id.key, hold_partition = record.hold.partition, hold_offset = record.hold.offset, attempt = "reject", allowed = true, decision = "deny", "hold expired unreviewed: rejected");
                     }
                 }
                 Err(e) => {
-                    in_flight.remove(&record.intent_id);
-                    tracing::warn!(intent_id = %record.intent_id, error = %e, "could not publish an expiry; retrying");
+                    in_flight.remove(&id);
+                    tracing::warn!(intent_id = %id.intent_id, key = %id.key, error = %e, "could not publish an expiry; retrying");
                 }
             }
         }

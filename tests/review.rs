@@ -6,7 +6,7 @@
 
 use riskgate_test_support as support;
 
-use support::review::{hostile, proposals, Stack, REVIEWERS, XSS};
+use support::review::{hold_path, hostile, intent, proposals, Stack, REVIEWERS, XSS};
 use support::serial;
 
 #[test]
@@ -26,7 +26,7 @@ fn holds_are_reviewed_once_and_every_instance_agrees() {
     b.wait_pending(&bob_on_b, &["t-1", "p-1", "t-3"]);
 
     // The full decision is there: reasons, counters, ruleset, the intent.
-    let detail = a.get(&alice, "/api/holds/t-1").json();
+    let detail = a.get(&alice, "/api/holds/acct-1/t-1").json();
     let reason = &detail["hold"]["reasons"][0];
     assert_eq!(reason["rule"], "large-transfer");
     assert_eq!(
@@ -39,7 +39,7 @@ fn holds_are_reviewed_once_and_every_instance_agrees() {
     assert_eq!(detail["hold"]["amount"], "20000.00");
     assert_eq!(detail["hold"]["approvals"]["required"], 1);
     assert_eq!(
-        a.get(&alice, "/api/holds/p-1").json()["hold"]["approvals"]["required"],
+        a.get(&alice, "/api/holds/acct-3/p-1").json()["hold"]["approvals"]["required"],
         2
     );
 
@@ -64,7 +64,7 @@ fn holds_are_reviewed_once_and_every_instance_agrees() {
     );
 
     // Approve on instance A: one review record on the topic, on the hold's partition with its key.
-    let r = a.review(&alice, "t-1", "approve", "invoice checked");
+    let r = a.review(&alice, "acct-1", "t-1", "approve", "invoice checked");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         (r.json()["released"].as_bool(), r.json()["final"].as_bool()),
@@ -96,30 +96,39 @@ fn holds_are_reviewed_once_and_every_instance_agrees() {
 
     // Instance B read it and dropped the hold; approving there is refused.
     b.wait_pending(&bob_on_b, &["p-1", "t-3"]);
-    assert_eq!(b.review(&bob_on_b, "t-1", "approve", "").status, 404);
+    assert_eq!(
+        b.review(&bob_on_b, "acct-1", "t-1", "approve", "").status,
+        404
+    );
 
     // Reject on B; A follows.
-    let r = b.review(&bob_on_b, "t-3", "reject", "unknown payee");
+    let r = b.review(&bob_on_b, "acct-4", "t-3", "reject", "unknown payee");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["review"]["decision"], "deny");
     a.wait_pending(&alice, &["p-1"]);
 
     // A restarted instance rebuilds the same queue, approvals given so far included.
-    let first = a.review(&alice, "p-1", "approve", "");
+    let first = a.review(&alice, "acct-3", "p-1", "approve", "");
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.json()["released"], false);
     drop(a);
     let a2 = stack.review("");
     let alice2 = a2.sign_in("alice");
     a2.wait_pending(&alice2, &["p-1"]);
-    let approvals = &a2.get(&alice2, "/api/holds/p-1").json()["hold"]["approvals"];
+    let approvals = &a2.get(&alice2, "/api/holds/acct-3/p-1").json()["hold"]["approvals"];
     assert_eq!(approvals["approved_by"], serde_json::json!(["alice"]));
     assert_eq!(
-        a2.review(&alice2, "p-1", "approve", "").status,
+        a2.review(&alice2, "acct-3", "p-1", "approve", "").status,
         409,
         "alice counts once"
     );
-    let second = a2.review(&a2.sign_in("bob"), "p-1", "approve", "second pair of eyes");
+    let second = a2.review(
+        &a2.sign_in("bob"),
+        "acct-3",
+        "p-1",
+        "approve",
+        "second pair of eyes",
+    );
     assert_eq!(second.status, 200, "{}", second.body);
     assert_eq!(second.json()["released"], true);
     b.wait_pending(&bob_on_b, &[]);
@@ -146,6 +155,126 @@ fn holds_are_reviewed_once_and_every_instance_agrees() {
     assert!(
         metrics.contains("riskgate_review_time_seconds_count 1"),
         "{metrics}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn one_intent_id_in_two_accounts_is_two_holds_each_reviewed_on_its_own() {
+    let _g = serial();
+    let stack = Stack::start("review-scope");
+    stack.propose(&[
+        intent(
+            "dup-1",
+            "procurement-bot",
+            "acct-1",
+            "transfer",
+            "20000.00",
+            "Acme GmbH",
+        ),
+        intent(
+            "dup-1",
+            "procurement-bot",
+            "acct-2",
+            "transfer",
+            "30000.00",
+            "Globex",
+        ),
+    ]);
+    let r = stack.review("");
+    let alice = r.sign_in("alice");
+    r.wait_pending(&alice, &["dup-1", "dup-1"]);
+    let listed = r.get(&alice, "/api/holds").json();
+    let holds = listed["holds"].as_array().unwrap();
+    let hold_of = |key: &str| {
+        holds
+            .iter()
+            .find(|h| h["key"] == key)
+            .unwrap_or_else(|| panic!("a hold keyed {key} in {holds:?}"))
+            .clone()
+    };
+    let (one, two) = (hold_of("acct-1"), hold_of("acct-2"));
+    assert_eq!(
+        (one["amount"].as_str(), two["amount"].as_str()),
+        (Some("20000.00"), Some("30000.00"))
+    );
+    assert_ne!(one["record"], two["record"], "two decision records");
+    let detail = r.get(&alice, &hold_path("acct-2", "dup-1")).json();
+    assert_eq!(detail["hold"]["counterparty"]["name"], "Globex");
+    assert_eq!(detail["decision"]["intent"]["account_id"], "acct-2");
+
+    // Approving one leaves the other pending.
+    let auth = [
+        ("Cookie", alice.cookie.as_str()),
+        ("X-CSRF-Token", alice.csrf.as_str()),
+    ];
+    let body = serde_json::json!({"comment": "checked", "record": one["record"]}).to_string();
+    let ok = r.request(
+        "POST",
+        &format!("{}/approve", hold_path("acct-1", "dup-1")),
+        &auth,
+        Some(&body),
+    );
+    assert_eq!(
+        (ok.status, ok.json()["released"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        ok.body
+    );
+    assert_eq!(ok.json()["review"]["key"], "acct-1");
+    assert_eq!(ok.json()["review"]["amount"], "20000.00");
+    let left = r.get(&alice, "/api/holds").json();
+    assert_eq!(left["holds"].as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left["holds"][0]["key"], "acct-2");
+
+    // A review that names a decision record other than the pending one is refused.
+    let mut stale = two["record"].clone();
+    stale["offset"] = (stale["offset"].as_i64().unwrap() + 1000).into();
+    let body = serde_json::json!({"comment": "no", "record": stale}).to_string();
+    let refused = r.request(
+        "POST",
+        &format!("{}/reject", hold_path("acct-2", "dup-1")),
+        &auth,
+        Some(&body),
+    );
+    assert_eq!(
+        (refused.status, refused.json()["error"]["code"].as_str()),
+        (409, Some("hold_changed")),
+        "{}",
+        refused.body
+    );
+    let body = serde_json::json!({"comment": "no", "record": two["record"]}).to_string();
+    let rejected = r.request(
+        "POST",
+        &format!("{}/reject", hold_path("acct-2", "dup-1")),
+        &auth,
+        Some(&body),
+    );
+    assert_eq!(rejected.status, 200, "{}", rejected.body);
+    r.wait_pending(&alice, &[]);
+
+    let mut records: Vec<_> = stack
+        .review_records()
+        .into_iter()
+        .map(|rec| {
+            (
+                rec.key.clone().unwrap_or_default(),
+                rec.value["key"].as_str().unwrap_or("").to_owned(),
+                rec.value["decision"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    records.sort();
+    assert_eq!(
+        records,
+        [
+            ("acct-1".into(), "acct-1".into(), "allow".into()),
+            ("acct-2".into(), "acct-2".into(), "deny".into())
+        ],
+        "each hold answered by its own record"
     );
 }
 
@@ -222,7 +351,7 @@ fn only_the_right_people_may_review() {
     );
     assert_eq!((page.status, page.header("www-authenticate")), (401, None));
     assert_eq!(
-        r.request("POST", "/api/holds/t-1/approve", &[], Some("{}"))
+        r.request("POST", "/api/holds/acct-1/t-1/approve", &[], Some("{}"))
             .status,
         401
     );
@@ -258,12 +387,12 @@ fn only_the_right_people_may_review() {
     // A viewer sees but may not approve or reject.
     let vera = r.sign_in("vera");
     assert_eq!(r.pending(&vera, "").len(), 4);
-    let v = r.review(&vera, "t-3", "approve", "");
+    let v = r.review(&vera, "acct-4", "t-3", "approve", "");
     assert_eq!(
         (v.status, v.json()["error"]["code"].as_str()),
         (403, Some("viewer"))
     );
-    assert_eq!(r.review(&vera, "t-3", "reject", "no").status, 403);
+    assert_eq!(r.review(&vera, "acct-4", "t-3", "reject", "no").status, 403);
 
     // Missing or wrong CSRF token on a session: 403, nothing published.
     let body = Some("{\"comment\":\"\"}");
@@ -275,7 +404,7 @@ fn only_the_right_people_may_review() {
             ("X-CSRF-Token", vera.csrf.as_str()),
         ],
     ] {
-        let c = r.request("POST", "/api/holds/t-3/approve", &headers, body);
+        let c = r.request("POST", "/api/holds/acct-4/t-3/approve", &headers, body);
         assert_eq!(
             (c.status, c.json()["error"]["code"].as_str()),
             (403, Some("csrf")),
@@ -285,7 +414,7 @@ fn only_the_right_people_may_review() {
     // A form post (not JSON) is refused too.
     let form = r.request(
         "POST",
-        "/api/holds/t-3/approve",
+        "/api/holds/acct-4/t-3/approve",
         &[
             ("Cookie", &alice.cookie),
             ("X-CSRF-Token", &alice.csrf),
@@ -297,14 +426,14 @@ fn only_the_right_people_may_review() {
 
     // The agent that proposed an intent can never approve it, even as an approver.
     let bot = r.sign_in("procurement-bot");
-    let own = r.review(&bot, "t-1", "approve", "looks fine to me");
+    let own = r.review(&bot, "acct-1", "t-1", "approve", "looks fine to me");
     assert_eq!(
         (own.status, own.json()["error"]["code"].as_str()),
         (403, Some("proposer"))
     );
 
     // Two approvals: one approver does not release it, and the same approver counts once.
-    let one = r.review(&alice, "p-1", "approve", "");
+    let one = r.review(&alice, "acct-3", "p-1", "approve", "");
     assert_eq!(
         (one.status, one.json()["released"].as_bool()),
         (200, Some(false)),
@@ -312,7 +441,7 @@ fn only_the_right_people_may_review() {
         one.body
     );
     assert_eq!(one.json()["review"]["decision"], "hold");
-    let again = r.review(&alice, "p-1", "approve", "");
+    let again = r.review(&alice, "acct-3", "p-1", "approve", "");
     assert_eq!(
         (again.status, again.json()["error"]["code"].as_str()),
         (409, Some("already_approved"))
@@ -326,7 +455,7 @@ fn only_the_right_people_may_review() {
     );
     let two = r.request(
         "POST",
-        "/api/holds/p-1/approve",
+        "/api/holds/acct-3/p-1/approve",
         &[("Authorization", &basic)],
         Some("{\"comment\":\"ok\"}"),
     );
@@ -386,7 +515,7 @@ fn only_the_right_people_may_review() {
 
     // Intent fields come back as JSON strings, never as markup; every response forbids
     // inline scripts (the browser test checks the page renders them inert).
-    let x = r.get(&alice, "/api/holds/x-1");
+    let x = r.get(&alice, &hold_path(XSS, "x-1"));
     assert_eq!(x.json()["hold"]["counterparty"]["name"], XSS);
     assert_eq!(x.header("content-type"), Some("application/json"));
     let csp = r.request("GET", "/", &[], None);

@@ -27,7 +27,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt as _;
 
 use super::auth::{token_in, Identity, Session};
-use super::queue::{Filter, Hold, Refusal};
+use super::queue::{Filter, Hold, HoldId, Refusal};
 use super::App;
 use crate::config::is_reviewer_name;
 use crate::telemetry::review_metrics;
@@ -66,9 +66,9 @@ pub fn router(app: Arc<App>) -> Router {
             get(current_session).post(sign_in).delete(sign_out),
         )
         .route("/api/holds", get(list_holds))
-        .route("/api/holds/{intent_id}", get(get_hold))
-        .route("/api/holds/{intent_id}/approve", post(approve))
-        .route("/api/holds/{intent_id}/reject", post(reject))
+        .route("/api/holds/{key}/{intent_id}", get(get_hold))
+        .route("/api/holds/{key}/{intent_id}/approve", post(approve))
+        .route("/api/holds/{key}/{intent_id}/reject", post(reject))
         .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -149,7 +149,7 @@ impl From<JsonRejection> for ApiError {
 
 /// Logs a refused attempt, counts it, and turns it into its HTTP error. A name that cannot be
 /// a reviewer's (anything a caller typed) is not logged as such.
-fn refuse(who: &str, attempt: &str, intent_id: Option<&str>, err: ApiError) -> ApiError {
+fn refuse(who: &str, attempt: &str, hold: Option<&HoldId>, err: ApiError) -> ApiError {
     let who = if who.is_empty() || is_reviewer_name(who) {
         who
     } else {
@@ -163,7 +163,8 @@ fn refuse(who: &str, attempt: &str, intent_id: Option<&str>, err: ApiError) -> A
         target: "riskgate::audit",
         reviewer = who,
         attempt,
-        intent_id = intent_id.unwrap_or(""),
+        intent_id = hold.map_or("", |h| h.intent_id.as_str()),
+        key = hold.map_or("", |h| h.key.as_str()),
         allowed = false,
         reason = err.code,
         detail = %err.message,
@@ -179,6 +180,7 @@ fn refusal_error(r: &Refusal) -> ApiError {
         Refusal::Proposer(_) => (StatusCode::FORBIDDEN, "proposer"),
         Refusal::AlreadyApproved(_) => (StatusCode::CONFLICT, "already_approved"),
         Refusal::NoComment => (StatusCode::UNPROCESSABLE_ENTITY, "no_comment"),
+        Refusal::Changed { .. } => (StatusCode::CONFLICT, "hold_changed"),
     };
     debug_assert_eq!(code, r.kind());
     ApiError::new(status, code, r.to_string())
@@ -209,7 +211,7 @@ async fn authenticate(
     app: &App,
     headers: &HeaderMap,
     attempt: &str,
-    intent_id: Option<&str>,
+    intent_id: Option<&HoldId>,
     changes_state: bool,
 ) -> Result<Caller, ApiError> {
     let from_page = headers.contains_key("x-requested-with");
@@ -380,7 +382,8 @@ fn time(t: &chrono::DateTime<Utc>) -> String {
 fn hold_json(app: &App, hold: &Hold, record: &Value, now: chrono::DateTime<Utc>) -> Value {
     let h = &hold.decision;
     let mut o = json!({
-        "intent_id": h.head.intent_id,
+        "intent_id": hold.id.intent_id,
+        "key": hold.id.key,
         "agent_id": h.head.agent_id,
         "account_id": h.head.account_id,
         "action": h.head.action,
@@ -388,7 +391,7 @@ fn hold_json(app: &App, hold: &Hold, record: &Value, now: chrono::DateTime<Utc>)
         "age_seconds": (now - h.decided_at).num_seconds().max(0),
         "expires_at": time(&hold.expires_at(app.expire_after)),
         "approvals": {"required": hold.required, "approved_by": hold.approved_by},
-        "source": {"partition": hold.partition, "offset": hold.offset},
+        "record": {"partition": hold.partition, "offset": hold.offset},
     });
     for key in [
         "amount",
@@ -434,22 +437,23 @@ async fn list_holds(
 async fn get_hold(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(intent_id): Path<String>,
+    Path((key, intent_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate(&app, &headers, "view", Some(&intent_id), false).await?;
+    let id = HoldId::new(key, intent_id);
+    authenticate(&app, &headers, "view", Some(&id), false).await?;
     let now = Utc::now();
     let q = app.queue();
-    let Some(h) = q.get(&intent_id) else {
-        let msg = match q.finished(&intent_id) {
+    let Some(h) = q.get(&id) else {
+        let msg = match q.finished(&id) {
             Some(f) => format!(
-                "`{intent_id}` is no longer held: {} by {}",
+                "{id} is no longer held: {} by {}",
                 match f.verdict {
                     Verdict::Approve => "approved",
                     Verdict::Reject => "rejected",
                 },
                 f.reviewer
             ),
-            None => format!("`{intent_id}` is not held (or not read yet)"),
+            None => format!("{id} is not held (or not read yet)"),
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_pending", msg));
     };
@@ -464,24 +468,50 @@ async fn get_hold(
 struct ReviewBody {
     #[serde(default)]
     comment: String,
+    /// The hold decision the reviewer looked at (`record` of the hold): when given, the review
+    /// is refused if the hold has been decided again since, at another record.
+    #[serde(default)]
+    record: Option<RecordRef>,
+}
+
+/// A record of the decisions topic.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RecordRef {
+    partition: i32,
+    offset: i64,
 }
 
 async fn approve(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(intent_id): Path<String>,
+    Path((key, intent_id)): Path<(String, String)>,
     body: Result<Json<ReviewBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    review(app, headers, intent_id, body, Verdict::Approve).await
+    review(
+        app,
+        headers,
+        HoldId::new(key, intent_id),
+        body,
+        Verdict::Approve,
+    )
+    .await
 }
 
 async fn reject(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(intent_id): Path<String>,
+    Path((key, intent_id)): Path<(String, String)>,
     body: Result<Json<ReviewBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    review(app, headers, intent_id, body, Verdict::Reject).await
+    review(
+        app,
+        headers,
+        HoldId::new(key, intent_id),
+        body,
+        Verdict::Reject,
+    )
+    .await
 }
 
 /// The most a comment may hold.
@@ -490,22 +520,23 @@ const MAX_COMMENT: usize = 2000;
 async fn review(
     app: Arc<App>,
     headers: HeaderMap,
-    intent_id: String,
+    id: HoldId,
     body: Result<Json<ReviewBody>, JsonRejection>,
     verdict: Verdict,
 ) -> Result<Json<Value>, ApiError> {
     let attempt = verdict.as_str();
-    let caller = authenticate(&app, &headers, attempt, Some(&intent_id), true).await?;
+    let caller = authenticate(&app, &headers, attempt, Some(&id), true).await?;
     let who = caller.identity().clone();
-    let Json(body) = body.map_err(|e| refuse(&who.name, attempt, Some(&intent_id), e.into()))?;
+    let Json(body) = body.map_err(|e| refuse(&who.name, attempt, Some(&id), e.into()))?;
     if body.comment.chars().count() > MAX_COMMENT {
         let err = ApiError::bad_request(format!(
             "a comment may have at most {MAX_COMMENT} characters"
         ));
-        return Err(refuse(&who.name, attempt, Some(&intent_id), err));
+        return Err(refuse(&who.name, attempt, Some(&id), err));
     }
+    let seen = body.record.map(|r| (r.partition, r.offset));
     let outcome = app
-        .review(&intent_id, &who.name, who.role, verdict, &body.comment)
+        .review(&id, seen, &who.name, who.role, verdict, &body.comment)
         .await;
     match outcome {
         Ok((record, ended)) => {
@@ -514,7 +545,10 @@ async fn review(
                 target: "riskgate::audit",
                 reviewer = %who.name,
                 attempt,
-                intent_id = %intent_id,
+                intent_id = %id.intent_id,
+                key = %id.key,
+                hold_partition = record.hold.partition,
+                hold_offset = record.hold.offset,
                 allowed = true,
                 decision = %record.decision,
                 ended,
@@ -525,22 +559,19 @@ async fn review(
                 json!({"review": record, "final": ended, "released": released}),
             ))
         }
-        Err(super::ReviewError::Refused(r)) => Err(refuse(
-            &who.name,
-            attempt,
-            Some(&intent_id),
-            refusal_error(&r),
-        )),
+        Err(super::ReviewError::Refused(r)) => {
+            Err(refuse(&who.name, attempt, Some(&id), refusal_error(&r)))
+        }
         Err(super::ReviewError::Overtaken(by)) => {
             let err = ApiError::new(
                 StatusCode::CONFLICT,
                 "already_reviewed",
-                format!("`{intent_id}` was reviewed by {by} first; your record came after it and changes nothing"),
+                format!("{id} was reviewed by {by} first; your record came after it and changes nothing"),
             );
-            Err(refuse(&who.name, attempt, Some(&intent_id), err))
+            Err(refuse(&who.name, attempt, Some(&id), err))
         }
         Err(super::ReviewError::Unavailable(e)) => {
-            tracing::error!(reviewer = %who.name, intent_id = %intent_id, error = %e, "publishing a review failed");
+            tracing::error!(reviewer = %who.name, intent_id = %id.intent_id, key = %id.key, error = %e, "publishing a review failed");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -598,9 +629,9 @@ mod tests {
         for (path, methods) in [
             ("/api/session", &["get", "post", "delete"][..]),
             ("/api/holds", &["get"]),
-            ("/api/holds/{intent_id}", &["get"]),
-            ("/api/holds/{intent_id}/approve", &["post"]),
-            ("/api/holds/{intent_id}/reject", &["post"]),
+            ("/api/holds/{key}/{intent_id}", &["get"]),
+            ("/api/holds/{key}/{intent_id}/approve", &["post"]),
+            ("/api/holds/{key}/{intent_id}/reject", &["post"]),
             ("/api/events", &["get"]),
         ] {
             for m in methods {

@@ -1,11 +1,16 @@
 //! The pending holds, as the decisions topic tells them: pure state, no I/O.
 //!
 //! Every review instance reads the whole decisions topic and applies each record here, in
-//! partition order. A decision of the engine (`"stage":"decision"`, or no stage) that holds an
-//! intent puts it in the queue; a later decision for the same `intent_id` replaces it (a
-//! decision that does not hold takes it out). A review record (`"stage":"review"`) approves or
-//! rejects it. Because every record about one intent is on one partition, every instance that
-//! has read as far sees the same queue, whoever wrote the records:
+//! partition order. A hold is identified by a [`HoldId`]: its partition-key value (the
+//! record's key, which the engine checked against the intent) and its `intent_id`, the scope
+//! in which the engine remembers intent ids; two accounts may use the same id, and their
+//! holds are two holds. A decision of the engine (`"stage":"decision"`, or no stage) that
+//! holds an intent puts it in the queue; a later decision for the same hold id replaces it (a
+//! decision that does not hold takes it out). System decisions (`riskgate:*`: a misrouted,
+//! stale, future or conflicting intent) answer another intent than the one held and change
+//! nothing. A review record (`"stage":"review"`) approves or rejects it. Because every record
+//! about one intent is on one partition, every instance that has read as far sees the same
+//! queue, whoever wrote the records:
 //!
 //! * an approval counts once per reviewer; the intent is released (final, `allow`) when as
 //!   many different reviewers as its hold asks for have approved it;
@@ -30,9 +35,41 @@ use riskgate_core::wire::{self, parse_record, Approvals, HoldRef, ReviewRecord, 
 /// The reviewer name of holds that expired unreviewed.
 pub const EXPIRY_REVIEWER: &str = "system:expiry";
 
+/// What identifies a hold: the intent's partition-key value (the key of its records on the
+/// decisions topic) and its `intent_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HoldId {
+    pub key: String,
+    pub intent_id: String,
+}
+
+impl HoldId {
+    pub fn new(key: impl Into<String>, intent_id: impl Into<String>) -> Self {
+        HoldId {
+            key: key.into(),
+            intent_id: intent_id.into(),
+        }
+    }
+
+    /// The id of the hold a record keyed `key` is about.
+    fn of_record(key: Option<&[u8]>, intent_id: &str) -> Self {
+        HoldId::new(
+            key.map(String::from_utf8_lossy).unwrap_or_default(),
+            intent_id,
+        )
+    }
+}
+
+impl std::fmt::Display for HoldId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` of `{}`", self.intent_id, self.key)
+    }
+}
+
 /// A held intent waiting for reviewers.
 #[derive(Debug, Clone)]
 pub struct Hold {
+    pub id: HoldId,
     /// The hold decision, as the engine made it.
     pub decision: Decision,
     pub counterparty: Option<Counterparty>,
@@ -61,7 +98,7 @@ impl Hold {
     }
 
     pub fn intent_id(&self) -> &str {
-        &self.decision.head.intent_id
+        &self.id.intent_id
     }
 }
 
@@ -84,8 +121,8 @@ pub struct Final {
 /// Why a review is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("`{0}` is not held: it was never held, is already reviewed, or is not read yet")]
-    NotPending(String),
+    #[error("{0} is not held: it was never held, is already reviewed, or is not read yet")]
+    NotPending(HoldId),
     #[error("the role `viewer` may look at holds but not approve or reject them")]
     Viewer,
     #[error("`{0}` proposed this intent and can never approve it")]
@@ -96,6 +133,12 @@ pub enum Refusal {
     AlreadyApproved(String),
     #[error("a rejection needs a comment saying why")]
     NoComment,
+    #[error("{id} was decided again since you looked at it: its hold is now the record at partition {partition}, offset {offset}; look at it again")]
+    Changed {
+        id: HoldId,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 impl Refusal {
@@ -107,6 +150,7 @@ impl Refusal {
             Refusal::Proposer(_) => "proposer",
             Refusal::AlreadyApproved(_) => "already_approved",
             Refusal::NoComment => "no_comment",
+            Refusal::Changed { .. } => "hold_changed",
         }
     }
 }
@@ -162,8 +206,8 @@ impl Filter {
 /// The pending holds, and how the reviews that ended ended.
 #[derive(Debug)]
 pub struct Queue {
-    pending: HashMap<String, Hold>,
-    finished: HashMap<String, Final>,
+    pending: HashMap<HoldId, Hold>,
+    finished: HashMap<HoldId, Final>,
     /// Next offset to read, per decisions partition.
     positions: HashMap<i32, i64>,
     /// The latest `created_at` of a decision read, per decisions partition.
@@ -216,13 +260,13 @@ impl Queue {
         self.pending.is_empty()
     }
 
-    pub fn get(&self, intent_id: &str) -> Option<&Hold> {
-        self.pending.get(intent_id)
+    pub fn get(&self, id: &HoldId) -> Option<&Hold> {
+        self.pending.get(id)
     }
 
-    /// How the review of `intent_id` ended, if it has.
-    pub fn finished(&self, intent_id: &str) -> Option<&Final> {
-        self.finished.get(intent_id)
+    /// How the review of `id` ended, if it has.
+    pub fn finished(&self, id: &HoldId) -> Option<&Final> {
+        self.finished.get(id)
     }
 
     /// The next offset to read on `partition` (0 before anything was read).
@@ -237,9 +281,7 @@ impl Queue {
             .values()
             .filter(|h| filter.accepts(h, now))
             .collect();
-        out.sort_by(|a, b| {
-            (a.decision.decided_at, a.intent_id()).cmp(&(b.decision.decided_at, b.intent_id()))
-        });
+        out.sort_by(|a, b| (a.decision.decided_at, &a.id).cmp(&(b.decision.decided_at, &b.id)));
         out
     }
 
@@ -261,16 +303,22 @@ impl Queue {
         match head.stage.as_deref() {
             Some("review") => {
                 let record = wire::read_review(payload)?;
-                return Ok(self.apply_review(record, partition, offset));
+                return Ok(self.apply_review(record, key, partition, offset));
             }
             None | Some("decision") => {}
             Some(_) => return Ok(Applied::Ignored("a record of an unknown stage")),
+        }
+        if head.is_system() {
+            // It answers another intent than the one held (a conflicting one, a stale copy,
+            // a misrouted one): the hold and its review stand.
+            return Ok(Applied::Ignored("a system decision"));
         }
         if let Some(at) = head.created_at {
             let w = self.watermarks.entry(partition).or_insert(at);
             *w = (*w).max(at);
         }
-        if let Some(ended) = self.finished.get(&*head.intent_id) {
+        let id = HoldId::of_record(key, &head.intent_id);
+        if let Some(ended) = self.finished.get(&id) {
             // A duplicate re-emits the hold; a decision from the same source, or an earlier
             // one, is a copy (an aborted transaction's record, then the committed one).
             // Either way that review has ended. Only a decision of the same intent id
@@ -283,10 +331,10 @@ impl Queue {
             if head.duplicate || !later {
                 return Ok(Applied::Ignored("the review of this intent has ended"));
             }
-            self.finished.remove(&*head.intent_id);
+            self.finished.remove(&id);
         }
         if head.decision != Some(Outcome::Hold) {
-            return Ok(match self.pending.remove(&*head.intent_id) {
+            return Ok(match self.pending.remove(&id) {
                 Some(_) => Applied::Cleared,
                 None => Applied::Ignored("not a hold"),
             });
@@ -307,10 +355,11 @@ impl Queue {
         // keeps the approvals already given.
         let approved_by = self
             .pending
-            .remove(decision.head.intent_id.as_str())
+            .remove(&id)
             .map(|h| h.approved_by)
             .unwrap_or_default();
         let hold = Hold {
+            id: id.clone(),
             decision,
             counterparty: intent.counterparty,
             required,
@@ -320,7 +369,6 @@ impl Queue {
             key: key.map(<[u8]>::to_vec),
             record: Arc::from(String::from_utf8_lossy(payload)),
         };
-        let id = hold.decision.head.intent_id.to_string();
         let released = hold
             .approved_by
             .last()
@@ -334,18 +382,28 @@ impl Queue {
         })
     }
 
-    fn apply_review(&mut self, r: ReviewRecord, partition: i32, offset: i64) -> Applied {
-        if self.finished.contains_key(&r.intent_id) {
+    fn apply_review(
+        &mut self,
+        r: ReviewRecord,
+        key: Option<&[u8]>,
+        partition: i32,
+        offset: i64,
+    ) -> Applied {
+        let id = HoldId::of_record(key, &r.intent_id);
+        if !r.key.is_empty() && r.key != id.key {
+            return Applied::Ignored("a review record whose `key` is not its record's key");
+        }
+        if self.finished.contains_key(&id) {
             return Applied::Ignored("the review of this intent has already ended");
         }
-        let Some(hold) = self.pending.get_mut(&r.intent_id) else {
+        let Some(hold) = self.pending.get_mut(&id) else {
             // A review of a hold this queue never saw (its decision record was unreadable,
             // or is gone with retention): the review still ends it, so that a late copy of
             // the decision cannot bring it back.
             if r.review == Verdict::Reject || r.is_final {
                 let created_at = r.hold.decided_at.parse().ok();
                 self.end(
-                    r.intent_id,
+                    id,
                     Final {
                         verdict: r.review,
                         reviewer: r.reviewer,
@@ -360,9 +418,7 @@ impl Queue {
             return Applied::Ignored("an approval of an intent that is not pending");
         };
         match r.review {
-            Verdict::Reject => {
-                self.finish(&r.intent_id, Verdict::Reject, r.reviewer, partition, offset)
-            }
+            Verdict::Reject => self.finish(&id, Verdict::Reject, r.reviewer, partition, offset),
             Verdict::Approve => {
                 if hold.approved_by.contains(&r.reviewer) {
                     return Applied::Ignored("this reviewer has already approved");
@@ -372,13 +428,7 @@ impl Queue {
                 }
                 hold.approved_by.push(r.reviewer.clone());
                 if hold.approved_by.len() >= usize::from(hold.required) {
-                    self.finish(
-                        &r.intent_id,
-                        Verdict::Approve,
-                        r.reviewer,
-                        partition,
-                        offset,
-                    )
+                    self.finish(&id, Verdict::Approve, r.reviewer, partition, offset)
                 } else {
                     Applied::Approved
                 }
@@ -388,13 +438,13 @@ impl Queue {
 
     fn finish(
         &mut self,
-        intent_id: &str,
+        id: &HoldId,
         verdict: Verdict,
         reviewer: String,
         partition: i32,
         offset: i64,
     ) -> Applied {
-        let hold = self.pending.remove(intent_id);
+        let hold = self.pending.remove(id);
         let hold_source = hold.as_ref().and_then(|h| match h.decision.source {
             Source::Kafka {
                 partition, offset, ..
@@ -402,7 +452,7 @@ impl Queue {
             Source::File { .. } => None,
         });
         self.end(
-            intent_id.to_owned(),
+            id.clone(),
             Final {
                 verdict,
                 reviewer,
@@ -415,11 +465,11 @@ impl Queue {
         Applied::Finished(verdict)
     }
 
-    /// Records how the review of `intent_id` ended; now and then, forgets reviews whose
-    /// partition has moved on past them (see `forget_after`): the map stays within about
-    /// twice what is live, for about two entries visited per review.
-    fn end(&mut self, intent_id: String, ended: Final) {
-        self.finished.insert(intent_id, ended);
+    /// Records how the review of `id` ended; now and then, forgets reviews whose partition
+    /// has moved on past them (see `forget_after`): the map stays within about twice what is
+    /// live, for about two entries visited per review.
+    fn end(&mut self, id: HoldId, ended: Final) {
+        self.finished.insert(id, ended);
         if self.finished.len() >= self.next_forget {
             let (watermarks, after) = (&self.watermarks, self.forget_after);
             self.finished
@@ -431,10 +481,14 @@ impl Queue {
         }
     }
 
-    /// The review record `reviewer` asks to publish, or why they may not.
+    /// The review record `reviewer` asks to publish, or why they may not. `seen`, when
+    /// given, is the hold decision record (partition, offset) the reviewer looked at: a hold
+    /// decided again since is refused, so that nobody approves what they did not see.
+    #[allow(clippy::too_many_arguments)]
     pub fn review(
         &self,
-        intent_id: &str,
+        id: &HoldId,
+        seen: Option<(i32, i64)>,
         reviewer: &str,
         role: Role,
         verdict: Verdict,
@@ -446,8 +500,15 @@ impl Queue {
         }
         let hold = self
             .pending
-            .get(intent_id)
-            .ok_or_else(|| Refusal::NotPending(intent_id.to_owned()))?;
+            .get(id)
+            .ok_or_else(|| Refusal::NotPending(id.clone()))?;
+        if seen.is_some_and(|s| s != (hold.partition, hold.offset)) {
+            return Err(Refusal::Changed {
+                id: id.clone(),
+                partition: hold.partition,
+                offset: hold.offset,
+            });
+        }
         if verdict == Verdict::Approve {
             if hold.decision.head.agent_id == reviewer {
                 return Err(Refusal::Proposer(reviewer.to_owned()));
@@ -461,9 +522,14 @@ impl Queue {
         Ok(record(hold, reviewer, verdict, comment, now))
     }
 
-    /// Reject records for every hold decided more than `expire_after` before `now`.
-    pub fn expired(&self, now: DateTime<Utc>, expire_after: TimeDelta) -> Vec<ReviewRecord> {
-        let mut out: Vec<ReviewRecord> = self
+    /// Reject records for every hold decided more than `expire_after` before `now`, with the
+    /// hold each is for.
+    pub fn expired(
+        &self,
+        now: DateTime<Utc>,
+        expire_after: TimeDelta,
+    ) -> Vec<(HoldId, ReviewRecord)> {
+        let mut out: Vec<(HoldId, ReviewRecord)> = self
             .pending
             .values()
             .filter(|h| h.expires_at(expire_after) <= now)
@@ -472,10 +538,13 @@ impl Queue {
                     "not reviewed within {}; rejected automatically",
                     human(expire_after)
                 );
-                record(h, EXPIRY_REVIEWER, Verdict::Reject, &comment, now)
+                (
+                    h.id.clone(),
+                    record(h, EXPIRY_REVIEWER, Verdict::Reject, &comment, now),
+                )
             })
             .collect();
-        out.sort_by(|a, b| a.intent_id.cmp(&b.intent_id));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 }
@@ -503,7 +572,8 @@ fn record(
     };
     ReviewRecord {
         stage: "review".to_owned(),
-        intent_id: d.head.intent_id.to_string(),
+        intent_id: hold.id.intent_id.clone(),
+        key: hold.id.key.clone(),
         agent_id: d.head.agent_id.to_string(),
         account_id: d.head.account_id.to_string(),
         action: d.head.action.to_string(),

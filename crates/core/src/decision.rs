@@ -168,7 +168,7 @@ impl Decision {
     pub fn is_system(&self) -> bool {
         self.reasons
             .first()
-            .is_some_and(|r| r.rule.starts_with("riskgate:"))
+            .is_some_and(|r| r.rule.starts_with(crate::engine::SYSTEM_RULE_PREFIX))
     }
 }
 

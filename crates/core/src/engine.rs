@@ -167,6 +167,10 @@ fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
 }
 
+/// What the rule id of a system decision's reason starts with (rule ids of rulesets cannot
+/// contain `:`).
+pub const SYSTEM_RULE_PREFIX: &str = "riskgate:";
+
 /// Why an intent is answered by riskgate itself, before any rule: a system decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SystemReason {
@@ -200,7 +204,7 @@ impl SystemReason {
 
     /// The reason without its `riskgate:` prefix (a metric label).
     pub fn as_str(self) -> &'static str {
-        &self.rule()["riskgate:".len()..]
+        &self.rule()[SYSTEM_RULE_PREFIX.len()..]
     }
 }
 

@@ -121,6 +121,22 @@ pub fn hostile() -> String {
     .to_string()
 }
 
+/// The API path of the hold of `intent_id` keyed `key`: `/api/holds/{key}/{intent_id}`, each
+/// segment percent-encoded.
+pub fn hold_path(key: &str, intent_id: &str) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    format!("/api/holds/{}/{}", enc(key), enc(intent_id))
+}
+
 pub struct Stack {
     pub broker: Broker,
     pub topics: Topics,
@@ -258,12 +274,20 @@ impl Review {
         self.request("GET", path, &[("Cookie", &s.cookie)], None)
     }
 
-    /// Approves or rejects with `session`'s cookie and CSRF token.
-    pub fn review(&self, s: &Session, intent_id: &str, verdict: &str, comment: &str) -> Response {
+    /// Approves or rejects the hold of `intent_id` keyed `key` (its account) with `session`'s
+    /// cookie and CSRF token.
+    pub fn review(
+        &self,
+        s: &Session,
+        key: &str,
+        intent_id: &str,
+        verdict: &str,
+        comment: &str,
+    ) -> Response {
         let body = serde_json::json!({"comment": comment}).to_string();
         self.request(
             "POST",
-            &format!("/api/holds/{intent_id}/{verdict}"),
+            &format!("{}/{verdict}", hold_path(key, intent_id)),
             &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
             Some(&body),
         )

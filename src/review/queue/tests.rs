@@ -24,6 +24,11 @@ fn engine() -> Engine {
     Engine::new(Arc::new(rs), EngineOptions::default())
 }
 
+/// The id of the hold of intent `intent_id` of `acct-1`, the account of these tests.
+fn held(intent_id: &str) -> HoldId {
+    HoldId::new("acct-1", intent_id)
+}
+
 fn at(text: &str) -> DateTime<Utc> {
     text.parse().unwrap()
 }
@@ -82,9 +87,14 @@ impl Log {
     }
 
     fn push(&mut self, payload: &[u8]) -> Applied {
+        self.push_keyed("acct-1", payload)
+    }
+
+    /// Appends a record keyed `key` (the partition-key value of its intent).
+    fn push_keyed(&mut self, key: &str, payload: &[u8]) -> Applied {
         self.offset += 1;
         self.queue
-            .apply(0, self.offset, Some(b"acct-1"), payload, 65536)
+            .apply(0, self.offset, Some(key.as_bytes()), payload, 65536)
             .unwrap()
     }
 
@@ -95,9 +105,15 @@ impl Log {
         verdict: Verdict,
         now: &str,
     ) -> Result<Applied, Refusal> {
-        let r = self
-            .queue
-            .review(id, who, Role::Approver, verdict, "checked", at(now))?;
+        let r = self.queue.review(
+            &held(id),
+            None,
+            who,
+            Role::Approver,
+            verdict,
+            "checked",
+            at(now),
+        )?;
         Ok(self.push(&r.to_json()))
     }
 }
@@ -117,7 +133,7 @@ fn holds_enter_the_queue_and_other_decisions_do_not() {
         Applied::Held
     );
     assert_eq!(log.queue.len(), 1);
-    let h = log.queue.get("big").unwrap();
+    let h = log.queue.get(&held("big")).unwrap();
     assert_eq!(
         (h.required, h.decision.head.amount),
         (1, Some(Decimal::new(20000, 0)))
@@ -150,7 +166,15 @@ fn one_approval_releases_an_ordinary_hold() {
     log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
     let r = log
         .queue
-        .review("i", "alice", Role::Approver, Verdict::Approve, "", at(T0))
+        .review(
+            &held("i"),
+            None,
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0),
+        )
         .unwrap();
     assert_eq!(
         (r.decision, r.is_final, r.stage.as_str()),
@@ -159,7 +183,7 @@ fn one_approval_releases_an_ordinary_hold() {
     assert_eq!(r.hold.offset, 1);
     assert_eq!(log.push(&r.to_json()), Applied::Finished(Verdict::Approve));
     assert!(log.queue.is_empty());
-    let f = log.queue.finished("i").unwrap();
+    let f = log.queue.finished(&held("i")).unwrap();
     assert_eq!((f.reviewer.as_str(), f.offset), ("alice", 2));
     // A duplicate of the decision arriving later does not bring the hold back.
     assert_eq!(
@@ -174,18 +198,33 @@ fn two_approval_holds_need_two_different_approvers() {
     let mut e = engine();
     let mut log = Log::new();
     log.push(&decided(&mut e, "p", "bot", "payout", "60000", T0));
-    assert_eq!(log.queue.get("p").unwrap().required, 2);
+    assert_eq!(log.queue.get(&held("p")).unwrap().required, 2);
     let first = log
         .queue
-        .review("p", "alice", Role::Approver, Verdict::Approve, "", at(T0))
+        .review(
+            &held("p"),
+            None,
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0),
+        )
         .unwrap();
     assert_eq!((first.decision, first.is_final), (Outcome::Hold, false));
     assert_eq!(log.push(&first.to_json()), Applied::Approved);
-    assert_eq!(log.queue.get("p").unwrap().approved_by, ["alice"]);
+    assert_eq!(log.queue.get(&held("p")).unwrap().approved_by, ["alice"]);
     // Alice again: refused before publishing, and a record of it changes nothing.
     assert_eq!(
-        log.queue
-            .review("p", "alice", Role::Approver, Verdict::Approve, "", at(T0)),
+        log.queue.review(
+            &held("p"),
+            None,
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0)
+        ),
         Err(Refusal::AlreadyApproved("alice".to_owned()))
     );
     assert_eq!(
@@ -209,11 +248,27 @@ fn two_instances_racing_each_with_one_approval_still_release() {
     log.push(&decided(&mut e, "p", "bot", "payout", "60000", T0));
     let a = log
         .queue
-        .review("p", "alice", Role::Approver, Verdict::Approve, "", at(T0))
+        .review(
+            &held("p"),
+            None,
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0),
+        )
         .unwrap();
     let b = log
         .queue
-        .review("p", "bob", Role::Approver, Verdict::Approve, "", at(T0))
+        .review(
+            &held("p"),
+            None,
+            "bob",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0),
+        )
         .unwrap();
     assert!(!a.is_final && !b.is_final);
     assert_eq!(log.push(&a.to_json()), Applied::Approved);
@@ -227,11 +282,27 @@ fn the_first_final_record_wins() {
     log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
     let approve = log
         .queue
-        .review("i", "alice", Role::Approver, Verdict::Approve, "", at(T0))
+        .review(
+            &held("i"),
+            None,
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0),
+        )
         .unwrap();
     let reject = log
         .queue
-        .review("i", "bob", Role::Approver, Verdict::Reject, "no", at(T0))
+        .review(
+            &held("i"),
+            None,
+            "bob",
+            Role::Approver,
+            Verdict::Reject,
+            "no",
+            at(T0),
+        )
         .unwrap();
     assert_eq!(
         log.push(&reject.to_json()),
@@ -241,7 +312,10 @@ fn the_first_final_record_wins() {
         log.push(&approve.to_json()),
         Applied::Ignored("the review of this intent has already ended")
     );
-    assert_eq!(log.queue.finished("i").unwrap().verdict, Verdict::Reject);
+    assert_eq!(
+        log.queue.finished(&held("i")).unwrap().verdict,
+        Verdict::Reject
+    );
 }
 
 #[test]
@@ -259,16 +333,33 @@ fn refusals_say_who_and_why() {
     let q = &log.queue;
     let now = at(T0);
     assert_eq!(
-        q.review("i", "vera", Role::Viewer, Verdict::Approve, "", now),
-        Err(Refusal::Viewer)
-    );
-    assert_eq!(
-        q.review("i", "vera", Role::Viewer, Verdict::Reject, "x", now),
+        q.review(
+            &held("i"),
+            None,
+            "vera",
+            Role::Viewer,
+            Verdict::Approve,
+            "",
+            now
+        ),
         Err(Refusal::Viewer)
     );
     assert_eq!(
         q.review(
-            "i",
+            &held("i"),
+            None,
+            "vera",
+            Role::Viewer,
+            Verdict::Reject,
+            "x",
+            now
+        ),
+        Err(Refusal::Viewer)
+    );
+    assert_eq!(
+        q.review(
+            &held("i"),
+            None,
             "procurement-bot",
             Role::Approver,
             Verdict::Approve,
@@ -278,16 +369,40 @@ fn refusals_say_who_and_why() {
         Err(Refusal::Proposer("procurement-bot".to_owned()))
     );
     assert_eq!(
-        q.review("nope", "alice", Role::Approver, Verdict::Approve, "", now),
-        Err(Refusal::NotPending("nope".to_owned()))
+        q.review(
+            &held("nope"),
+            None,
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            now
+        ),
+        Err(Refusal::NotPending(held("nope")))
     );
     assert_eq!(
-        q.review("i", "alice", Role::Approver, Verdict::Reject, "  ", now),
+        q.review(
+            &held("i"),
+            None,
+            "alice",
+            Role::Approver,
+            Verdict::Reject,
+            "  ",
+            now
+        ),
         Err(Refusal::NoComment)
     );
     // A proposer's approval written by some other means does not count either.
     let mut forged = q
-        .review("i", "alice", Role::Approver, Verdict::Approve, "", now)
+        .review(
+            &held("i"),
+            None,
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            now,
+        )
         .unwrap();
     forged.reviewer = "procurement-bot".to_owned();
     assert_eq!(
@@ -324,7 +439,8 @@ fn holds_expire_to_a_reject_by_the_system() {
         .is_empty());
     let expired = log.queue.expired(at("2026-11-28T11:30:00Z"), ttl);
     assert_eq!(expired.len(), 1);
-    let r = &expired[0];
+    let (id, r) = &expired[0];
+    assert_eq!(id, &held("old"));
     assert_eq!(
         (
             r.intent_id.as_str(),
@@ -440,7 +556,7 @@ fn an_ended_review_ignores_copies_and_duplicates_of_its_hold_but_not_a_new_propo
     let hold = decided_from(&mut e, 3, "i", "bot", "transfer", "20000", T0);
     assert_eq!(log.push(&hold), Applied::Held);
     log.review("i", "alice", Verdict::Reject, T0).unwrap();
-    assert!(log.queue.finished("i").is_some());
+    assert!(log.queue.finished(&held("i")).is_some());
     // The same record again (an aborted transaction's copy, then the committed one), and a
     // decision of the id from an earlier source.
     assert!(matches!(log.push(&hold), Applied::Ignored(_)));
@@ -463,9 +579,9 @@ fn an_ended_review_ignores_copies_and_duplicates_of_its_hold_but_not_a_new_propo
         "2026-11-30T10:00:00Z",
     );
     assert_eq!(log.push(&again), Applied::Held);
-    assert!(log.queue.finished("i").is_none());
+    assert!(log.queue.finished(&held("i")).is_none());
     assert_eq!(
-        log.queue.get("i").map(|h| h.decision.source.clone()),
+        log.queue.get(&held("i")).map(|h| h.decision.source.clone()),
         Some(Source::Kafka {
             topic: Arc::from("intents"),
             partition: 0,
@@ -493,7 +609,7 @@ fn ended_reviews_are_forgotten_two_duplicate_horizons_later() {
             ));
             log.review(&id, "alice", Verdict::Reject, now).unwrap();
         }
-        log.queue.finished("h0").is_some()
+        log.queue.finished(&held("h0")).is_some()
     };
     // More ended reviews than are kept before a sweep, all on the first day.
     let n = 1_100;
@@ -508,6 +624,196 @@ fn ended_reviews_are_forgotten_two_duplicate_horizons_later() {
         !end_reviews("m", 20_000, 2 * n, "2026-11-30T11:00:00Z"),
         "49 hours on: forgotten"
     );
-    assert!(log.queue.finished("k0").is_some());
-    assert!(log.queue.finished(&format!("m{}", 2 * n - 1)).is_some());
+    assert!(log.queue.finished(&held("k0")).is_some());
+    assert!(log
+        .queue
+        .finished(&held(&format!("m{}", 2 * n - 1)))
+        .is_some());
+}
+
+/// The record the engine writes for a 20,000 EUR transfer `id` of `account` (held by
+/// `large-transfer`), through `Engine::process` as the service calls it, keyed by account.
+fn processed(
+    e: &mut Engine,
+    offset: i64,
+    id: &str,
+    account: &str,
+    amount: &str,
+    now: &str,
+) -> Vec<u8> {
+    let json = format!(
+        r#"{{"intent_id":"{id}","agent_id":"bot","account_id":"{account}","action":"transfer","amount":"{amount}","currency":"EUR","created_at":"{now}"}}"#
+    );
+    let source = Source::Kafka {
+        topic: Arc::from("intents"),
+        partition: 0,
+        offset,
+    };
+    match e.process(
+        json.as_bytes(),
+        65536,
+        riskgate_core::engine::RecordKey::Kafka(Some(account.as_bytes())),
+        source,
+        riskgate_core::engine::Clock::At(at(now)),
+    ) {
+        riskgate_core::engine::Processed::Decided(d) => {
+            let mut out = Vec::new();
+            d.write_json(&mut out, Some(json.as_bytes()));
+            out
+        }
+        riskgate_core::engine::Processed::Invalid(l) => panic!("{l:?}"),
+    }
+}
+
+#[test]
+fn one_intent_id_in_two_accounts_is_two_holds_each_reviewed_on_its_own() {
+    let mut e = engine();
+    let mut log = Log::new();
+    let a = processed(&mut e, 1, "inv-7", "acct-1", "20000", T0);
+    let b = processed(&mut e, 2, "inv-7", "acct-2", "30000", T0);
+    assert_eq!(log.push_keyed("acct-1", &a), Applied::Held);
+    assert_eq!(log.push_keyed("acct-2", &b), Applied::Held);
+    assert_eq!(log.queue.len(), 2, "two holds, not one replacing the other");
+    let one = HoldId::new("acct-1", "inv-7");
+    let two = HoldId::new("acct-2", "inv-7");
+    assert_eq!(
+        log.queue.get(&two).unwrap().decision.head.amount,
+        Some(Decimal::new(30000, 0))
+    );
+
+    // Approving acct-2's releases acct-2's only, and the record says which.
+    let r = log
+        .queue
+        .review(
+            &two,
+            None,
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.key.as_str(), r.account_id.as_str(), r.amount.as_deref()),
+        ("acct-2", "acct-2", Some("30000"))
+    );
+    assert_eq!(
+        log.push_keyed("acct-2", &r.to_json()),
+        Applied::Finished(Verdict::Approve)
+    );
+    assert!(log.queue.get(&two).is_none() && log.queue.finished(&two).is_some());
+    assert!(log.queue.get(&one).is_some() && log.queue.finished(&one).is_none());
+
+    // A review record of acct-1's hold that is keyed otherwise than it says is ignored.
+    let mut misfiled = log
+        .queue
+        .review(
+            &one,
+            None,
+            "bob",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0),
+        )
+        .unwrap();
+    assert_eq!(
+        log.push_keyed("acct-2", &misfiled.to_json()),
+        Applied::Ignored("a review record whose `key` is not its record's key")
+    );
+    assert!(log.queue.get(&one).is_some());
+    misfiled.key.clear();
+    // Without the field (a record from before it existed), the record key says which hold.
+    assert_eq!(
+        log.push_keyed("acct-1", &misfiled.to_json()),
+        Applied::Finished(Verdict::Approve)
+    );
+    assert!(log.queue.is_empty());
+}
+
+#[test]
+fn system_decisions_for_a_held_id_leave_the_hold_alone() {
+    let mut e = engine();
+    let mut log = Log::new();
+    assert_eq!(
+        log.push_keyed("acct-1", &processed(&mut e, 1, "i", "acct-1", "20000", T0)),
+        Applied::Held
+    );
+    // The same id with another amount: a conflict, denied; not the held intent.
+    let conflict = processed(&mut e, 2, "i", "acct-1", "20001", T0);
+    assert!(String::from_utf8_lossy(&conflict).contains("riskgate:conflict"));
+    assert_eq!(
+        log.push_keyed("acct-1", &conflict),
+        Applied::Ignored("a system decision")
+    );
+    // A later intent moves the watermark on; the held one re-sent three days later is stale.
+    processed(&mut e, 3, "later", "acct-9", "1", "2026-12-01T10:00:00Z");
+    let stale = processed(&mut e, 4, "i", "acct-1", "20000", T0);
+    assert!(String::from_utf8_lossy(&stale).contains("riskgate:stale"));
+    assert_eq!(
+        log.push_keyed("acct-1", &stale),
+        Applied::Ignored("a system decision")
+    );
+    assert_eq!(log.queue.len(), 1);
+    // The hold is still reviewable, by its record.
+    let id = held("i");
+    let h = log.queue.get(&id).unwrap();
+    let seen = (h.partition, h.offset);
+    assert!(log
+        .queue
+        .review(
+            &id,
+            Some(seen),
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0)
+        )
+        .is_ok());
+}
+
+#[test]
+fn a_review_of_a_hold_decided_again_since_it_was_seen_is_refused() {
+    let mut e = engine();
+    let mut log = Log::new();
+    let first = processed(&mut e, 1, "i", "acct-1", "20000", T0);
+    log.push(&first);
+    let id = held("i");
+    let seen = (0, log.queue.get(&id).unwrap().offset);
+    // The same intent again (a duplicate re-emits the hold at a later record).
+    let again = processed(&mut e, 2, "i", "acct-1", "20000", T0);
+    assert!(String::from_utf8_lossy(&again).contains(r#""duplicate":true"#));
+    assert_eq!(log.push(&again), Applied::Held);
+    let now = log.queue.get(&id).unwrap().offset;
+    assert_ne!(now, seen.1);
+    assert_eq!(
+        log.queue.review(
+            &id,
+            Some(seen),
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0)
+        ),
+        Err(Refusal::Changed {
+            id: id.clone(),
+            partition: 0,
+            offset: now
+        })
+    );
+    assert!(log
+        .queue
+        .review(
+            &id,
+            Some((0, now)),
+            "alice",
+            Role::Approver,
+            Verdict::Approve,
+            "",
+            at(T0)
+        )
+        .is_ok());
 }

@@ -22,7 +22,8 @@
     reloadQueued: false, // another list fetch was asked for meanwhile
     ageCells: [],       // [{cell, base}]: base is age_seconds at fetch time
     fetchedAt: 0,       // performance.now() when the list was fetched
-    selectedId: null,   // intent shown in the detail panel
+    selectedId: null,   // ref (holdRef) of the hold shown in the detail panel
+    record: null,       // {partition, offset} of the shown hold's decision record
     detailSeq: 0,       // bumped on every detail fetch, to drop stale answers
     detailLoading: false, // the first read of the chosen hold is in flight
     detailGone: false,  // the shown hold answered 404
@@ -156,10 +157,27 @@
     throw err;
   }
 
+  /**
+   * A hold is named by its partition-key value and its intent id (the scope of idempotency:
+   * one intent id may be held in two accounts). `ref` is that pair as one opaque string.
+   */
+  function holdRef(h) { return JSON.stringify([str(h.key), str(h.intent_id)]); }
+  function refParts(ref) {
+    const p = JSON.parse(ref);
+    return { key: str(p[0]), id: str(p[1]) };
+  }
+  /** How a hold is named to people: "intent id (key)". */
+  function holdLabel(ref) {
+    const { key, id } = refParts(ref);
+    return key ? id + " (" + key + ")" : id;
+  }
+
   /** Path of one hold; "." and ".." cannot be a path segment, so they are refused. */
-  function holdPath(id, suffix) {
-    if (!id || id === "." || id === "..") throw new ApiError(0, "bad_id", "This intent id cannot be addressed.");
-    return "/api/holds/" + encodeURIComponent(id) + (suffix || "");
+  function holdPath(ref, suffix) {
+    const { key, id } = refParts(ref);
+    const bad = (s) => !s || s === "." || s === "..";
+    if (bad(key) || bad(id)) throw new ApiError(0, "bad_id", "This hold cannot be addressed.");
+    return "/api/holds/" + encodeURIComponent(key) + "/" + encodeURIComponent(id) + (suffix || "");
   }
 
   /** Reports a failed call in `where` unless the 401 handler already took over. */
@@ -262,7 +280,7 @@
     const body = $("holds-body");
     const focused = document.activeElement && document.activeElement.closest
       ? document.activeElement.closest("#holds-body tr[data-intent-id]") : null;
-    const focusedId = focused ? focused.dataset.intentId : null;
+    const focusedId = focused ? focused.dataset.ref : null;
 
     state.ageCells = [];
     state.fetchedAt = performance.now();
@@ -286,21 +304,23 @@
     }
     // If the open hold left the list or its approvals changed, re-read it (404 = gone).
     if (state.selectedId !== null && !state.detailLoading && !state.busy) {
-      const h = holds.find((x) => obj(x).intent_id === state.selectedId);
+      const h = holds.find((x) => holdRef(obj(x)) === state.selectedId);
       const changed = h ? JSON.stringify(obj(h).approvals || null) !== state.approvalsKey : !state.detailGone;
       if (changed) openDetail(state.selectedId, { refresh: true });
     }
   }
 
   function rowFor(id) {
-    return Array.from($("holds-body").rows).find((r) => r.dataset.intentId === id) || null;
+    return Array.from($("holds-body").rows).find((r) => r.dataset.ref === id) || null;
   }
 
   function holdRow(h) {
-    const id = str(h.intent_id);
+    const ref = holdRef(h);
     const tr = el("tr", { class: "hold-row", tabindex: 0 });
-    tr.dataset.intentId = id;
-    if (id === state.selectedId) markRow(tr, true);
+    tr.dataset.intentId = str(h.intent_id);
+    tr.dataset.key = str(h.key);
+    tr.dataset.ref = ref;
+    if (ref === state.selectedId) markRow(tr, true);
 
     const age = el("td", { class: "age" });
     state.ageCells.push({ cell: age, base: baseAge(h) });
@@ -395,8 +415,9 @@
       state.detailGone = false;
       state.approvals = null;
       state.approvalsKey = "";
-      for (const r of $("holds-body").rows) markRow(r, r.dataset.intentId === id);
-      $("detail-title").textContent = "Hold " + id;
+      state.record = null;
+      for (const r of $("holds-body").rows) markRow(r, r.dataset.ref === id);
+      $("detail-title").textContent = "Hold " + holdLabel(id);
       clear($("detail-body"));
       $("intent-json").textContent = "";
       $("comment").value = "";
@@ -422,9 +443,9 @@
         state.detailGone = true;
         state.approvals = null;
         updateActions(null);
-        setDetailStatus(err.message || id + " is no longer pending.");
+        setDetailStatus(err.message || holdLabel(id) + " is no longer pending.");
       } else {
-        report(err, "Could not load " + id, setDetailStatus);
+        report(err, "Could not load " + holdLabel(id), setDetailStatus);
       }
     }
   }
@@ -436,6 +457,7 @@
     state.detailLoading = state.detailGone = false;
     state.approvals = null;
     state.approvalsKey = "";
+    state.record = null;
     $("detail").hidden = true;
     $("panes").classList.remove("with-detail");
     clear($("detail-body"));
@@ -451,7 +473,10 @@
     const pick = (k) => (hold[k] !== undefined ? hold[k] : intent[k]);
     const cp = obj(hold.counterparty || intent.counterparty);
     const src = obj(dec.source);      // where the intent was read from
-    const rec = obj(hold.source);     // where the hold decision is on the decisions topic
+    const rec = obj(hold.record);     // where the hold decision is on the decisions topic
+    // Sent back with a review, so that it answers the very decision shown (409 otherwise).
+    state.record = Number.isInteger(rec.partition) && Number.isInteger(rec.offset)
+      ? { partition: rec.partition, offset: rec.offset } : null;
     const a = obj(hold.approvals);
     state.approvals = a;
     state.approvalsKey = JSON.stringify(hold.approvals || null);
@@ -569,7 +594,9 @@
     $("approve").disabled = $("reject").disabled = true;
     setDetailStatus(kind === "approve" ? "Approving…" : "Rejecting…");
     try {
-      const data = obj(await api("POST", holdPath(id, "/" + kind), comment ? { comment } : {}));
+      const body = comment ? { comment } : {};
+      if (state.record) body.record = state.record;
+      const data = obj(await api("POST", holdPath(id, "/" + kind), body));
       state.busy = false;
       // `final`: this review ended the hold (approved and released, or rejected).
       // Without it, released=false means the approval still needs another approver.
@@ -581,11 +608,11 @@
           setDetailStatus(msg);
           openDetail(id, { refresh: true });
         } else {
-          setStatus(msg + " (" + id + ")");
+          setStatus(msg + " (" + holdLabel(id) + ")");
         }
       } else {
         if (state.selectedId === id) closeDetail(true);
-        setStatus((kind === "approve" ? "Approved " : "Rejected ") + id);
+        setStatus((kind === "approve" ? "Approved " : "Rejected ") + holdLabel(id));
       }
       loadHolds();
     } catch (err) {
@@ -595,7 +622,7 @@
         if (err.status === 404 || err.status === 409) openDetail(id, { refresh: true });
         else updateActions(state.detailGone ? null : state.approvals);
       } else {
-        report(err, "Could not " + kind + " " + id);
+        report(err, "Could not " + kind + " " + holdLabel(id));
       }
       if (err.status === 404 || err.status === 409) loadHolds();
     }
@@ -662,13 +689,13 @@
     if (ev.type === "click") {
       const sel = window.getSelection && window.getSelection();
       if (sel && !sel.isCollapsed && tr.contains(sel.anchorNode)) return; // the user is copying text
-      openDetail(tr.dataset.intentId, { focus: true });
+      openDetail(tr.dataset.ref, { focus: true });
       return;
     }
     if (ev.target !== tr) return;
     if (ev.key === "Enter" || ev.key === " ") {
       ev.preventDefault();
-      openDetail(tr.dataset.intentId, { focus: true });
+      openDetail(tr.dataset.ref, { focus: true });
     } else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
       const next = ev.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling;
       if (next && next.dataset.intentId !== undefined) { ev.preventDefault(); next.focus(); }

@@ -274,6 +274,15 @@ pub struct RecordHead<'a> {
     pub duplicate: bool,
     #[serde(default)]
     source: Option<SourceRef>,
+    #[serde(default, borrow)]
+    reasons: Vec<ReasonRule<'a>>,
+}
+
+/// A reason's rule id, as far as telling system decisions apart needs.
+#[derive(Debug, Deserialize)]
+struct ReasonRule<'a> {
+    #[serde(borrow)]
+    rule: std::borrow::Cow<'a, str>,
 }
 
 /// Where a decision's intent came from, as far as telling two proposals apart needs.
@@ -288,6 +297,15 @@ impl RecordHead<'_> {
     pub fn source_position(&self) -> Option<(i32, i64)> {
         let s = self.source.as_ref()?;
         Some((s.partition?, s.offset?))
+    }
+
+    /// Whether this is a system decision (a reason of rule id `riskgate:*`: misrouted, stale,
+    /// future, conflict): the engine ran no rule, and the intent it answers is not the one a
+    /// hold of the same id decided.
+    pub fn is_system(&self) -> bool {
+        self.reasons
+            .iter()
+            .any(|r| r.rule.starts_with(crate::engine::SYSTEM_RULE_PREFIX))
     }
 }
 

@@ -46,6 +46,11 @@ pub struct ReviewRecord {
     /// Always `"review"`.
     pub stage: String,
     pub intent_id: String,
+    /// The hold's partition-key value (its record key): with `intent_id`, what the review is
+    /// of, since intent ids are unique per partition-key value only. Records written before
+    /// it existed have none; their record key says the same.
+    #[serde(default)]
+    pub key: String,
     pub agent_id: String,
     pub account_id: String,
     pub action: String,

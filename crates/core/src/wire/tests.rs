@@ -204,6 +204,7 @@ fn a_review_record_is_pinned_and_reads_back_whole() {
     let record = ReviewRecord {
         stage: "review".to_owned(),
         intent_id: "i-42".to_owned(),
+        key: "acct-7".to_owned(),
         agent_id: "procurement-bot".to_owned(),
         account_id: "acct-7".to_owned(),
         action: "transfer".to_owned(),
