@@ -58,11 +58,12 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     let assigned = health.assigned.load(Ordering::Relaxed);
     let broker = health.broker_up.load(Ordering::Relaxed);
     let body = format!(
-        "{{\"ready\":{},\"assigned\":{assigned},\"partitions\":{},\"restoring\":{restoring},\"broker_reachable\":{broker},\"leaderless_partitions\":{},\"stalled\":{}}}\n",
+        "{{\"ready\":{},\"assigned\":{assigned},\"partitions\":{},\"restoring\":{restoring},\"broker_reachable\":{broker},\"leaderless_partitions\":{},\"stalled\":{},\"unproducible_partitions\":{}}}\n",
         health.ready(),
         health.partitions.load(Ordering::Relaxed),
         health.leaderless(),
         health.stalled(),
+        health.unproducible.load(Ordering::Relaxed),
     );
     let status = if health.ready() {
         StatusCode::OK

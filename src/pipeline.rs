@@ -81,6 +81,9 @@ pub struct Health {
     /// When the loop entered a blocking broker call it has not returned from (a
     /// transaction's commit or abort), in milliseconds since the Unix epoch; 0: none.
     pub blocked_since_ms: AtomicU64,
+    /// Assigned partitions held up by a record the broker keeps refusing (see
+    /// [`Unproducible`]).
+    pub unproducible: AtomicUsize,
 }
 
 /// A blocking broker call that lasts longer than this makes the service not ready: a commit
@@ -107,6 +110,7 @@ impl Health {
             && self.broker_up.load(Ordering::Relaxed)
             && self.leaderless() == 0
             && !self.stalled()
+            && self.unproducible.load(Ordering::Relaxed) == 0
     }
 
     /// Whether a blocking broker call has been waiting for longer than [`STALL`].
@@ -152,10 +156,32 @@ fn leaderless(stats: &rdkafka::Statistics, topic: &str, assigned_only: bool) -> 
         .count()
 }
 
-/// The producer's context: its statistics say which output partitions lack a leader.
+/// The producer's context: its statistics say which output partitions lack a leader, and
+/// its delivery reports which intent's output the broker refused.
 struct ProducerCtx {
     health: Arc<Health>,
     topics: [String; 2],
+    /// The first refused output of each intents partition in the open transaction: the
+    /// intent's offset and the broker's error. Taken after every abort.
+    refused: Mutex<HashMap<i32, (i64, String)>>,
+}
+
+/// What a produced record answers, as its delivery opaque: the intent's partition and offset
+/// packed in one word (no allocation per record): partitions below 65,535, offsets below
+/// 2^48. Out of range, `usize::MAX`: not attributed.
+fn source_tag(partition: i32, offset: i64) -> usize {
+    const _: () = assert!(usize::BITS >= 64, "a source tag needs a 64-bit usize");
+    match (u16::try_from(partition), u64::try_from(offset)) {
+        (Ok(p), Ok(o)) if p < u16::MAX && o < 1 << 48 => ((u64::from(p) << 48) | o) as usize,
+        _ => usize::MAX,
+    }
+}
+
+fn untag_source(tag: usize) -> Option<(i32, i64)> {
+    (tag != usize::MAX).then(|| {
+        let tag = tag as u64;
+        ((tag >> 48) as i32, (tag & ((1 << 48) - 1)) as i64)
+    })
 }
 
 impl ClientContext for ProducerCtx {
@@ -170,9 +196,27 @@ impl ClientContext for ProducerCtx {
 }
 
 impl rdkafka::producer::ProducerContext for ProducerCtx {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, tag: usize) {
+        let Err((e, _)) = result else {
+            return;
+        };
+        // Records purged by an abort did nothing wrong.
+        if matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+        ) {
+            return;
+        }
+        if let Some((p, offset)) = untag_source(tag) {
+            self.refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(p)
+                .or_insert_with(|| (offset, e.to_string()));
+        }
+    }
 }
 
 pub(crate) fn engine_options(config: &Config) -> EngineOptions {
@@ -202,6 +246,7 @@ fn transactional_producer(
         .create_with_context(ProducerCtx {
             health: health.clone(),
             topics: [k.decisions_topic.clone(), k.dead_letter_topic.clone()],
+            refused: Mutex::new(HashMap::new()),
         })
         .map_err(Error::kafka("create the producer"))
 }
@@ -350,6 +395,16 @@ fn lock(worker: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
     worker.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn lock_refused(
+    producer: &BaseProducer<ProducerCtx>,
+) -> MutexGuard<'_, HashMap<i32, (i64, String)>> {
+    producer
+        .context()
+        .refused
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Checks the topics, creating them when configured to; waits while the broker is down.
 fn wait_for_topics(
     config: &Config,
@@ -479,8 +534,12 @@ impl ConsumerContext for Ctx {
                     if matches!(part.state, State::Restoring { .. }) {
                         w.health.restoring.fetch_sub(1, Ordering::Relaxed);
                     }
+                    if part.unproducible.is_some_and(|u| u.held_up()) {
+                        events::UnproducibleDropped { partition: *p }.emit();
+                    }
                 }
             }
+            w.count_unproducible();
             w.health.assigned.store(false, Ordering::Relaxed);
             w.health
                 .partitions
@@ -543,6 +602,31 @@ struct Partition {
     /// The intents decided in the open transaction: decided again after an abort, so that
     /// the consumer never has to seek back.
     pending: Vec<OwnedMessage>,
+    /// An intent whose output the broker refused, until it is committed.
+    unproducible: Option<Unproducible>,
+}
+
+/// Aborts in a row caused by one intent's refused output before its partition counts as held
+/// up: it is then no longer retried at once but after a pause that doubles each time.
+const UNPRODUCIBLE_AFTER: u32 = 3;
+const UNPRODUCIBLE_FIRST_PAUSE: Duration = Duration::from_secs(1);
+const UNPRODUCIBLE_MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// An intent whose decision or dead letter the broker refused (a record larger than the
+/// topic's `max.message.bytes`, a topic the producer may not write, ...), across the aborts
+/// it caused. Its partition cannot move past it without losing it, so it waits, not ready,
+/// and tries again with backoff: the other partitions go on.
+struct Unproducible {
+    offset: i64,
+    aborts: u32,
+    /// Not restored (and so not tried again) before this.
+    retry_at: Option<Instant>,
+}
+
+impl Unproducible {
+    fn held_up(&self) -> bool {
+        self.aborts >= UNPRODUCIBLE_AFTER
+    }
 }
 
 /// The open transaction.
@@ -607,6 +691,7 @@ impl Worker {
                         committed: None,
                         next: None,
                         pending: Vec::new(),
+                        unproducible: None,
                     },
                 );
             }
@@ -616,10 +701,17 @@ impl Worker {
     /// Starts the restores that are waiting: asks the group for committed offsets where they
     /// are not known, then restores on helper threads.
     fn start_restores(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
+        let now = Instant::now();
         let waiting: Vec<i32> = self
             .partitions
             .iter()
             .filter(|(_, part)| matches!(part.state, State::Restoring { started: false, .. }))
+            .filter(|(_, part)| {
+                part.unproducible
+                    .as_ref()
+                    .and_then(|u| u.retry_at)
+                    .is_none_or(|at| at <= now)
+            })
             .map(|(p, _)| *p)
             .collect();
         if waiting.is_empty() {
@@ -851,7 +943,7 @@ impl Worker {
         };
         part.committed = part.committed.or(Some(offset));
         part.next = Some(offset + 1);
-        let mut record = BaseRecord::to(topic)
+        let mut record = BaseRecord::with_opaque_to(topic, source_tag(p, offset))
             .partition(partition)
             .payload(&self.out[..]);
         if let Some(key) = m.key() {
@@ -873,7 +965,10 @@ impl Worker {
             txn.records += 1;
         }
         if let Err(e) = sent {
-            tracing::warn!(error = %e, "cannot produce; aborting the transaction");
+            tracing::warn!(error = %e, partition = p, offset, "cannot produce; aborting the transaction");
+            lock_refused(&self.producer)
+                .entry(p)
+                .or_insert_with(|| (offset, e.to_string()));
             return self.abort_and_redo(consumer);
         }
         Ok(())
@@ -899,6 +994,10 @@ impl Worker {
         }
         let mut offsets = TopicPartitionList::new();
         for (p, part) in &self.partitions {
+            // Only a partition deciding has decided anything since the last commit.
+            if !matches!(part.state, State::Ready(_)) {
+                continue;
+            }
             if let (Some(next), true) = (part.next, part.next != part.committed) {
                 offsets
                     .add_partition_offset(
@@ -947,10 +1046,22 @@ impl Worker {
                         commit: commit_started.elapsed(),
                     }
                     .emit();
-                    for part in self.partitions.values_mut() {
+                    for (p, part) in &mut self.partitions {
                         part.committed = part.next;
                         part.pending.clear();
+                        if let Some(u) = part
+                            .unproducible
+                            .take_if(|u| part.committed.is_some_and(|c| c > u.offset))
+                        {
+                            events::RecordProduced {
+                                partition: *p,
+                                offset: u.offset,
+                                aborts: u.aborts,
+                            }
+                            .emit();
+                        }
                     }
+                    self.count_unproducible();
                     self.txn = None;
                     return Ok(());
                 }
@@ -1115,11 +1226,46 @@ impl Worker {
     /// commit, and queues its intents to be decided again.
     fn redo_aborted(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), Error> {
         self.txn = None;
+        let refused = std::mem::take(&mut *lock_refused(&self.producer));
+        for (p, (offset, error)) in refused {
+            let Some(part) = self.partitions.get_mut(&p) else {
+                continue;
+            };
+            let u = match &mut part.unproducible {
+                Some(u) if u.offset == offset => u,
+                u => u.insert(Unproducible {
+                    offset,
+                    aborts: 0,
+                    retry_at: None,
+                }),
+            };
+            u.aborts += 1;
+            if u.held_up() {
+                let pause = UNPRODUCIBLE_FIRST_PAUSE
+                    .saturating_mul(1 << (u.aborts - UNPRODUCIBLE_AFTER).min(16))
+                    .min(UNPRODUCIBLE_MAX_PAUSE);
+                u.retry_at = Some(Instant::now() + pause);
+                events::RecordUnproducible {
+                    partition: p,
+                    offset,
+                    aborts: u.aborts,
+                    error: &error,
+                    retry_in: pause,
+                }
+                .emit();
+            }
+        }
+        self.count_unproducible();
         let touched: Vec<(i32, Option<i64>, Vec<OwnedMessage>)> = self
             .partitions
             .iter_mut()
             .filter(|(_, part)| !part.pending.is_empty())
-            .map(|(p, part)| (*p, part.committed, std::mem::take(&mut part.pending)))
+            .map(|(p, part)| {
+                // Nothing past the last commit counts as decided any more: a commit of
+                // other partitions while this one waits must not carry its offset forward.
+                part.next = part.committed;
+                (*p, part.committed, std::mem::take(&mut part.pending))
+            })
             .collect();
         let mut tpl = TopicPartitionList::new();
         let mut redo = 0;
@@ -1143,6 +1289,19 @@ impl Worker {
         }
         .emit();
         Ok(())
+    }
+
+    fn count_unproducible(&self) {
+        let n = self
+            .partitions
+            .values()
+            .filter(|part| {
+                part.unproducible
+                    .as_ref()
+                    .is_some_and(Unproducible::held_up)
+            })
+            .count();
+        self.health.unproducible.store(n, Ordering::Relaxed);
     }
 
     /// Swaps in a new ruleset: commits what the old one decided, then rebuilds every
@@ -1187,5 +1346,20 @@ impl Worker {
                 .map_err(Error::kafka("pause partitions for a reload"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_tag_gives_back_its_partition_and_offset() {
+        for (p, offset) in [(0, 0), (7, 41), (65_534, (1 << 48) - 1)] {
+            assert_eq!(untag_source(source_tag(p, offset)), Some((p, offset)));
+        }
+        for (p, offset) in [(-1, 0), (65_535, 0), (0, -1), (0, 1 << 48)] {
+            assert_eq!(untag_source(source_tag(p, offset)), None, "{p} {offset}");
+        }
     }
 }

@@ -762,6 +762,116 @@ fn huge_and_broken_records_never_stall_a_partition() {
     assert!(s.terminate(Duration::from_secs(30)).success());
 }
 
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn a_record_the_broker_refuses_holds_up_its_partition_only_then_goes_on() {
+    let _serial = serial();
+    let broker = Broker::shared();
+    let topics = Topics::new("refused");
+    broker.create_topic(&topics.intents, 2);
+    // Smaller than the decision on a 6 KB intent: the broker refuses that one record.
+    broker.create_topic_with(&topics.decisions, 2, 1, &[("max.message.bytes", "4096")]);
+    broker.create_topic(&topics.dead_letters, 2);
+    let rules = account_rules();
+    let mut s = Service::start(&ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: "refused-a",
+        rules: rules.path(),
+        extra: "",
+    });
+    let http = s.http_address();
+    s.wait_ready();
+    let (_, _, small) = transfer(1, "acct-big");
+    let big = String::from_utf8(small)
+        .unwrap()
+        .replace("\"t-1\"", "\"t-big\"")
+        .replace(
+            "\"created_at\"",
+            &format!(
+                "\"attributes\":{{\"note\":\"{}\"}},\"created_at\"",
+                "n".repeat(6000)
+            ),
+        );
+    broker.produce(
+        &topics.intents,
+        &[
+            (Some(0), "acct-big".to_owned(), big.into_bytes()),
+            (Some(0), "acct-big".to_owned(), transfer(2, "acct-big").2),
+            (
+                Some(1),
+                "acct-other".to_owned(),
+                transfer(3, "acct-other").2,
+            ),
+        ],
+    );
+    // The other partition goes on.
+    decision_on(&broker, &topics, 3);
+    // Partition 0 is held up at offset 0, said by the metric, /readyz and an error log line.
+    let held = wait_for(
+        "partition 0 to be reported held up",
+        Duration::from_secs(60),
+        || {
+            let (_, text) = http_get(&http, "/metrics")?;
+            metric(&text, "riskgate_unproducible_offset{partition=\"0\"}")
+        },
+    );
+    assert_eq!(held, 0.0);
+    let (status, body) = http_get(&http, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"unproducible_partitions\":1"), "{body}");
+    let logged = s.wait_event(
+        "the broker keeps refusing the output of this intent",
+        Duration::from_secs(5),
+        |e| e["partition"] == 0 && e["offset"] == 0,
+    );
+    assert!(
+        logged["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{logged}"
+    );
+    // It backs off instead of spinning: 1 s, 2 s, 4 s, 8 s between tries. Counted over a
+    // fixed window (an observation, not a wait): without the backoff it is dozens.
+    let aborts = || {
+        let (_, text) = http_get(&http, "/metrics").unwrap();
+        metric(&text, "riskgate_transactions_total{result=\"abort\"}").unwrap_or(0.0)
+    };
+    let before = aborts();
+    let watched = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(8));
+    let during = aborts() - before;
+    assert!(during <= 4.0, "{during} aborts in {:?}", watched.elapsed());
+    assert!(
+        broker
+            .read_all(&topics.decisions)
+            .iter()
+            .all(|d| d.partition == 1),
+        "nothing after the refused record is decided on its partition"
+    );
+
+    // Once the topic takes it, the partition goes on by itself: nothing skipped or doubled.
+    broker.alter_topic(&topics.decisions, &[("max.message.bytes", "1048588")]);
+    decision_on(&broker, &topics, 2);
+    wait_for("ready again", Duration::from_secs(60), || {
+        (http_get(&http, "/readyz")?.0 == 200).then_some(())
+    });
+    let decisions = broker.read_all(&topics.decisions);
+    let mut ids: Vec<&str> = decisions
+        .iter()
+        .filter_map(|d| d.value["intent_id"].as_str())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["t-2", "t-3", "t-big"], "one decision each");
+    let (_, text) = http_get(&http, "/metrics").unwrap();
+    assert_eq!(
+        metric(&text, "riskgate_unproducible_offset{partition=\"0\"}"),
+        None
+    );
+    assert!(s.terminate(Duration::from_secs(30)).success());
+}
+
 mod sha2_hex {
     /// The SHA-256 of `bytes` in hex, computed here independently of riskgate's code.
     pub fn hex_sha256(bytes: &[u8]) -> String {

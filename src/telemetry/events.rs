@@ -107,6 +107,68 @@ impl Emit for TransactionAborted<'_> {
     }
 }
 
+/// The broker refused an intent's output in several aborts in a row (three, in the pipeline):
+/// its partition waits, not ready, and tries again after `retry_in`.
+///
+pub struct RecordUnproducible<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub aborts: u32,
+    pub error: &'a str,
+    pub retry_in: Duration,
+}
+
+impl Emit for RecordUnproducible<'_> {
+    fn emit(&self) {
+        metrics()
+            .unproducible_offset
+            .with_label_values(&[&self.partition.to_string()])
+            .set(self.offset);
+        tracing::error!(
+            partition = self.partition,
+            offset = self.offset,
+            aborts = self.aborts,
+            error = self.error,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "the broker keeps refusing the output of this intent; its partition waits and tries again (check the topic's max.message.bytes and ACLs)"
+        );
+    }
+}
+
+/// The output of an intent that had been refused was committed at last.
+pub struct RecordProduced {
+    pub partition: i32,
+    pub offset: i64,
+    pub aborts: u32,
+}
+
+impl Emit for RecordProduced {
+    fn emit(&self) {
+        let _ = metrics()
+            .unproducible_offset
+            .remove_label_values(&[&self.partition.to_string()]);
+        tracing::info!(
+            partition = self.partition,
+            offset = self.offset,
+            aborts = self.aborts,
+            "the output of a refused intent is committed; its partition goes on"
+        );
+    }
+}
+
+/// A partition held up by a refused intent was revoked: its new owner tries again.
+pub struct UnproducibleDropped {
+    pub partition: i32,
+}
+
+impl Emit for UnproducibleDropped {
+    fn emit(&self) {
+        let _ = metrics()
+            .unproducible_offset
+            .remove_label_values(&[&self.partition.to_string()]);
+    }
+}
+
 /// A partition's state was rebuilt from the decisions topic.
 pub struct StateRestored {
     pub partition: i32,

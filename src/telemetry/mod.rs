@@ -24,6 +24,7 @@ pub struct Metrics {
     pub evaluation_seconds: Histogram,
     pub end_to_end_seconds: Histogram,
     pub consumer_lag: IntGaugeVec,
+    pub unproducible_offset: IntGaugeVec,
     pub transactions: IntCounterVec,
     pub commit_seconds: Histogram,
     pub restore_seconds: Histogram,
@@ -76,6 +77,14 @@ impl Metrics {
             &["partition"],
         )?;
         registry.register(Box::new(consumer_lag.clone()))?;
+        let unproducible_offset = IntGaugeVec::new(
+            Opts::new(
+                "riskgate_unproducible_offset",
+                "Offset of the intent whose decision or dead letter the broker keeps refusing, per intents partition; present only while the partition is held up by it",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(unproducible_offset.clone()))?;
         let ruleset_info = IntGaugeVec::new(
             Opts::new(
                 "riskgate_ruleset_info",
@@ -126,6 +135,7 @@ impl Metrics {
                 &LATENCY_BUCKETS,
             )?,
             consumer_lag,
+            unproducible_offset,
             transactions: counter_vec(
                 "riskgate_transactions_total",
                 "Kafka transactions, by result (commit or abort)",
@@ -181,9 +191,11 @@ impl Metrics {
             &self.rule_matches,
             &self.invalid_intents,
             &self.duplicates,
+            &self.system_decisions,
             &self.evaluation_seconds,
             &self.end_to_end_seconds,
             &self.consumer_lag,
+            &self.unproducible_offset,
             &self.transactions,
             &self.commit_seconds,
             &self.restore_seconds,

@@ -150,6 +150,27 @@ impl Broker {
         });
     }
 
+    /// Replaces the dynamic topic configs of `name` with `configs` (e.g. `max.message.bytes`;
+    /// Kafka's AlterConfigs: a config not given goes back to its default).
+    pub fn alter_topic(&self, name: &str, configs: &[(&str, &str)]) {
+        use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(name));
+        for (k, v) in configs {
+            alter = alter.set(k, v);
+        }
+        let result = rt
+            .block_on(admin.alter_configs([&alter], &AdminOptions::new()))
+            .unwrap();
+        for r in result {
+            r.unwrap_or_else(|(t, e)| panic!("cannot alter {t:?}: {e}"));
+        }
+    }
+
     /// How many partitions `topic` has (0 when it does not exist).
     pub fn partitions(&self, topic: &str) -> usize {
         let probe: BaseProducer = self.client().create().unwrap();
