@@ -55,9 +55,6 @@ pub enum Missing {
     TooOld,
 }
 
-/// Separates the parts of a key made of several fields.
-const KEY_SEPARATOR: char = '\u{1f}';
-
 /// What one intent adds to a counter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Contribution {
@@ -473,12 +470,20 @@ fn slot<'k>(keys: &'k mut Keys, key: &CompactString, n: usize) -> &'k mut KeySer
 }
 
 /// Writes the key made of `paths` for `intent` into `key`, or says which path the intent lacks.
+///
+/// A key of one field is its text. In a key of several, each part is preceded by its length
+/// in bytes and `:`, so no field value can run into the next one whatever it contains (a
+/// separator character could be written by a producer: `a\u{1f}b` + `c` and `a` + `b\u{1f}c`
+/// would be one key). Keys of one and of several parts never meet: each counter key shape
+/// has its own map.
 fn counter_key(paths: &[FieldPath], intent: &Intent, key: &mut CompactString) -> Result<(), usize> {
+    use std::fmt::Write as _;
     key.clear();
+    let framed = paths.len() > 1;
     for (i, path) in paths.iter().enumerate() {
         let part = path.text(intent).ok_or(i)?;
-        if i > 0 {
-            key.push(KEY_SEPARATOR);
+        if framed {
+            let _ = write!(key, "{}:", part.len());
         }
         key.push_str(&part);
     }
@@ -523,6 +528,7 @@ impl Velocity {
 mod tests {
     use super::*;
     use crate::rules::Ruleset;
+    use std::collections::HashSet;
     use std::path::PathBuf;
     use std::str::FromStr;
 
@@ -543,6 +549,41 @@ mod tests {
 
     fn dec(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn the_parts_of_a_key_cannot_run_into_each_other() {
+        let paths = [
+            FieldPath::parse("account_id").unwrap(),
+            FieldPath::parse("agent_id").unwrap(),
+        ];
+        let intent = |account: &str, agent: &str| {
+            let json = serde_json::json!({
+                "intent_id": "i", "agent_id": agent, "account_id": account,
+                "action": "transfer", "created_at": "2026-11-28T10:00:00Z",
+            });
+            crate::intent::parse_intent(json.to_string().as_bytes(), 1 << 16).unwrap()
+        };
+        let key = |account: &str, agent: &str| {
+            let mut k = CompactString::default();
+            counter_key(&paths, &intent(account, agent), &mut k).unwrap();
+            k
+        };
+        let pairs = [
+            ("a\u{1f}b", "c"),
+            ("a", "b\u{1f}c"),
+            ("1:a", "b"),
+            ("1", "a1:b"),
+            ("ab:", "c"),
+            ("ab", ":c"),
+        ];
+        let keys: HashSet<CompactString> = pairs.iter().map(|(a, b)| key(a, b)).collect();
+        assert_eq!(keys.len(), pairs.len(), "{keys:?}");
+        assert_eq!(key("acct-1", "bot"), key("acct-1", "bot"));
+        let one = [FieldPath::parse("account_id").unwrap()];
+        let mut k = CompactString::default();
+        counter_key(&one, &intent("acct-1", "bot"), &mut k).unwrap();
+        assert_eq!(k, "acct-1", "a key of one field is its text");
     }
 
     #[test]
