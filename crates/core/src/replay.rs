@@ -141,7 +141,7 @@ fn read_line(
         if buf.is_empty() {
             break;
         }
-        let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+        let (chunk, done) = match memchr::memchr(b'\n', buf) {
             Some(i) => (&buf[..=i], true),
             None => (buf, false),
         };

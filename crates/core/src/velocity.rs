@@ -471,19 +471,19 @@ fn slot<'k>(keys: &'k mut Keys, key: &CompactString, n: usize) -> &'k mut KeySer
 
 /// Writes the key made of `paths` for `intent` into `key`, or says which path the intent lacks.
 ///
-/// A key of one field is its text. In a key of several, each part is preceded by its length
-/// in bytes and `:`, so no field value can run into the next one whatever it contains (a
-/// separator character could be written by a producer: `a\u{1f}b` + `c` and `a` + `b\u{1f}c`
-/// would be one key). Keys of one and of several parts never meet: each counter key shape
-/// has its own map.
+/// A key of one field is its text. In a key of several, each part but the last is preceded by
+/// its length in bytes and `:`, so no field value can run into the next one whatever it
+/// contains (a separator character could be written by a producer: `a\u{1f}b` + `c` and `a` +
+/// `b\u{1f}c` would be one key); the last part is the rest. Keys of one and of several parts
+/// never meet: each counter key shape has its own map.
 fn counter_key(paths: &[FieldPath], intent: &Intent, key: &mut CompactString) -> Result<(), usize> {
-    use std::fmt::Write as _;
     key.clear();
-    let framed = paths.len() > 1;
+    let last = paths.len().saturating_sub(1);
     for (i, path) in paths.iter().enumerate() {
         let part = path.text(intent).ok_or(i)?;
-        if framed {
-            let _ = write!(key, "{}:", part.len());
+        if i < last {
+            key.push_str(itoa::Buffer::new().format(part.len()));
+            key.push(':');
         }
         key.push_str(&part);
     }
