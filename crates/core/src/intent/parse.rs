@@ -239,7 +239,11 @@ impl<'de> Visitor<'de> for ScalarSeed {
         // With serde_json's `arbitrary_precision`, a number arrives as a one-entry map under a
         // private key, its exact text as the value.
         match map.next_key_seed(Text)? {
-            Some(key) if key == NUMBER_TOKEN => Ok(Scalar::Number(map.next_value_seed(Text)?)),
+            Some(key) if key == NUMBER_TOKEN => {
+                let text = map.next_value_seed(Text)?;
+                number_token::<A>(&text, &mut map)?;
+                Ok(Scalar::Number(text))
+            }
             Some(_) => {
                 map.next_value::<IgnoredAny>()?;
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -322,8 +326,9 @@ impl<'de> Visitor<'de> for StrictValue {
         let mut object = Map::new();
         let mut dup: Option<String> = None;
         while let Some(key) = map.next_key_seed(Text)? {
-            if key == NUMBER_TOKEN {
+            if key == NUMBER_TOKEN && object.is_empty() {
                 let text: String = map.next_value()?;
+                number_token::<A>(&text, &mut map)?;
                 return Ok(Strict::Value(Json::Number(
                     serde_json::Number::from_string_unchecked(text),
                 )));
@@ -661,6 +666,33 @@ struct CounterpartySeed;
 
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
+/// serde_json's `arbitrary_precision` hands each number over as a one-entry map under
+/// [`NUMBER_TOKEN`], its text as the value. A producer can write that map itself (the key
+/// may even be escaped), so what arrives so is taken for a number only when it is one entry
+/// whose text is a JSON number; anything else is invalid JSON, never a number with text
+/// such as `abc`. (A hand-written `{"$serde_json::private::Number": "5"}` still reads as the
+/// number 5, which the producer could have written plainly.)
+fn number_token<'de, A: MapAccess<'de>>(text: &str, map: &mut A) -> Result<(), A::Error> {
+    use serde::de::Error as _;
+    let is_number = text
+        .bytes()
+        .next()
+        .is_some_and(|b| b == b'-' || b.is_ascii_digit())
+        && text.bytes().last().is_some_and(|b| b.is_ascii_digit())
+        && serde_json::from_str::<serde_json::Number>(text).is_ok();
+    if !is_number {
+        return Err(A::Error::custom(format!(
+            "an object under the reserved key `{NUMBER_TOKEN}` is not a number"
+        )));
+    }
+    if map.next_key::<IgnoredAny>()?.is_some() {
+        return Err(A::Error::custom(format!(
+            "an object with the reserved key `{NUMBER_TOKEN}` and other keys"
+        )));
+    }
+    Ok(())
+}
+
 impl<'de> DeserializeSeed<'de> for CounterpartySeed {
     type Value = Result<Option<Counterparty>, InvalidIntent>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -786,6 +818,28 @@ mod tests {
         let mut text = serde_json::to_string(&v).unwrap();
         text.pop();
         format!("{text},\"{field}\":{value}}}")
+    }
+
+    #[test]
+    fn a_hand_written_number_token_is_never_a_number_with_any_text() {
+        for value in [
+            r#"{"$serde_json::private::Number":"abc"}"#,
+            r#"{"\u0024serde_json::private::Number":"1e"}"#,
+            r#"{"$serde_json::private::Number":" 5"}"#,
+            r#"{"$serde_json::private::Number":"5","x":1}"#,
+            r#"{"$serde_json::private::Number":5}"#,
+        ] {
+            let e = invalid(&with("amount", value));
+            assert_eq!(e.kind, InvalidKind::InvalidJson, "{value}: {e:?}");
+            let attrs = format!("{{\"x\":{value}}}");
+            let e = invalid(&with("attributes", &attrs));
+            assert_eq!(e.kind, InvalidKind::InvalidJson, "{attrs}: {e:?}");
+        }
+        // What serde_json itself would read as the number 5 is the number 5: no way around
+        // the amount checks.
+        let five = with("amount", r#"{"$serde_json::private::Number":"5"}"#);
+        let i: Intent = five.parse().unwrap();
+        assert_eq!(i.head.amount, Some(Decimal::new(5, 0)));
     }
 
     #[test]
