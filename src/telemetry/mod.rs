@@ -269,7 +269,7 @@ impl ReviewMetrics {
         let refusals = IntCounterVec::new(
             Opts::new(
                 "riskgate_review_refusals_total",
-                "Refused review requests, by reason (unauthenticated, bad_credentials, csrf, viewer, proposer, already_approved, not_pending, no_comment)",
+                "Refused review requests, by reason (unauthenticated, bad_credentials, csrf, viewer, proposer, already_approved, not_pending, no_comment, already_reviewed, hold_changed, bad_request)",
             ),
             &["reason"],
         )?;

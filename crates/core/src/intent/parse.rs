@@ -66,7 +66,7 @@ pub enum AmountError {
     )]
     NotPlain(String),
     #[error(
-        "`{0}` cannot be represented exactly (at most 28 decimal places and 28 significant digits)"
+        "`{0}` cannot be represented exactly (at most 28 decimal places, and its digits read as one integer below 2^96: 28 significant digits always fit)"
     )]
     Inexact(String),
 }
