@@ -81,6 +81,57 @@ pub enum CounterValue {
     Num(Decimal),
 }
 
+/// What the rule id of a system decision's reason starts with (rule ids of rulesets cannot
+/// contain `:`).
+pub const SYSTEM_RULE_PREFIX: &str = "riskgate:";
+
+/// Whether `rule` is the rule id of a system reason (`riskgate:*`).
+pub fn is_system_rule(rule: &str) -> bool {
+    rule.starts_with(SYSTEM_RULE_PREFIX)
+}
+
+/// Why an intent is answered by riskgate itself, before any rule: a system decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SystemReason {
+    /// The record's Kafka key is missing or is not the intent's partition-key value.
+    Misrouted,
+    /// Dated more than the duplicate horizon before the watermark.
+    Stale,
+    /// Dated more than `max_future_skew` after the clock.
+    Future,
+    /// The intent id was used, within the horizon, for a different intent.
+    Conflict,
+}
+
+impl SystemReason {
+    pub const ALL: [SystemReason; 4] = [
+        SystemReason::Misrouted,
+        SystemReason::Stale,
+        SystemReason::Future,
+        SystemReason::Conflict,
+    ];
+
+    /// The reason's rule id on the decision.
+    pub fn rule(self) -> &'static str {
+        match self {
+            SystemReason::Misrouted => "riskgate:misrouted",
+            SystemReason::Stale => "riskgate:stale",
+            SystemReason::Future => "riskgate:future",
+            SystemReason::Conflict => "riskgate:conflict",
+        }
+    }
+
+    /// The system reason a rule id names, if it names one.
+    pub fn of_rule(rule: &str) -> Option<SystemReason> {
+        SystemReason::ALL.into_iter().find(|r| r.rule() == rule)
+    }
+
+    /// The reason without its `riskgate:` prefix (a metric label).
+    pub fn as_str(self) -> &'static str {
+        &self.rule()[SYSTEM_RULE_PREFIX.len()..]
+    }
+}
+
 /// Where an intent came from.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -143,6 +194,15 @@ pub struct RuleFailure {
     pub message: String,
 }
 
+/// The score thresholds a decision was measured against (`[scoring]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Thresholds {
+    #[serde(default)]
+    pub hold_at: Option<i64>,
+    #[serde(default)]
+    pub deny_at: Option<i64>,
+}
+
 /// The decision on one intent, with everything that explains it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -150,6 +210,15 @@ pub struct Decision {
     pub head: IntentHead,
     pub outcome: Outcome,
     pub score: i64,
+    /// The score thresholds of the ruleset that decided, when it has `[scoring]` and the
+    /// score is not 0: what the score was measured against.
+    pub thresholds: Option<Thresholds>,
+    /// The amount in the ruleset's base currency, when the ruleset has `[fx]` and the
+    /// intent's amount could be converted: what conditions on `amount_base` compared.
+    pub amount_base: Option<Decimal>,
+    /// The base currency of `[fx]`, on every decision of an intent with an amount when the
+    /// ruleset has `[fx]` (so that an absent `amount_base` says "no rate", not "no `[fx]`").
+    pub base_currency: Option<CompactString>,
     pub reasons: Vec<Reason>,
     pub errors: Vec<RuleFailure>,
     /// Every counter available to the intent, in ruleset order, as the rules saw it.
@@ -168,7 +237,7 @@ impl Decision {
     pub fn is_system(&self) -> bool {
         self.reasons
             .first()
-            .is_some_and(|r| r.rule.starts_with(crate::engine::SYSTEM_RULE_PREFIX))
+            .is_some_and(|r| is_system_rule(&r.rule))
     }
 }
 

@@ -20,7 +20,10 @@ use smallvec::SmallVec;
 
 pub use evaluate::{evaluate, Evaluation};
 
-use crate::decision::{CounterValue, DeadLetter, Decision, Outcome, Reason, RuleAction, Source};
+use crate::decision::{
+    CounterValue, DeadLetter, Decision, Outcome, Reason, RuleAction, Source, Thresholds,
+};
+pub use crate::decision::{SystemReason, SYSTEM_RULE_PREFIX};
 use crate::expr::{format_duration, Activation, Value};
 use crate::intent::{
     json_decimal, parse_intent, Counterparty, Field, FieldPath, Intent, IntentHead,
@@ -191,47 +194,6 @@ fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
 }
 
-/// What the rule id of a system decision's reason starts with (rule ids of rulesets cannot
-/// contain `:`).
-pub const SYSTEM_RULE_PREFIX: &str = "riskgate:";
-
-/// Why an intent is answered by riskgate itself, before any rule: a system decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SystemReason {
-    /// The record's Kafka key is missing or is not the intent's partition-key value.
-    Misrouted,
-    /// Dated more than the duplicate horizon before the watermark.
-    Stale,
-    /// Dated more than `max_future_skew` after the clock.
-    Future,
-    /// The intent id was used, within the horizon, for a different intent.
-    Conflict,
-}
-
-impl SystemReason {
-    pub const ALL: [SystemReason; 4] = [
-        SystemReason::Misrouted,
-        SystemReason::Stale,
-        SystemReason::Future,
-        SystemReason::Conflict,
-    ];
-
-    /// The reason's rule id on the decision.
-    pub fn rule(self) -> &'static str {
-        match self {
-            SystemReason::Misrouted => "riskgate:misrouted",
-            SystemReason::Stale => "riskgate:stale",
-            SystemReason::Future => "riskgate:future",
-            SystemReason::Conflict => "riskgate:conflict",
-        }
-    }
-
-    /// The reason without its `riskgate:` prefix (a metric label).
-    pub fn as_str(self) -> &'static str {
-        &self.rule()[SYSTEM_RULE_PREFIX.len()..]
-    }
-}
-
 /// The Kafka key a record came with, for [`Engine::process`] to check against the intent's
 /// partition-key value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,10 +324,13 @@ impl Engine {
             );
         }
         let scope = CompactString::from(scope.as_ref());
-        let rs = &*self.ruleset;
-        let watermark = advance(&mut self.watermark_ns, &self.options, at_ns, now);
-        let amount_base = amount_base(rs, &intent);
-        let mut open = self.velocity.open(&intent, at_ns, watermark);
+        let Opened {
+            rs,
+            same_filter,
+            counter_ids,
+            amount_base,
+            mut open,
+        } = self.open(&intent, at_ns, now);
         let values: Vec<Result<Value<'static>, &str>> = rs
             .counters
             .iter()
@@ -386,13 +351,25 @@ impl Engine {
         };
         let verdict = evaluate(rs, &act);
         // Contribute after deciding: the intent never counts towards its own decision.
-        contribute(rs, &self.same_filter, &act, verdict.outcome, &mut open);
+        contribute(rs, same_filter, &act, verdict.outcome, &mut open);
         drop(open);
         let ruleset = rs.version.clone();
+        let thresholds = rs
+            .scoring
+            .as_ref()
+            .filter(|_| verdict.score != 0)
+            .map(|s| Thresholds {
+                hold_at: s.hold_at,
+                deny_at: s.deny_at,
+            });
+        let (amount_base, base_currency) = match (&rs.fx, intent.head.amount) {
+            (Some(fx), Some(_)) => (amount_base.ok(), Some(CompactString::from(&*fx.base))),
+            _ => (None, None),
+        };
 
         let counters = values
             .iter()
-            .zip(&self.counter_ids)
+            .zip(counter_ids)
             .filter_map(|(v, id)| match v {
                 Ok(Value::Int(n)) => Some((id.clone(), CounterValue::Int(*n))),
                 Ok(Value::Num(n)) => Some((id.clone(), CounterValue::Num(*n))),
@@ -408,6 +385,9 @@ impl Engine {
             head,
             outcome: verdict.outcome,
             score: verdict.score,
+            thresholds,
+            amount_base,
+            base_currency,
             reasons: verdict.reasons,
             errors: verdict.errors,
             counters,
@@ -442,15 +422,20 @@ impl Engine {
             return;
         }
         let at_ns = intent.head.created_at.timestamp_nanos_opt().unwrap_or(0);
-        let rs = &*self.ruleset;
-        let watermark = advance(
-            &mut self.watermark_ns,
-            &self.options,
-            at_ns,
-            decision.decided_at,
+        let scope = CompactString::from(
+            self.options
+                .partition_key
+                .text(&intent)
+                .unwrap_or_default()
+                .as_ref(),
         );
-        let amount_base = amount_base(rs, &intent);
-        let mut open = self.velocity.open(&intent, at_ns, watermark);
+        let Opened {
+            rs,
+            same_filter,
+            amount_base,
+            mut open,
+            ..
+        } = self.open(&intent, at_ns, decision.decided_at);
         // A counter's `where` cannot read counters, so none are offered.
         let act = Activation {
             intent: &intent,
@@ -459,21 +444,29 @@ impl Engine {
             lists: &rs.list_values,
             action: rs.actions.id(&intent.head.action),
         };
-        contribute(rs, &self.same_filter, &act, decision.outcome, &mut open);
+        contribute(rs, same_filter, &act, decision.outcome, &mut open);
         drop(open);
-        let scope = CompactString::from(
-            self.options
-                .partition_key
-                .text(&intent)
-                .unwrap_or_default()
-                .as_ref(),
-        );
         self.remember(Remembered {
             created_at_ns: at_ns,
             scope,
             decision: Arc::new(decision),
             rest: Rest::of(intent.counterparty, intent.attributes),
         });
+    }
+
+    /// What deciding and restoring share before the rules: the watermark moves to `intent`
+    /// (created at `at_ns`, decided at `now`), its amount is converted to the base currency,
+    /// and the counters its key reaches are opened.
+    fn open<'e>(&'e mut self, intent: &Intent, at_ns: i64, now: DateTime<Utc>) -> Opened<'e> {
+        let rs = &*self.ruleset;
+        let watermark = advance(&mut self.watermark_ns, &self.options, at_ns, now);
+        Opened {
+            rs,
+            same_filter: &self.same_filter,
+            counter_ids: &self.counter_ids,
+            amount_base: amount_base(rs, intent),
+            open: self.velocity.open(intent, at_ns, watermark),
+        }
     }
 
     /// A system decision: deny, one reason that says what happened, score 0, no counters, no
@@ -491,6 +484,9 @@ impl Engine {
             head,
             outcome: Outcome::Deny,
             score: 0,
+            thresholds: None,
+            amount_base: None,
+            base_currency: None,
             reasons: vec![Reason {
                 rule: Arc::from(reason.rule()),
                 action: RuleAction::Deny,
@@ -582,7 +578,18 @@ impl Engine {
     }
 }
 
-/// What deciding and restoring share, first: the watermark moves to an intent created at
+/// An intent's state, opened by [`Engine::open`], with the parts of the engine deciding reads
+/// beside it.
+struct Opened<'e> {
+    rs: &'e Ruleset,
+    same_filter: &'e [Option<usize>],
+    counter_ids: &'e [CompactString],
+    /// The amount in the base currency, or the message rules that read it fail with.
+    amount_base: Result<Decimal, String>,
+    open: Open<'e>,
+}
+
+/// The watermark moves to an intent created at
 /// `at_ns` (decided at `now`), never further ahead of the clock than `max_future_skew`.
 fn advance(watermark_ns: &mut i64, options: &EngineOptions, at_ns: i64, now: DateTime<Utc>) -> i64 {
     let candidate = match options.max_future_skew {
@@ -594,7 +601,7 @@ fn advance(watermark_ns: &mut i64, options: &EngineOptions, at_ns: i64, now: Dat
 }
 
 /// The intent's amount in the ruleset's base currency (0 without an amount), or why there is
-/// none.
+/// none, as the message a rule that reads `amount_base` fails with.
 fn amount_base(rs: &Ruleset, intent: &Intent) -> Result<Decimal, String> {
     match (intent.head.amount, &rs.fx) {
         (None, _) => Ok(Decimal::ZERO),
@@ -683,14 +690,30 @@ impl Engine {
                 "the record has no key, but intents must be keyed by `{path}` (`{v}` here): produce it with that key"
             )),
             (Some(k), Some(v)) => Some(format!(
-                "the record is keyed `{}`, but intents must be keyed by `{path}`, which is `{v}` here: produce it with that key",
-                String::from_utf8_lossy(k)
+                "the record is keyed {}, but intents must be keyed by `{path}`, which is `{v}` here: produce it with that key",
+                quote_key(k)
             )),
             (_, None) => Some(format!(
                 "the intent has no `{path}`, the field intents are keyed by"
             )),
         }
     }
+}
+
+/// The most bytes of a record's key a message quotes.
+const QUOTED_KEY_MAX: usize = 128;
+
+/// A record key as a message quotes it: in backticks, its first [`QUOTED_KEY_MAX`] bytes and
+/// its size when it is longer, so that no key can make a decision too large to publish.
+fn quote_key(key: &[u8]) -> String {
+    if key.len() <= QUOTED_KEY_MAX {
+        return format!("`{}`", String::from_utf8_lossy(key));
+    }
+    format!(
+        "`{}…` ({} bytes)",
+        String::from_utf8_lossy(&key[..QUOTED_KEY_MAX]),
+        key.len()
+    )
 }
 
 /// Adds the intent of `act`, decided `outcome`, to every counter that takes it.

@@ -476,9 +476,32 @@ impl Ruleset {
         };
         let entries = std::fs::read_dir(dir)
             .map_err(|e| fail(format!("cannot read the rules directory: {e}")))?;
-        let mut paths: Vec<PathBuf> = entries
+        let files_here: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+            .filter(|p| p.is_file())
+            .collect();
+        // `Payments.TOML` was meant as rules: refused with a word, never skipped in silence.
+        let misnamed: Vec<LoadError> = files_here
+            .iter()
+            .filter(|p| {
+                p.extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| x != "toml" && x.eq_ignore_ascii_case("toml"))
+            })
+            .map(|p| LoadError {
+                file: p.clone(),
+                line: 0,
+                column: 0,
+                item: None,
+                message: "rules files end in `.toml`, in lower case, and this one is not loaded: rename it (or move it out of the rules directory)".to_owned(),
+            })
+            .collect();
+        if !misnamed.is_empty() {
+            return Err(LoadErrors(misnamed));
+        }
+        let mut paths: Vec<PathBuf> = files_here
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .collect();
         paths.sort();
         if paths.is_empty() {

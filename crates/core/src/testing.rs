@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::decision::{CounterValue, Decision, Source};
 use crate::engine::{Clock, Engine, EngineOptions, Processed, RecordKey};
-use crate::intent::DEFAULT_MAX_BYTES;
+use crate::intent::{InvalidIntent, DEFAULT_MAX_BYTES};
 use crate::rules::Ruleset;
 
 #[derive(Deserialize)]
@@ -235,20 +235,21 @@ fn run_case(
     }
 }
 
-/// Decides one test intent: `Err` with the dead-letter kind and message when invalid.
+/// Decides one test intent: `Err` with why when it is invalid.
 fn decide(
     engine: &mut Engine,
     table: &toml::Table,
     defaults: &toml::Table,
     source: Source,
-) -> Result<Arc<Decision>, String> {
+) -> Result<Arc<Decision>, InvalidIntent> {
     let mut merged = defaults.clone();
     for (k, v) in table {
         merged.insert(k.clone(), v.clone());
     }
     let json =
         serde_json::Value::Object(merged.into_iter().map(|(k, v)| (k, to_json(v))).collect());
-    let payload = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
+    // A JSON value always serializes (its keys are strings).
+    let payload = serde_json::to_vec(&json).unwrap_or_default();
     match engine.process(
         &payload,
         DEFAULT_MAX_BYTES,
@@ -257,11 +258,7 @@ fn decide(
         Clock::EventTime,
     ) {
         Processed::Decided(d) => Ok(d),
-        Processed::Invalid(letter) => Err(format!(
-            "{}: {}",
-            letter.error.kind.as_str(),
-            letter.error.message
-        )),
+        Processed::Invalid(letter) => Err(letter.error),
     }
 }
 
@@ -282,16 +279,28 @@ fn to_json(v: toml::Value) -> serde_json::Value {
     }
 }
 
-fn compare(expect: &Expect, result: Result<Arc<Decision>, String>, failures: &mut Vec<String>) {
+fn compare(
+    expect: &Expect,
+    result: Result<Arc<Decision>, InvalidIntent>,
+    failures: &mut Vec<String>,
+) {
     let d = match (result, &expect.invalid) {
         (Err(e), Some(kind)) => {
-            if !e.starts_with(&format!("{kind}:")) {
-                failures.push(format!("expected a dead letter of kind `{kind}`, got {e}"));
+            if e.kind.as_str() != kind {
+                failures.push(format!(
+                    "expected a dead letter of kind `{kind}`, got {}: {}",
+                    e.kind.as_str(),
+                    e.message
+                ));
             }
             return;
         }
         (Err(e), None) => {
-            failures.push(format!("the intent is invalid: {e}"));
+            failures.push(format!(
+                "the intent is invalid: {}: {}",
+                e.kind.as_str(),
+                e.message
+            ));
             return;
         }
         (Ok(d), Some(kind)) => {

@@ -447,6 +447,12 @@ fn duplicates_repeat_the_original_and_move_no_counter() {
     assert_eq!(conflict.reasons.len(), 1);
     assert_eq!(&*conflict.reasons[0].rule, "riskgate:conflict");
     assert!(conflict.counters.is_empty() && conflict.errors.is_empty() && conflict.score == 0);
+    let message = conflict.reasons[0].message.as_deref().unwrap();
+    assert!(
+        message.contains("intent id `dup`")
+            && message.contains("created at 2026-11-28T10:00:00.000Z"),
+        "the conflict names the original's created_at: {message}"
+    );
     // The same id on another account is another intent (ids are scoped by the partition key).
     let elsewhere = e.decide(
         intent("dup", r#""amount":"999","account_id":"other""#),
@@ -494,6 +500,9 @@ message = "{amount} {currency} is {amount_base} EUR"
     assert_eq!(d.outcome, Outcome::Allow, "10869 USD is 9999.48 EUR");
     let d = decide(&mut e, "usd-over", r#""amount":"10870","currency":"USD""#);
     assert_eq!(d.outcome, Outcome::Hold);
+    // The decision says what the rules compared: the base amount, in the base currency.
+    assert_eq!(d.amount_base, Some(Decimal::new(1000040, 2)));
+    assert_eq!(d.base_currency.as_deref(), Some("EUR"));
     assert_eq!(
         d.reasons[0].message.as_deref(),
         Some("10870 USD is 10000.40 EUR")
@@ -506,6 +515,11 @@ message = "{amount} {currency} is {amount_base} EUR"
     );
     let d = decide(&mut e, "jpy", r#""amount":"1","currency":"JPY""#);
     assert_eq!(d.outcome, Outcome::Hold, "no rate: the rule fails closed");
+    assert_eq!(
+        (d.amount_base, d.base_currency.as_deref()),
+        (None, Some("EUR")),
+        "no base amount, and the base currency says why: no rate"
+    );
     assert!(
         d.errors[0].message.contains("no rate for `JPY`"),
         "{:?}",
@@ -938,6 +952,14 @@ fn a_record_keyed_otherwise_than_its_partition_key_is_misrouted() {
         "riskgate:misrouted",
     );
     assert!(!run(&mut by_agent, RecordKey::Kafka(Some(b"bot"))).is_system());
+    // A huge key is quoted by its first bytes and its size: no key makes a decision too
+    // large to publish.
+    let huge = vec![0xffu8; 500_000];
+    let d = run(&mut e, RecordKey::Kafka(Some(&huge)));
+    assert_system(&d, "riskgate:misrouted");
+    let message = d.reasons[0].message.as_deref().unwrap();
+    assert!(message.contains("(500000 bytes)"), "{message}");
+    assert!(message.len() < 1_000, "{} bytes", message.len());
 }
 
 #[test]
@@ -952,4 +974,36 @@ fn system_decisions_are_not_restored() {
     );
     assert_eq!(restored.size().remembered_intents, 0);
     assert_eq!(restored.size().velocity.keys, 0);
+}
+
+#[test]
+fn decisions_carry_thresholds_and_base_amounts_only_where_they_explain_something() {
+    let scored = r#"
+[scoring]
+hold_at = 50
+
+[[rule]]
+id = "night"
+when = 'amount > 100'
+action = "score"
+score = 60
+"#;
+    let mut e = engine(scored);
+    let d = decide(&mut e, "big", r#""amount":"101""#);
+    assert_eq!((d.outcome, d.score), (Outcome::Hold, 60));
+    assert_eq!(
+        d.thresholds,
+        Some(crate::decision::Thresholds {
+            hold_at: Some(50),
+            deny_at: None
+        })
+    );
+    let d = decide(&mut e, "small", r#""amount":"99""#);
+    assert_eq!(d.thresholds, None, "a score of 0 was measured against nothing");
+    // Without [fx] the amount compares as it is: no base amount, no base currency.
+    assert_eq!((d.amount_base, d.base_currency.as_deref()), (None, None));
+    // A system decision runs no rule: neither.
+    let stale = decide(&mut e, "old", r#""amount":"101","created_at":"2026-11-20T10:00:00Z""#);
+    assert!(stale.is_system());
+    assert_eq!((stale.thresholds, stale.amount_base), (None, None));
 }

@@ -21,6 +21,13 @@ pub(super) fn check(
 ) -> Result<(Node, Ty, usize), Vec<CompileError>> {
     let parser = cel::parser::Parser::new();
     let (ast, info) = parser.parse_with_source_info(source).map_err(|errors| {
+        // A common mistake is said in words; anything else keeps the parser's message.
+        if let Some((offset, message)) = super::syntax::explain(source) {
+            return vec![CompileError {
+                offset: Some(offset),
+                message,
+            }];
+        }
         errors
             .errors
             .iter()

@@ -17,6 +17,7 @@ mod check;
 mod eval;
 mod functions;
 mod optimize;
+mod syntax;
 mod value;
 
 use rust_decimal::Decimal;

@@ -245,7 +245,12 @@ fn macros() {
 #[test]
 fn load_errors_name_the_problem() {
     let cases = [
-        ("amount >", "mismatched input"),
+        (
+            "amount >",
+            "`>` has nothing on its right: put a value after it",
+        ),
+        // A syntax error that is none of the common mistakes keeps the parser's words.
+        ("amount > 5 5", "extraneous input"),
         ("amout > 1", "unknown name `amout`"),
         (
             "counters.n_2h > 1",

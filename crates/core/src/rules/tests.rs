@@ -62,7 +62,11 @@ fn syntax_errors_are_positioned() {
     let text = "[[rule]]\nid = \"r1\"\nwhen = 'amount >'\naction = \"hold\"\n";
     let e = errors(&[("a.toml", text)]);
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with("a.toml:3:17: rule `r1`: "), "{e:?}");
+    // The mistake is said in words, at the operator with nothing after it.
+    assert_eq!(
+        e,
+        ["a.toml:3:16: rule `r1`: `>` has nothing on its right: put a value after it"]
+    );
 }
 
 #[test]
@@ -271,4 +275,59 @@ approvals = 0
         good.rules.iter().map(|r| r.approvals).collect::<Vec<_>>(),
         [2, 1]
     );
+}
+
+#[test]
+fn partitioning_needs_every_counter_keyed_by_the_partition_key() {
+    use crate::intent::FieldPath;
+    let rules = load(&[(
+        "a.toml",
+        r#"
+[[counter]]
+id = "by_account"
+key = ["account_id"]
+aggregate = "count"
+window = "1h"
+
+[[counter]]
+id = "by_account_and_payee"
+key = ["counterparty.id", "account_id"]
+aggregate = "count"
+window = "1h"
+
+[[counter]]
+id = "by_agent"
+key = ["agent_id"]
+aggregate = "count"
+window = "1h"
+"#,
+    )])
+    .unwrap();
+    let account = FieldPath::Field(Field::AccountId);
+    // One partition is exact for every counter.
+    assert!(rules.check_partitioning(&account, 1).is_ok());
+    let e = rules.check_partitioning(&account, 3).unwrap_err();
+    assert_eq!(
+        e.counters.iter().map(|c| &*c.id).collect::<Vec<_>>(),
+        ["by_agent"],
+        "a key that contains the partition key, in any position, is whole"
+    );
+    let text = e.to_string();
+    assert!(text.starts_with("the intents topic has 3 partitions keyed by `account_id`, but 1 counter is not keyed by `account_id`"), "{text}");
+    assert!(
+        text.contains("counter `by_agent` has key [agent_id]"),
+        "{text}"
+    );
+    assert!(text.contains("ways out: use one partition"), "{text}");
+    // Keyed by agent, the two account counters are split instead.
+    let e = rules
+        .check_partitioning(&FieldPath::Field(Field::AgentId), 2)
+        .unwrap_err();
+    assert_eq!(
+        e.counters.iter().map(|c| &*c.id).collect::<Vec<_>>(),
+        ["by_account", "by_account_and_payee"]
+    );
+    // A ruleset without counters fits any partitioning.
+    let none = load(&[("a.toml", "")]).unwrap();
+    assert!(none.check_partitioning(&account, 12).is_ok());
 }

@@ -18,7 +18,9 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::decision::{CounterValue, DeadLetter, Decision, Outcome, Reason, RuleFailure, Source};
+use crate::decision::{
+    CounterValue, DeadLetter, Decision, Outcome, Reason, RuleFailure, Source, Thresholds,
+};
 use crate::intent::{parse_intent, Intent};
 pub use review::{Approvals, HoldRef, ReviewRecord, Verdict};
 use text::{array, timestamp, Writer};
@@ -46,9 +48,25 @@ impl Decision {
         if let Some(currency) = &h.currency {
             w.str("currency", currency);
         }
+        if let Some(amount_base) = &self.amount_base {
+            w.decimal("amount_base", amount_base);
+        }
+        if let Some(base) = &self.base_currency {
+            w.str("base_currency", base);
+        }
         w.time("created_at", &h.created_at);
         w.str("decision", self.outcome.as_str());
         w.int("score", self.score);
+        if let Some(t) = &self.thresholds {
+            let mut o = Writer::object(w.key("thresholds"));
+            if let Some(at) = t.hold_at {
+                o.int("hold_at", at);
+            }
+            if let Some(at) = t.deny_at {
+                o.int("deny_at", at);
+            }
+            let _ = o.end();
+        }
         array(w.key("reasons"), &self.reasons, |o, r| {
             o.str("rule", &r.rule);
             o.str("action", r.action.as_str());
@@ -143,6 +161,12 @@ pub fn parse_record(
         head: intent.head.clone(),
         outcome,
         score: r.score,
+        thresholds: r.thresholds,
+        amount_base: r
+            .amount_base
+            .as_deref()
+            .and_then(|a| Decimal::from_str_exact(a).ok()),
+        base_currency: r.base_currency.as_deref().map(CompactString::from),
         reasons: r.reasons,
         errors: r.errors,
         counters: r.counters.0,
@@ -163,6 +187,12 @@ struct DecisionRecord<'a> {
     decision: Option<Outcome>,
     #[serde(default)]
     score: i64,
+    #[serde(default)]
+    thresholds: Option<Thresholds>,
+    #[serde(default, borrow)]
+    amount_base: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    base_currency: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     reasons: Vec<Reason>,
     #[serde(default)]
@@ -304,8 +334,8 @@ impl RecordHead<'_> {
     /// hold of the same id decided.
     pub fn is_system(&self) -> bool {
         self.reasons
-            .iter()
-            .any(|r| r.rule.starts_with(crate::engine::SYSTEM_RULE_PREFIX))
+            .first()
+            .is_some_and(|r| crate::decision::is_system_rule(&r.rule))
     }
 }
 

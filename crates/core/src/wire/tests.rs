@@ -54,6 +54,12 @@ fn decision() -> Decision {
         head: intent.head,
         outcome: Outcome::Hold,
         score: 40,
+        thresholds: Some(Thresholds {
+            hold_at: Some(50),
+            deny_at: Some(90),
+        }),
+        amount_base: Some(Decimal::new(1200000, 2)),
+        base_currency: Some(CompactString::from("EUR")),
         reasons: vec![
             Reason {
                 rule: Arc::from("large-transfer"),

@@ -135,6 +135,13 @@ pub fn decimal(out: &mut Vec<u8>, value: &Decimal) {
     decimal_text(value, |s| out.extend_from_slice(s.as_bytes()));
 }
 
+/// An exact decimal's text, as [`decimal`] writes it.
+pub fn decimal_string(value: &Decimal) -> String {
+    let mut s = String::new();
+    decimal_text(value, |piece| s.push_str(piece));
+    s
+}
+
 /// Gives the text of `value`, as `Decimal`'s `Display` writes it, to `emit` piece by piece,
 /// without the formatting machinery.
 pub fn decimal_text(value: &Decimal, mut emit: impl FnMut(&str)) {
