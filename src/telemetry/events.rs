@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use riskgate_core::decision::Decision;
+use riskgate_core::decision::{Decision, SystemReason};
 use riskgate_core::intent::InvalidKind;
 use riskgate_core::rules::{LoadErrors, PartitioningError};
 
@@ -31,12 +31,14 @@ impl Emit for Decided<'_> {
         m.decisions.with_label_values(&[d.outcome.as_str()]).inc();
         if d.is_system() {
             // One reason, `riskgate:<reason>`: not a rule of the ruleset.
-            if let Some(reason) = d.reasons.first() {
-                let label = reason
-                    .rule
-                    .strip_prefix("riskgate:")
-                    .unwrap_or(&reason.rule);
-                m.system_decisions.with_label_values(&[label]).inc();
+            if let Some(reason) = d
+                .reasons
+                .first()
+                .and_then(|r| SystemReason::of_rule(&r.rule))
+            {
+                m.system_decisions
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
             }
         } else {
             if d.duplicate {
@@ -44,6 +46,12 @@ impl Emit for Decided<'_> {
             }
             for r in &d.reasons {
                 m.rule_matches.with_label_values(&[&r.rule]).inc();
+            }
+            // A duplicate re-emits its original's errors: counted once, when they happened.
+            if !d.duplicate {
+                for e in &d.errors {
+                    m.rule_errors.with_label_values(&[&*e.rule]).inc();
+                }
             }
         }
         m.evaluation_seconds.observe(self.evaluation.as_secs_f64());
@@ -222,10 +230,18 @@ impl Emit for RulesetReloaded<'_> {
     }
 }
 
+/// Why a changed ruleset was refused.
+pub enum Refusal<'a> {
+    /// It has errors.
+    Errors(&'a LoadErrors),
+    /// It would split counters by partition.
+    Partitioning(&'a PartitioningError),
+}
+
 /// A changed ruleset was refused; the running one keeps deciding.
 pub struct RulesetRefused<'a> {
     pub trigger: &'a str,
-    pub errors: &'a LoadErrors,
+    pub why: Refusal<'a>,
     pub running: &'a str,
 }
 
@@ -235,37 +251,19 @@ impl Emit for RulesetRefused<'_> {
             .ruleset_reloads
             .with_label_values(&["failure"])
             .inc();
-        for e in &self.errors.0 {
-            tracing::error!(trigger = self.trigger, error = %e, "ruleset reload refused");
-        }
-        tracing::error!(
-            trigger = self.trigger,
-            problems = self.errors.0.len(),
-            running = self.running,
-            "the new ruleset has errors; still deciding with the running one"
-        );
-    }
-}
-
-/// A changed ruleset was refused because it would split counters by partition.
-pub struct PartitioningRefused<'a> {
-    pub trigger: &'a str,
-    pub error: &'a PartitioningError,
-    pub running: &'a str,
-}
-
-impl Emit for PartitioningRefused<'_> {
-    fn emit(&self) {
-        metrics()
-            .ruleset_reloads
-            .with_label_values(&["failure"])
-            .inc();
-        tracing::error!(trigger = self.trigger, error = %self.error, "ruleset reload refused");
-        tracing::error!(
-            trigger = self.trigger,
-            running = self.running,
-            "the new ruleset does not fit the partitioning; still deciding with the running one"
-        );
+        let summary = match self.why {
+            Refusal::Errors(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(trigger = self.trigger, error = %e, "ruleset reload refused");
+                }
+                "the new ruleset has errors; still deciding with the running one"
+            }
+            Refusal::Partitioning(e) => {
+                tracing::error!(trigger = self.trigger, error = %e, "ruleset reload refused");
+                "the new ruleset does not fit the partitioning; still deciding with the running one"
+            }
+        };
+        tracing::error!(trigger = self.trigger, running = self.running, "{summary}");
     }
 }
 

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub decisions: IntCounterVec,
     pub rule_matches: IntCounterVec,
+    pub rule_errors: IntCounterVec,
     pub invalid_intents: IntCounterVec,
     pub duplicates: IntCounter,
     pub system_decisions: IntCounterVec,
@@ -104,6 +105,11 @@ impl Metrics {
                 "Rules that matched an intent, by rule id",
                 &["rule"],
             )?,
+            rule_errors: counter_vec(
+                "riskgate_rule_errors_total",
+                "Rules that failed to evaluate for an intent (an entry of the decision's errors), by rule id",
+                &["rule"],
+            )?,
             invalid_intents: counter_vec(
                 "riskgate_invalid_intents_total",
                 "Invalid intents sent to the dead-letter topic, by kind",
@@ -156,11 +162,19 @@ impl Metrics {
                 "Decisions applied while restoring partition state",
             )?,
             ruleset_info,
-            ruleset_reloads: counter_vec(
-                "riskgate_ruleset_reloads_total",
-                "Ruleset reloads, by result (success or failure)",
-                &["result"],
-            )?,
+            ruleset_reloads: {
+                let c = counter_vec(
+                    "riskgate_ruleset_reloads_total",
+                    "Ruleset reloads, by result (success or failure)",
+                    &["result"],
+                )?;
+                // Both series exist from the start at 0, so that the first refused reload is
+                // an increase an alert can see.
+                for result in ["success", "failure"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
             partitions_assigned: gauge(
                 "riskgate_partitions_assigned",
                 "Intents partitions assigned to this instance",
@@ -189,6 +203,7 @@ impl Metrics {
         family_names(&[
             &self.decisions,
             &self.rule_matches,
+            &self.rule_errors,
             &self.invalid_intents,
             &self.duplicates,
             &self.system_decisions,
@@ -361,6 +376,58 @@ mod tests {
         );
         assert!(!text.contains("abc123"), "the old version is gone: {text}");
         assert!(text.contains("riskgate_decision_evaluation_seconds_bucket{le=\"0.000001\"}"));
+    }
+
+    #[test]
+    fn rule_errors_count_once_and_refused_reloads_are_there_from_the_start() {
+        use super::events::{Decided, Emit};
+        use riskgate_core::decision::Source;
+        use riskgate_core::engine::{Clock, Engine, EngineOptions, Processed, RecordKey};
+        let text =
+            "[[rule]]\nid = \"needs-note\"\nwhen = 'attributes.note == \"x\"'\naction = \"hold\"\n";
+        let rules = riskgate_core::rules::Ruleset::load_sources(&[(
+            std::path::PathBuf::from("t.toml"),
+            text.to_owned(),
+        )])
+        .unwrap();
+        let mut engine = Engine::new(std::sync::Arc::new(rules), EngineOptions::default());
+        let intent = br#"{"intent_id":"i-1","agent_id":"bot","account_id":"a","action":"transfer","created_at":"2026-11-28T10:00:00Z"}"#;
+        let m = metrics();
+        let series = || m.rule_errors.with_label_values(&["needs-note"]).get();
+        let before = series();
+        for line in 1..=2 {
+            let source = Source::File {
+                file: "t".into(),
+                line,
+            };
+            let Processed::Decided(d) = engine.process(
+                intent,
+                1 << 16,
+                RecordKey::Unchecked,
+                source,
+                Clock::At(chrono::Utc::now()),
+            ) else {
+                panic!("a valid intent");
+            };
+            assert_eq!(d.errors.len(), 1, "the absent attribute is an error");
+            assert_eq!(d.duplicate, line == 2);
+            Decided {
+                decision: &d,
+                evaluation: std::time::Duration::ZERO,
+                end_to_end: None,
+            }
+            .emit();
+        }
+        assert_eq!(
+            series() - before,
+            1,
+            "the duplicate's re-emitted error is not counted again"
+        );
+        let text = m.render();
+        assert!(
+            text.contains("riskgate_ruleset_reloads_total{result=\"failure\"}"),
+            "{text}"
+        );
     }
 
     #[test]
