@@ -18,7 +18,7 @@ use serde::Deserialize;
 use toml::value::Datetime;
 use toml::{Table, Value};
 
-use riskgate_core::expr::parse_duration;
+use riskgate_core::expr::{format_duration, parse_duration};
 use riskgate_core::intent::{Field, FieldPath, DEFAULT_MAX_BYTES};
 
 /// The prefix of environment overrides; `__` separates the levels of a key.
@@ -31,6 +31,9 @@ pub struct Config {
     pub http: Http,
     pub engine: Engine,
     pub review: Review,
+    /// Durations as they were written (`section.key` -> `24h`), so that the configuration
+    /// prints back as its author wrote it; the defaults print in their largest whole unit.
+    written: BTreeMap<String, String>,
 }
 
 /// Which command reads the configuration: each requires the keys it needs.
@@ -236,9 +239,18 @@ impl Config {
             fail(vec![e.to_string().trim_end().replace('\n', "\n  ")])
         })?;
         let mut problems = Vec::new();
+        // `section.key` -> the variable that set it, so that a problem with it names the
+        // variable, not the file.
+        let mut from_env: Vec<(String, String)> = Vec::new();
         for (var, value) in env {
             if let Some(path) = var.strip_prefix(ENV_PREFIX) {
                 override_key(&mut table, path, &value, &var, &mut problems);
+                let dotted = path
+                    .split("__")
+                    .map(str::to_ascii_lowercase)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                from_env.push((dotted, var));
             }
         }
         // Cannot fail (every key of the raw shape is optional and takes any value); were it
@@ -248,12 +260,18 @@ impl Config {
         let mut check = Check {
             problems: &mut problems,
             purpose,
+            written: BTreeMap::new(),
         };
         let config = check.config(raw);
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(fail(problems))
+            Err(fail(
+                problems
+                    .into_iter()
+                    .map(|p| name_the_variable(p, &from_env))
+                    .collect(),
+            ))
         }
     }
 
@@ -279,6 +297,17 @@ pub fn is_secret(property: &str) -> bool {
         .any(|s| p.contains(s))
 }
 
+impl Config {
+    /// A duration of the configuration as its author wrote it, or `value` in its largest
+    /// whole unit when it was not written (a default).
+    fn duration_text(&self, key: &str, value: TimeDelta) -> String {
+        self.written
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| format_duration(value))
+    }
+}
+
 impl fmt::Display for Config {
     /// The effective configuration as TOML, secrets replaced by `"<redacted>"`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -290,10 +319,11 @@ impl fmt::Display for Config {
         writeln!(f, "decisions_topic = {:?}", k.decisions_topic)?;
         writeln!(f, "dead_letter_topic = {:?}", k.dead_letter_topic)?;
         writeln!(f, "transactional_id = {:?}", k.transactional_id)?;
+        let commit_interval = TimeDelta::from_std(k.commit_interval).unwrap_or(TimeDelta::MAX);
         writeln!(
             f,
-            "commit_interval = \"{}ms\"",
-            k.commit_interval.as_millis()
+            "commit_interval = \"{}\"",
+            self.duration_text("kafka.commit_interval", commit_interval)
         )?;
         writeln!(f, "commit_max_records = {}", k.commit_max_records)?;
         writeln!(f, "create_topics = {}", k.create_topics)?;
@@ -315,18 +345,30 @@ impl fmt::Display for Config {
         writeln!(f, "max_intent_bytes = {}", e.max_intent_bytes)?;
         writeln!(
             f,
-            "duplicate_horizon = \"{}s\"",
-            e.duplicate_horizon.num_seconds()
+            "duplicate_horizon = \"{}\"",
+            self.duration_text("engine.duplicate_horizon", e.duplicate_horizon)
         )?;
         match e.max_future_skew {
-            Some(s) => writeln!(f, "max_future_skew = \"{}s\"", s.num_seconds())?,
+            Some(s) => writeln!(
+                f,
+                "max_future_skew = \"{}\"",
+                self.duration_text("engine.max_future_skew", s)
+            )?,
             None => writeln!(f, "max_future_skew = \"off\"")?,
         }
         let r = &self.review;
         writeln!(f, "\n[review]")?;
         writeln!(f, "listen = \"{}\"", r.listen)?;
-        writeln!(f, "expire_after = \"{}s\"", r.expire_after.num_seconds())?;
-        writeln!(f, "session_ttl = \"{}s\"", r.session_ttl.num_seconds())?;
+        writeln!(
+            f,
+            "expire_after = \"{}\"",
+            self.duration_text("review.expire_after", r.expire_after)
+        )?;
+        writeln!(
+            f,
+            "session_ttl = \"{}\"",
+            self.duration_text("review.session_ttl", r.session_ttl)
+        )?;
         writeln!(f, "secure_cookies = {}", r.secure_cookies)?;
         for reviewer in &r.reviewers {
             writeln!(f, "\n[[review.reviewers]]")?;
@@ -345,6 +387,19 @@ impl fmt::Display for Config {
 /// Sets `path` (levels separated by `__`, case-insensitive) in `table` to `value`, read as a
 /// TOML value when it is one (`5000`, `true`) and as a string otherwise. Keys of the
 /// librdkafka table keep dots: `RISKGATE__KAFKA__LIBRDKAFKA__SASL.PASSWORD`.
+/// A problem with a key an environment variable set names that variable: the file is not
+/// where to look.
+fn name_the_variable(problem: String, from_env: &[(String, String)]) -> String {
+    for (dotted, var) in from_env {
+        if let Some(rest) = problem.strip_prefix(dotted.as_str()) {
+            if let Some(rest) = rest.strip_prefix(':') {
+                return format!("{dotted} (set by the environment variable `{var}`):{rest}");
+            }
+        }
+    }
+    problem
+}
+
 fn override_key(table: &mut Table, path: &str, value: &str, var: &str, problems: &mut Vec<String>) {
     let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
     let Some((last, parents)) = parts.split_last() else {
@@ -584,6 +639,8 @@ fn marked_datetime(table: &Table) -> Option<Datetime> {
 struct Check<'p> {
     problems: &'p mut Vec<String>,
     purpose: Purpose,
+    /// Durations as written, by `section.key`.
+    written: BTreeMap<String, String>,
 }
 
 impl Check<'_> {
@@ -601,6 +658,7 @@ impl Check<'_> {
             http: self.http(http),
             engine: self.engine(engine),
             review: self.review(review),
+            written: std::mem::take(&mut self.written),
         }
     }
 
@@ -936,7 +994,10 @@ impl Check<'_> {
     ) -> Option<TimeDelta> {
         let text = self.string(value, section, key)?;
         match parse_duration(&text) {
-            Ok(d) if d > TimeDelta::zero() => Some(d),
+            Ok(d) if d > TimeDelta::zero() => {
+                self.written.insert(format!("{section}.{key}"), text);
+                Some(d)
+            }
             Ok(_) => {
                 self.problems
                     .push(format!("{section}.{key}: must be longer than zero"));
@@ -971,6 +1032,62 @@ mod tests {
     }
 
     #[test]
+    fn the_partition_key_is_an_intent_field_account_id_by_default() {
+        let base = "[kafka]\nbrokers = \"a:1\"\ntransactional_id = \"t\"\n";
+        let c = Config::parse(base, "x.toml", env(&[])).unwrap();
+        assert_eq!(c.kafka.partition_key, FieldPath::Field(Field::AccountId));
+        let c = Config::parse(
+            &format!("{base}partition_key = \"counterparty.id\"\n"),
+            "x.toml",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.partition_key.to_string(), "counterparty.id");
+        let c = Config::parse(
+            base,
+            "x.toml",
+            env(&[("RISKGATE__KAFKA__PARTITION_KEY", "agent_id")]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.partition_key, FieldPath::Field(Field::AgentId));
+        let e = Config::parse(
+            &format!("{base}partition_key = \"colour\"\n"),
+            "x.toml",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            e.problems[0].starts_with("kafka.partition_key: `colour` is not an intent field"),
+            "{:?}",
+            e.problems
+        );
+    }
+
+    #[test]
+    fn durations_print_as_written_and_read_back_the_same() {
+        let text = "[kafka]\ntransactional_id = \"t\"\ncommit_interval = \"250ms\"\n[engine]\nduplicate_horizon = \"24h\"\n";
+        let c = Config::parse(
+            text,
+            "d.toml",
+            env(&[("RISKGATE__REVIEW__EXPIRE_AFTER", "90m")]),
+        )
+        .unwrap();
+        let shown = c.to_string();
+        for line in [
+            "commit_interval = \"250ms\"",
+            "duplicate_horizon = \"24h\"",
+            "expire_after = \"90m\"",
+            // Not written: the default, in its largest whole unit.
+            "max_future_skew = \"5m\"",
+        ] {
+            assert!(shown.contains(line), "no `{line}` in:\n{shown}");
+        }
+        let again = Config::parse(&shown, "shown.toml", env(&[])).unwrap();
+        assert_eq!(again.to_string(), shown);
+        assert_eq!(again.engine, c.engine);
+    }
+
+    #[test]
     fn the_example_file_configures_a_reviewer() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("riskgate.example.toml");
         let c = Config::load_for(&path, env(&[]), Purpose::Review).unwrap();
@@ -982,6 +1099,15 @@ mod tests {
         assert!(shown.contains("secret_hash = \"<redacted>\""), "{shown}");
         assert!(!shown.contains("$argon2id$"), "{shown}");
         assert!(!format!("{:?}", c.review.reviewers[0]).contains("$argon2id$"));
+        // The secret README.md and docs/review.md use signs the example reviewer in.
+        let auth = crate::review::auth::Auth::new(
+            &c.review.reviewers,
+            std::time::Duration::from_secs(60),
+            false,
+        )
+        .unwrap();
+        assert!(auth.verify("alice", "a-long-secret-for-alice").is_some());
+        assert!(auth.verify("alice", "a-long-secret-for-bob").is_none());
     }
 
     #[test]
@@ -1144,10 +1270,10 @@ reviewers = [1, { name = "a", role = "viewer", secret_hash = 7, size = 1 }]
             e.problems,
             [
                 "RISKGATE__KAFKA__PARTITIONS__MAX: `partitions` is not a table",
-                "kafka.transactional_id: must be a string, not datetime",
-                "kafka.partitions: must be a positive integer, not -1",
-                "kafka.transactional_id: required, stable and unique per instance (e.g. \"riskgate-a\"), so that a restarted instance fences its previous self",
-                "engine.colour: unknown key",
+                "kafka.transactional_id (set by the environment variable `RISKGATE__KAFKA__TRANSACTIONAL_ID`): must be a string, not datetime",
+                "kafka.partitions (set by the environment variable `RISKGATE__KAFKA__PARTITIONS`): must be a positive integer, not -1",
+                "kafka.transactional_id (set by the environment variable `RISKGATE__KAFKA__TRANSACTIONAL_ID`): required, stable and unique per instance (e.g. \"riskgate-a\"), so that a restarted instance fences its previous self",
+                "engine.colour (set by the environment variable `RISKGATE__ENGINE__COLOUR`): unknown key",
             ]
         );
     }

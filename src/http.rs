@@ -72,3 +72,54 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     };
     (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
+
+/// Why [`probe`] got no status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("`{0}` is not a plain-HTTP URL such as `http://127.0.0.1:9464/readyz`")]
+    Url(String),
+    #[error("cannot reach `{url}`: {error}")]
+    Io { url: String, error: std::io::Error },
+    #[error("`{0}` did not answer with an HTTP status line")]
+    Answer(String),
+}
+
+/// `GET url` over plain HTTP/1.0, within `timeout` for each step: the status code. A probe
+/// for container healthchecks (`riskgate probe`), which have no curl in a slim image.
+pub fn probe(url: &str, timeout: std::time::Duration) -> Result<u16, ProbeError> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ProbeError::Url(url.to_owned()))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let io = |error| ProbeError::Io {
+        url: url.to_owned(),
+        error,
+    };
+    let address = host
+        .to_socket_addrs()
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| ProbeError::Url(url.to_owned()))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    // One write: a server may read the request line in one go.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        match stream.read(&mut head[read..]).map_err(io)? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    let text = String::from_utf8_lossy(&head[..read]);
+    text.strip_prefix("HTTP/1.")
+        .and_then(|t| t.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| ProbeError::Answer(url.to_owned()))
+}

@@ -52,39 +52,7 @@ enum Command {
     },
     /// Decide a JSON-lines stream of intents offline, with the same engine as the service:
     /// one decision line per valid intent, in input order.
-    Replay {
-        /// The rules directory.
-        #[arg(long, default_value = "rules")]
-        rules: PathBuf,
-        /// Intents, one JSON object per line; `-` reads standard input. Blank lines are skipped.
-        #[arg(long, default_value = "-")]
-        input: String,
-        /// Where decisions go; `-` is standard output.
-        #[arg(long, default_value = "-")]
-        output: String,
-        /// Where dead letters (invalid lines, with the error and the original payload) go;
-        /// standard error when not given.
-        #[arg(long)]
-        dlq: Option<PathBuf>,
-        /// Largest accepted intent, in bytes; larger lines are dead letters of kind `too_large`.
-        #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
-        max_intent_bytes: usize,
-        /// A repeated `intent_id` within this much event time is a duplicate.
-        #[arg(long, default_value = "24h", value_parser = duration_arg)]
-        duplicate_horizon: TimeDelta,
-        /// Cap the watermark at the wall clock plus this much, as the service does, so that an
-        /// intent dated far in the future cannot expire velocity state. Off by default: a
-        /// replay's decisions then depend only on its input, not on when it runs.
-        #[arg(long, value_parser = duration_arg)]
-        max_future_skew: Option<TimeDelta>,
-        /// The intent field intents are keyed by (`[kafka] partition_key`): an intent id is
-        /// a duplicate within the intents of the same value of it.
-        #[arg(long, default_value = "account_id", value_parser = field_path_arg)]
-        partition_key: FieldPath,
-        /// Print no summary on standard error.
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    Replay(ReplayArgs),
     /// Run the Kafka service: consume intents, decide, produce decisions and dead letters
     /// exactly once. Stops cleanly on SIGTERM; reloads the rules on SIGHUP and on change.
     Run {
@@ -108,6 +76,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
+    /// Check a health endpoint, for container healthchecks in images without curl: exits 0
+    /// when `GET URL` answers 200 within the timeout, 1 otherwise (saying why).
+    Probe {
+        /// A plain-HTTP URL, e.g. `http://127.0.0.1:9464/readyz`.
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = duration_arg)]
+        timeout: TimeDelta,
+    },
     /// Hash a reviewer's secret for `[[review.reviewers]]` `secret_hash`: reads the secret
     /// from the first line of standard input, prints an Argon2id hash (PHC format).
     HashSecret,
@@ -117,6 +94,47 @@ enum Command {
         #[arg(long, default_value = "riskgate.toml")]
         config: PathBuf,
     },
+}
+
+/// `riskgate replay`'s arguments.
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The rules directory.
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
+    /// Intents, one JSON object per line; `-` reads standard input. Blank lines are skipped.
+    #[arg(long, default_value = "-")]
+    input: String,
+    /// Where decisions go; `-` is standard output.
+    #[arg(long, default_value = "-")]
+    output: String,
+    /// Where dead letters (invalid lines, with the error and the original payload) go;
+    /// standard error when not given.
+    #[arg(long)]
+    dlq: Option<PathBuf>,
+    /// Largest accepted intent, in bytes; larger lines are dead letters of kind `too_large`.
+    #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
+    max_intent_bytes: usize,
+    /// A repeated `intent_id` within this much event time is a duplicate.
+    #[arg(long, default_value = "24h", value_parser = duration_arg)]
+    duplicate_horizon: TimeDelta,
+    /// Cap the watermark at the wall clock plus this much, as the service does, so that an
+    /// intent dated far in the future cannot expire velocity state. Off by default: a
+    /// replay's decisions then depend only on its input, not on when it runs.
+    #[arg(long, value_parser = duration_arg)]
+    max_future_skew: Option<TimeDelta>,
+    /// The intent field intents are keyed by (`[kafka] partition_key`): an intent id is
+    /// a duplicate within the intents of the same value of it.
+    #[arg(long, default_value = "account_id", value_parser = field_path_arg)]
+    partition_key: FieldPath,
+    /// Print no summary on standard error.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Exit with status 2 when any line was invalid (a dead letter), after writing every
+    /// decision and dead letter. Without it, dead letters do not change the exit status
+    /// (0), as the service goes on after them.
+    #[arg(long)]
+    fail_on_dead_letters: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -150,35 +168,10 @@ fn main() -> ExitCode {
             partitions,
         } => check(&rules_dir, &partition_key, partitions),
         Command::Test { rules_dir } => test(&rules_dir),
-        Command::Replay {
-            rules,
-            input,
-            output,
-            dlq,
-            max_intent_bytes,
-            duplicate_horizon,
-            max_future_skew,
-            partition_key,
-            quiet,
-        } => {
-            let options = EngineOptions {
-                duplicate_horizon,
-                max_future_skew,
-                partition_key,
-                ..EngineOptions::default()
-            };
-            run_replay(
-                &rules,
-                &input,
-                &output,
-                dlq.as_deref(),
-                max_intent_bytes,
-                options,
-                quiet,
-            )
-        }
+        Command::Replay(args) => run_replay(&args),
         Command::Run { config, log_format } => run(&config, log_format),
         Command::Review { config, log_format } => review(&config, log_format),
+        Command::Probe { url, timeout } => probe(&url, timeout),
         Command::HashSecret => hash_secret(),
         Command::Config { config } => Config::load(&config, std::env::vars())
             .map(|c| {
@@ -258,6 +251,23 @@ fn review(config: &Path, format: LogFormat) -> Result<ExitCode> {
         .build()?;
     runtime.block_on(riskgate::review::run(config))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn probe(url: &str, timeout: TimeDelta) -> Result<ExitCode> {
+    let timeout = timeout
+        .to_std()
+        .unwrap_or(std::time::Duration::from_secs(3));
+    match riskgate::http::probe(url, timeout) {
+        Ok(200) => Ok(ExitCode::SUCCESS),
+        Ok(status) => {
+            eprintln!("riskgate: `{url}` answered {status}, not 200");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("riskgate: error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn hash_secret() -> Result<ExitCode> {
@@ -342,20 +352,31 @@ fn test(dir: &Path) -> Result<ExitCode> {
     })
 }
 
-fn run_replay(
-    rules: &Path,
-    input: &str,
-    output: &str,
-    dlq: Option<&Path>,
-    max_bytes: usize,
-    options: EngineOptions,
-    quiet: bool,
-) -> Result<ExitCode> {
+fn run_replay(args: &ReplayArgs) -> Result<ExitCode> {
+    let ReplayArgs {
+        rules,
+        input,
+        output,
+        dlq,
+        max_intent_bytes: max_bytes,
+        duplicate_horizon,
+        max_future_skew,
+        partition_key,
+        quiet,
+        fail_on_dead_letters,
+    } = args;
+    let options = EngineOptions {
+        duplicate_horizon: *duplicate_horizon,
+        max_future_skew: *max_future_skew,
+        partition_key: partition_key.clone(),
+        ..EngineOptions::default()
+    };
     let Some(rs) = load(rules) else {
         return Ok(ExitCode::FAILURE);
     };
     let version = rs.version.clone();
     let mut engine = Engine::new(rs, options);
+    let (input, output) = (input.as_str(), output.as_str());
     let reader: Box<dyn Read> = if input == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -384,11 +405,20 @@ fn run_replay(
         writer,
         dead,
         label,
-        max_bytes,
+        *max_bytes,
         Utc::now,
     )?;
     if !quiet {
         eprintln!("{}", describe(&summary, &version, started.elapsed()));
+    }
+    if *fail_on_dead_letters && summary.invalid > 0 {
+        eprintln!(
+            "riskgate: error: {} line{} of the input {} invalid (see the dead letters); exit status 2 as --fail-on-dead-letters asks",
+            summary.invalid,
+            if summary.invalid == 1 { "" } else { "s" },
+            if summary.invalid == 1 { "was" } else { "were" },
+        );
+        return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
 }

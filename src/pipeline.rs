@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
@@ -29,7 +30,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::kafka::{client_config, is_fatal, partition_count};
+use crate::kafka::{self, client_config, is_fatal, partition_count, Backoff, Outage, RetryError};
 use crate::telemetry::events::{self, Emit};
 use crate::telemetry::metrics;
 use riskgate_core::decision::Source;
@@ -41,11 +42,12 @@ pub use restore::{restore, RestoreStats};
 /// What stops the service.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot {what}: {source}")]
+    /// The Kafka error is part of the message, not a separate source: `main` prints the
+    /// chain of sources, and would print it twice.
+    #[error("cannot {what}: {error}")]
     Kafka {
         what: &'static str,
-        #[source]
-        source: KafkaError,
+        error: KafkaError,
     },
     #[error("{0}")]
     Setup(String),
@@ -55,7 +57,7 @@ pub enum Error {
 
 impl Error {
     fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> Error {
-        move |source| Error::Kafka { what, source }
+        move |error| Error::Kafka { what, error }
     }
 }
 
@@ -84,6 +86,8 @@ pub struct Health {
     /// Assigned partitions held up by a record the broker keeps refusing (see
     /// [`Unproducible`]).
     pub unproducible: AtomicUsize,
+    /// A broker outage as the service's clients see it, logged without flooding.
+    pub outage: Outage,
 }
 
 /// A blocking broker call that lasts longer than this makes the service not ready: a commit
@@ -185,6 +189,14 @@ fn untag_source(tag: usize) -> Option<(i32, i64)> {
 }
 
 impl ClientContext for ProducerCtx {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        kafka::log_line(&self.health.outage, level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka::client_error(&self.health.outage, &error, reason);
+    }
+
     fn stats(&self, stats: rdkafka::Statistics) {
         let n = self
             .topics
@@ -293,9 +305,12 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
     ruleset
         .check_partitioning(&k.partition_key, intents)
         .map_err(|e| Error::Setup(format!("refusing to start: {e}")))?;
-    retry_until_done(&controls, "initialise transactions", || {
-        producer.init_transactions(Duration::from_secs(30))
-    })?;
+    retry_until_done(
+        &controls.health,
+        &controls.shutdown,
+        "initialise transactions",
+        || producer.init_transactions(Duration::from_secs(30)),
+    )?;
     tracing::info!(transactional_id = %k.transactional_id, "transactions initialised; earlier incarnations fenced");
 
     events::RulesetInUse {
@@ -356,7 +371,6 @@ fn main_loop(
     restored: &Receiver<Restored>,
     controls: &Controls,
 ) -> Result<(), Error> {
-    let mut last_error_log: Option<Instant> = None;
     while !controls.shutdown.load(Ordering::Relaxed) {
         let polled = consumer.poll(Duration::from_millis(20));
         let mut w = lock(worker);
@@ -366,15 +380,14 @@ fn main_loop(
         match polled {
             Some(Ok(m)) => {
                 w.health.broker_up.store(true, Ordering::Relaxed);
+                w.health.outage.ok();
                 w.handle(consumer, &m)?;
             }
             Some(Err(e)) => {
-                // Transport errors: librdkafka reconnects by itself; say so, not too often.
+                // Transport errors: librdkafka reconnects by itself; the outage says so,
+                // not too often.
                 w.health.broker_up.store(false, Ordering::Relaxed);
-                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                    tracing::warn!(error = %e, "consumer error; retrying");
-                    last_error_log = Some(Instant::now());
-                }
+                w.health.outage.failed(&format_args!("consumer: {e}"));
             }
             None => {}
         }
@@ -413,13 +426,18 @@ fn wait_for_topics(
 ) -> Result<(i32, i32, i32), Error> {
     let k = &config.kafka;
     let names = [&k.intents_topic, &k.decisions_topic, &k.dead_letter_topic];
-    let counts = retry_until_done(controls, "read topic metadata", || {
-        let mut counts = [None; 3];
-        for (i, t) in names.iter().enumerate() {
-            counts[i] = partition_count(producer.client(), t, Duration::from_secs(10))?;
-        }
-        Ok(counts)
-    })?;
+    let counts = retry_until_done(
+        &controls.health,
+        &controls.shutdown,
+        "read topic metadata",
+        || {
+            let mut counts = [None; 3];
+            for (i, t) in names.iter().enumerate() {
+                counts[i] = partition_count(producer.client(), t, Duration::from_secs(10))?;
+            }
+            Ok(counts)
+        },
+    )?;
     let missing: Vec<&str> = names
         .iter()
         .zip(counts)
@@ -446,34 +464,23 @@ fn wait_for_topics(
     Ok((i, d, l))
 }
 
-/// Calls `f` until it succeeds, backing off on errors, unless the service is told to stop.
-pub(crate) fn retry_until_done<T>(
-    controls: &Controls,
+/// Calls `f` until it succeeds, backing off on errors ([`kafka::retry`]), unless the
+/// service is told to `stop`; `health.broker_up` follows.
+fn retry_until_done<T>(
+    health: &Health,
+    stop: &AtomicBool,
     what: &'static str,
     mut f: impl FnMut() -> Result<T, KafkaError>,
 ) -> Result<T, Error> {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match f() {
-            Ok(v) => {
-                controls.health.broker_up.store(true, Ordering::Relaxed);
-                return Ok(v);
-            }
-            Err(e) if is_fatal(&e) => return Err(Error::Kafka { what, source: e }),
-            Err(e) => {
-                controls.health.broker_up.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot {what}; retrying");
-                let until = Instant::now() + backoff;
-                while Instant::now() < until {
-                    if controls.shutdown.load(Ordering::Relaxed) {
-                        return Err(Error::Stopped);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let result = kafka::retry(&health.outage, what, stop, || {
+        let r = f();
+        health.broker_up.store(r.is_ok(), Ordering::Relaxed);
+        r
+    });
+    result.map_err(|e| match e {
+        RetryError::Fatal(error) => Error::Kafka { what, error },
+        RetryError::Stopped => Error::Stopped,
+    })
 }
 
 /// The rebalance callbacks' view of the worker.
@@ -489,7 +496,18 @@ impl ClientContext for Ctx {
     /// position this instance has consumed to. librdkafka's own `consumer_lag` subtracts the
     /// consumer's committed offset, which offsets committed through the producer's
     /// transactions never update.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        kafka::log_line(&self.health.outage, level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka::client_error(&self.health.outage, &error, reason);
+    }
+
     fn stats(&self, stats: rdkafka::Statistics) {
+        if kafka::any_broker_up(&stats) {
+            self.health.outage.ok();
+        }
         self.health.leaderless_inputs.store(
             leaderless(&stats, &self.intents_topic, true),
             Ordering::Relaxed,
@@ -946,7 +964,13 @@ impl Worker {
         let mut record = BaseRecord::with_opaque_to(topic, source_tag(p, offset))
             .partition(partition)
             .payload(&self.out[..]);
-        if let Some(key) = m.key() {
+        // The answer keeps the intent's key, unless no intent could have it: a key longer than
+        // an intent may be is dropped (the partition number alone keeps the answer beside its
+        // intent), so that no key can make an answer too large to publish.
+        if let Some(key) = m
+            .key()
+            .filter(|k| k.len() <= self.config.engine.max_intent_bytes)
+        {
             record = record.key(key);
         }
         let mut record = record;
@@ -1012,7 +1036,7 @@ impl Worker {
         let _blocked = health.blocked();
         let timeout = Duration::from_secs(30);
         let commit_started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut offsets_sent = offsets.count() == 0;
         // rdkafka's commit first flushes, polling in steps of up to 100 ms: a commit would
         // take 100 ms. Waiting here for the last deliveries in 1 ms steps makes it ~1 ms.
@@ -1037,6 +1061,7 @@ impl Worker {
             match step {
                 Ok(()) => {
                     self.health.broker_up.store(true, Ordering::Relaxed);
+                    self.health.outage.ok();
                     events::TransactionCommitted {
                         records: self.txn.as_ref().map_or(0, |t| t.records),
                         open: self
@@ -1067,12 +1092,14 @@ impl Worker {
                 }
                 Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.is_fatal() => {
                     self.health.broker_up.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "transaction commit failed; retrying");
-                    if self.stop.load(Ordering::Relaxed) && backoff > Duration::from_secs(5) {
+                    self.health
+                        .outage
+                        .failed(&format_args!("committing the transaction: {e}"));
+                    let wait = backoff.next_wait();
+                    if self.stop.load(Ordering::Relaxed) && wait > Duration::from_secs(5) {
                         return self.abort_and_redo(consumer);
                     }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    std::thread::sleep(wait);
                 }
                 Err(e) if is_fatal(&e) => {
                     return self.fatal(
@@ -1140,7 +1167,7 @@ impl Worker {
         if self.transaction_expired() {
             return self.renew_producer(consumer, &e.to_string());
         }
-        Err(Error::Kafka { what, source: e })
+        Err(Error::Kafka { what, error: e })
     }
 
     /// Whether the open transaction has been open longer than `transaction.timeout.ms`: then
@@ -1197,27 +1224,13 @@ impl Worker {
             "the producer cannot go on; starting a new one with the same transactional id"
         );
         self.producer = Arc::new(transactional_producer(&self.config, &self.health)?);
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.producer.init_transactions(Duration::from_secs(30)) {
-                Ok(()) => break,
-                Err(e) if is_fatal(&e) => {
-                    return Err(Error::Kafka {
-                        what: "initialise transactions again",
-                        source: e,
-                    })
-                }
-                Err(e) => {
-                    self.health.broker_up.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "cannot initialise transactions again; retrying");
-                    if self.stop.load(Ordering::Relaxed) {
-                        return Err(Error::Stopped);
-                    }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        let producer = self.producer.clone();
+        retry_until_done(
+            &self.health,
+            &self.stop,
+            "initialise transactions again",
+            || producer.init_transactions(Duration::from_secs(30)),
+        )?;
         tracing::info!(transactional_id = %self.config.kafka.transactional_id, "transactions initialised again");
         self.redo_aborted(consumer)
     }

@@ -26,15 +26,19 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, Role};
-use crate::kafka::{client_config, decisions_reader};
+use crate::kafka::{client_config, decisions_reader, partition_count, Backoff, Logging, Outage};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::telemetry::review_metrics;
 use auth::Auth;
 use queue::{Applied, HoldId, Queue, Refusal};
 use riskgate_core::wire::{ReviewRecord, Verdict};
 
+/// How long a review record may take to be written (librdkafka's `message.timeout.ms` of the
+/// review producer): during an outage a review fails with 503 in this time, never hangs.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a request waits for its review record to be read back.
-const READ_BACK: Duration = Duration::from_secs(15);
+const READ_BACK: Duration = Duration::from_secs(5);
 
 /// The review service's shared state.
 pub struct App {
@@ -49,7 +53,10 @@ pub struct App {
     pub ready: AtomicBool,
     /// Secrets checked at once (Argon2 is slow on purpose).
     pub verifying: tokio::sync::Semaphore,
-    producer: FutureProducer,
+    /// The broker as the review's Kafka clients see it: while it is out of reach the service
+    /// is not ready and writes fail fast.
+    pub broker: Arc<Outage>,
+    producer: FutureProducer<Logging>,
     topic: String,
 }
 
@@ -63,6 +70,12 @@ pub enum ReviewError {
 }
 
 impl App {
+    /// Whether the service can answer reviews: the decisions topic read to its end once, and
+    /// the broker within reach.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.broker.is_down()
+    }
+
     pub fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -81,6 +94,11 @@ impl App {
         if !self.ready.load(Ordering::Relaxed) {
             return Err(ReviewError::Unavailable(
                 "the decisions topic is still being read; try again in a moment".to_owned(),
+            ));
+        }
+        if self.broker.is_down() {
+            return Err(ReviewError::Unavailable(
+                "the Kafka broker cannot be reached now, so no review can be recorded; try again when it is back".to_owned(),
             ));
         }
         let (record, key, decided_at) = {
@@ -157,7 +175,7 @@ impl App {
         if let Some(k) = key {
             r = r.key(k);
         }
-        match self.producer.send(r, Duration::from_secs(10)).await {
+        match self.producer.send(r, WRITE_TIMEOUT).await {
             Ok(d) => Ok((d.partition, d.offset)),
             Err((e, _)) => Err(format!("cannot write to `{}`: {e}", self.topic)),
         }
@@ -236,31 +254,34 @@ fn count_outcome(outcome: &str, ended_hold_decided_at: Option<chrono::DateTime<U
 fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowError> {
     let topic = config.kafka.decisions_topic.as_str();
     // Every start reads the topic from the beginning.
-    let consumer = decisions_reader(config, "review").map_err(FollowError::Consumer)?;
+    let outage = app.broker.clone();
+    let consumer = decisions_reader(
+        config,
+        "review",
+        Logging {
+            outage: outage.clone(),
+        },
+    )
+    .map_err(FollowError::Consumer)?;
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let partitions = loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let found = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .map_err(|e| e.to_string())
-            .and_then(|md| {
-                md.topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-                    .map(|t| t.partitions().len() as i32)
-                    .ok_or_else(|| format!("topic `{topic}` does not exist yet"))
-            });
-        match found {
-            Ok(n) => break n,
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "waiting for the decisions topic");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+        match partition_count(consumer.client(), topic, Duration::from_secs(5)) {
+            Ok(Some(n)) => {
+                outage.ok();
+                break n;
             }
+            Ok(None) => {
+                outage.ok();
+                tracing::warn!(topic, "waiting for the decisions topic to exist");
+            }
+            Err(e) => outage.failed(&format_args!("reading the metadata of `{topic}`: {e}")),
+        }
+        if !backoff.sleep(stop) {
+            return Ok(());
         }
     };
     let mut tpl = TopicPartitionList::new();
@@ -282,6 +303,8 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(msg)) => {
                 read += 1;
+                outage.ok();
+                backoff.reset();
                 let Some(payload) = msg.payload() else {
                     continue;
                 };
@@ -311,6 +334,7 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
                 app.progress.notify_waiters();
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
+                outage.ok();
                 at_end.insert(p);
                 if at_end.len() == partitions as usize && !app.ready.load(Ordering::Relaxed) {
                     app.ready.store(true, Ordering::Relaxed);
@@ -326,9 +350,10 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(topic, error = %e, "reading the decisions topic failed; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                outage.failed(&format_args!("reading `{topic}`: {e}"));
+                if !backoff.sleep(stop) {
+                    break;
+                }
             }
             None => {}
         }
@@ -356,11 +381,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or(Duration::from_secs(8 * 3600)),
         review.secure_cookies,
     )?;
-    let producer: FutureProducer = client_config(&config)
+    let logging = Logging::new("the review service");
+    let broker = logging.outage.clone();
+    let producer: FutureProducer<Logging> = client_config(&config)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "0")
-        .create()
+        .set("message.timeout.ms", WRITE_TIMEOUT.as_millis().to_string())
+        .create_with_context(logging)
         .map_err(|e| anyhow::anyhow!("cannot create the review producer: {e}"))?;
     let app = Arc::new(App {
         queue: Mutex::new(Queue::with_duplicate_horizon(
@@ -372,6 +400,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         progress: Notify::new(),
         ready: AtomicBool::new(false),
         verifying: tokio::sync::Semaphore::new(2),
+        broker,
         producer,
         topic: config.kafka.decisions_topic.clone(),
     });

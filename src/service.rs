@@ -2,19 +2,19 @@
 //! topic creation, on a tokio runtime.
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, Producer};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc as tmpsc;
 
 use crate::config::Config;
-use crate::kafka::{client_config, partition_count};
+use crate::kafka::{self, client_config, partition_count, Logging, RetryError};
 use crate::pipeline::{self, Controls, Health};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::telemetry::events::{self, Emit};
@@ -25,6 +25,7 @@ use riskgate_core::rules::Ruleset;
 /// start.
 pub async fn run(config: Config, ruleset: Arc<Ruleset>) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
+    shutdown.listen("finishing the open transaction", GRACE)?;
     let health = Arc::new(Health::default());
     let bound = crate::http::serve(config.http.listen, health.clone())
         .await
@@ -36,7 +37,8 @@ pub async fn run(config: Config, ruleset: Arc<Ruleset>) -> anyhow::Result<()> {
         // Metadata calls block: they run off the async workers.
         let c = config.clone();
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || create_topics(&c, &runtime)).await??;
+        let stop = shutdown.flag();
+        tokio::task::spawn_blocking(move || create_topics(&c, &runtime, &stop)).await??;
     }
 
     // Reload triggers: SIGHUP and, when watched, changes in the rules directory.
@@ -61,8 +63,6 @@ pub async fn run(config: Config, ruleset: Arc<Ruleset>) -> anyhow::Result<()> {
         reload_tx,
         (health.clone(), config.kafka.partition_key.clone()),
     ));
-
-    shutdown.listen("finishing the open transaction", GRACE)?;
 
     let controls = Controls {
         shutdown: shutdown.flag(),
@@ -107,29 +107,19 @@ async fn reloader(
             Ok(Ok(rs)) if rs.version == current => {
                 tracing::debug!(trigger = why, version = %current, "rules unchanged");
             }
-            Ok(Ok(rs))
-                if rs
-                    .check_partitioning(
-                        &partition_key,
-                        health
-                            .intents_partitions
-                            .load(std::sync::atomic::Ordering::Relaxed),
-                    )
-                    .is_err() =>
-            {
+            Ok(Ok(rs)) => {
                 let partitions = health
                     .intents_partitions
                     .load(std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = rs.check_partitioning(&partition_key, partitions) {
-                    events::PartitioningRefused {
+                    events::RulesetRefused {
                         trigger: why,
-                        error: &e,
+                        why: events::Refusal::Partitioning(&e),
                         running: &current,
                     }
                     .emit();
+                    continue;
                 }
-            }
-            Ok(Ok(rs)) => {
                 events::RulesetReloaded {
                     trigger: why,
                     old: &current,
@@ -144,7 +134,7 @@ async fn reloader(
             }
             Ok(Err(errors)) => events::RulesetRefused {
                 trigger: why,
-                errors: &errors,
+                why: events::Refusal::Errors(&errors),
                 running: &current,
             }
             .emit(),
@@ -153,21 +143,86 @@ async fn reloader(
     }
 }
 
+/// Why the topics could not be created at start.
+#[derive(Debug, thiserror::Error)]
+enum TopicsError {
+    #[error("cannot create a Kafka client for `{brokers}`: {error}")]
+    Client {
+        brokers: String,
+        error: rdkafka::error::KafkaError,
+    },
+    #[error("stopped while waiting for the brokers `{brokers}` to create the topics")]
+    Stopped { brokers: String },
+    #[error("the brokers `{brokers}` gave a fatal error while reading topic metadata: {error}; check `kafka.brokers` and the security settings in `[kafka.librdkafka]`")]
+    Fatal {
+        brokers: String,
+        error: rdkafka::error::KafkaError,
+    },
+    #[error("the brokers `{brokers}` refused to create topic `{topic}`: {code}; {hint}")]
+    Refused {
+        brokers: String,
+        topic: String,
+        code: rdkafka::types::RDKafkaErrorCode,
+        hint: &'static str,
+    },
+    #[error("the topics created on `{brokers}` did not appear in its metadata within 10 s")]
+    NotVisible { brokers: String },
+}
+
+/// What to check when the broker refuses to create a topic.
+fn refusal_hint(code: rdkafka::types::RDKafkaErrorCode) -> &'static str {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match code {
+        C::InvalidReplicationFactor => "`kafka.replication_factor` is more than the brokers there are",
+        C::InvalidPartitions => "`kafka.partitions` must be at least 1",
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => {
+            "riskgate's principal may not create topics: create them yourself, or grant it CREATE (docs/kafka.md)"
+        }
+        C::PolicyViolation => "the broker's topic policy refuses these settings",
+        _ => "create the topics yourself (docs/kafka.md), or check the broker's log",
+    }
+}
+
 /// Creates missing topics: the intents topic with `partitions` partitions, the others with
-/// as many as the intents topic has. Blocking: it runs on a blocking thread, and drives the
+/// as many as the intents topic has. Waits while the brokers cannot be reached (the outage is
+/// logged, naming them), until `stop`. Blocking: it runs on a blocking thread, and drives the
 /// admin client's request on `runtime`.
-fn create_topics(config: &Config, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
+fn create_topics(
+    config: &Config,
+    runtime: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+) -> Result<(), TopicsError> {
     let k = &config.kafka;
-    let probe: BaseProducer = client_config(config)
+    let brokers = || k.brokers.clone();
+    let client = |error| TopicsError::Client {
+        brokers: brokers(),
+        error,
+    };
+    let logging = Logging::new("topic creation");
+    let outage = logging.outage.clone();
+    let probe: BaseProducer<Logging> = client_config(config)
         .set("allow.auto.create.topics", "false")
-        .create()?;
+        .create_with_context(logging.clone())
+        .map_err(client)?;
     let timeout = Duration::from_secs(10);
-    let intents = partition_count(probe.client(), &k.intents_topic, timeout)?;
-    let partitions = intents.unwrap_or(k.partitions);
-    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
+    let count = |name: &str| {
+        let what = format!("read the metadata of `{name}` from `{}`", k.brokers);
+        kafka::retry(&outage, &what, stop, || {
+            partition_count(probe.client(), name, timeout)
+        })
+        .map_err(|e| match e {
+            RetryError::Fatal(error) => TopicsError::Fatal {
+                brokers: brokers(),
+                error,
+            },
+            RetryError::Stopped => TopicsError::Stopped { brokers: brokers() },
+        })
+    };
+    let names = [&k.intents_topic, &k.decisions_topic, &k.dead_letter_topic];
+    let partitions = count(&k.intents_topic)?.unwrap_or(k.partitions);
     let mut wanted = Vec::new();
-    for name in [&k.intents_topic, &k.decisions_topic, &k.dead_letter_topic] {
-        if partition_count(probe.client(), name, timeout)?.is_none() {
+    for name in names {
+        if count(name)?.is_none() {
             wanted.push(NewTopic::new(
                 name,
                 partitions,
@@ -178,26 +233,41 @@ fn create_topics(config: &Config, runtime: &tokio::runtime::Handle) -> anyhow::R
     if wanted.is_empty() {
         return Ok(());
     }
-    let results = runtime.block_on(admin.create_topics(wanted.iter(), &AdminOptions::new()))?;
+    let admin: AdminClient<Logging> = client_config(config)
+        .create_with_context(logging)
+        .map_err(client)?;
+    let results = runtime
+        .block_on(admin.create_topics(wanted.iter(), &AdminOptions::new()))
+        .map_err(|error| TopicsError::Fatal {
+            brokers: brokers(),
+            error,
+        })?;
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, partitions, "topic created"),
             Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::info!(topic = %name, "topic already exists")
             }
-            Err((name, code)) => anyhow::bail!("cannot create topic `{name}`: {code}"),
+            Err((topic, code)) => {
+                return Err(TopicsError::Refused {
+                    brokers: brokers(),
+                    topic,
+                    code,
+                    hint: refusal_hint(code),
+                })
+            }
         }
     }
     // Metadata is eventually consistent: wait until every topic is visible.
     for _ in 0..100 {
         let mut all = true;
-        for name in [&k.intents_topic, &k.decisions_topic, &k.dead_letter_topic] {
-            all &= partition_count(probe.client(), name, timeout)?.is_some();
+        for name in names {
+            all &= count(name)?.is_some();
         }
         if all {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    anyhow::bail!("created topics did not appear in the metadata within 10 s")
+    Err(TopicsError::NotVisible { brokers: brokers() })
 }

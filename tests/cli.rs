@@ -192,13 +192,25 @@ fn help_documents_every_flag() {
         "--dlq",
         "--max-intent-bytes",
         "--duplicate-horizon",
+        "--max-future-skew",
+        "--partition-key",
         "--quiet",
+        "--fail-on-dead-letters",
     ] {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
     }
     let out = riskgate().arg("--help").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    for command in ["check", "test", "replay"] {
+    for command in [
+        "check",
+        "test",
+        "replay",
+        "run",
+        "review",
+        "probe",
+        "hash-secret",
+        "config",
+    ] {
         assert!(text.contains(command), "{command} missing from:\n{text}");
     }
 }
@@ -248,4 +260,115 @@ fn hash_secret_prints_a_hash_that_signs_the_reviewer_in() {
     let short = hash_secret("short\n");
     assert_eq!(short.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&short.stderr).contains("shorter than 12 characters"));
+}
+
+#[test]
+fn replay_exits_two_on_dead_letters_only_when_asked() {
+    let input = format!("{INTENT}\nnot json\n");
+    let run = |extra: &[&str]| {
+        let mut child = riskgate()
+            .args(["replay", "--rules", "rules", "--dlq", "/dev/null"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // By default a dead letter does not change the exit status: the service goes on too.
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let out = run(&["--fail-on-dead-letters"]);
+    assert_eq!(out.status.code(), Some(2));
+    // Every decision is still written.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 line of the input was invalid"), "{err}");
+    // Without dead letters the flag changes nothing.
+    let mut child = riskgate()
+        .args(["replay", "--rules", "rules", "--fail-on-dead-letters", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(INTENT.as_bytes())
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn probe_passes_on_200_and_fails_otherwise() {
+    use std::io::Read;
+    use std::net::TcpListener;
+    // A one-shot HTTP server answering `status`.
+    let serve = |status: &'static str| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let n = stream.read(&mut request).unwrap();
+            assert!(String::from_utf8_lossy(&request[..n]).starts_with("GET /readyz HTTP/1.0\r\n"));
+            write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").unwrap();
+        });
+        format!("http://{address}/readyz")
+    };
+    let probe = |url: &str| riskgate().args(["probe", url]).output().unwrap();
+    assert_eq!(probe(&serve("200 OK")).status.code(), Some(0));
+    let out = probe(&serve("503 Service Unavailable"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("answered 503"));
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let out = probe(&format!("http://{closed}/readyz"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+    let out = probe("https://example.invalid/");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a plain-HTTP URL"));
+}
+
+#[test]
+fn configuration_errors_name_environment_overrides_and_durations_print_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[kafka]\ntransactional_id = \"t\"\n[engine]\nduplicate_horizon = \"24h\"\n",
+    )
+    .unwrap();
+    let out = riskgate()
+        .args(["config", "--config"])
+        .arg(&path)
+        .env("RISKGATE__ENGINE__DUPLICATE_HORIZN", "48h")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("engine.duplicate_horizn (set by the environment variable `RISKGATE__ENGINE__DUPLICATE_HORIZN`): unknown key"),
+        "{err}"
+    );
+    let out = riskgate()
+        .args(["config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("duplicate_horizon = \"24h\""), "{text}");
 }

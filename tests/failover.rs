@@ -36,12 +36,13 @@ struct Outage {
 }
 
 /// Runs a service on `topics`, streams [`INTENTS`] intents at [`RATE`], calls `kill` once a
-/// quarter is committed, then `recover` once `/readyz` has dropped and `until_recovered` has
-/// said so; checks exactly-once against the offline engine at the end.
+/// quarter is committed, then `recover` once `/readyz` has dropped with a body that `why`
+/// accepts; checks exactly-once against the offline engine at the end.
 fn run_through_outage(
     broker: &Broker,
     topics: &Topics,
     kill: &mut dyn FnMut(),
+    why: &dyn Fn(&serde_json::Value) -> bool,
     recover: &mut dyn FnMut(Instant),
 ) -> Outage {
     let rules = account_rules();
@@ -67,9 +68,18 @@ fn run_through_outage(
     assert_eq!(readyz(&http), Some(200));
     kill();
     let killed = Instant::now();
-    wait_for("/readyz to drop", Duration::from_secs(60), || {
-        (readyz(&http) == Some(503)).then_some(())
+    // Not ready, and saying why (`why` picks the reason this outage must show).
+    let mut seen = String::new();
+    let dropped = wait_for_or("/readyz to drop", Duration::from_secs(60), || {
+        let (status, body) = http_get(&http, "/readyz")?;
+        let v = serde_json::from_str::<serde_json::Value>(&body).ok()?;
+        seen = body;
+        (status == 503 && why(&v)).then_some(())
     });
+    assert!(
+        dropped.is_some(),
+        "/readyz never dropped for the expected reason; it said {seen}"
+    );
     let not_ready_after = killed.elapsed();
     recover(killed);
     let mut last = String::new();
@@ -132,6 +142,12 @@ fn the_leader_killed_in_a_three_broker_cluster_loses_and_repeats_nothing() {
             );
             cluster.borrow_mut().node(v).kill();
         },
+        // The other brokers answer: what is missing is a leader for some partitions.
+        &|readyz| {
+            readyz["leaderless_partitions"]
+                .as_u64()
+                .is_some_and(|n| n > 0)
+        },
         &mut |killed| {
             // The dead broker's partitions have no reachable leader until the controller
             // fences it and elects new leaders from the in-sync replicas.
@@ -177,6 +193,8 @@ fn a_single_broker_killed_and_restarted_on_its_data_loses_and_repeats_nothing() 
         &broker,
         &topics,
         &mut || node.borrow_mut().kill(),
+        // No broker answers at all.
+        &|readyz| readyz["broker_reachable"] == false || readyz["stalled"] == true,
         &mut |_| node.borrow_mut().restart(),
     );
     eprintln!(

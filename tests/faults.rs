@@ -120,7 +120,7 @@ fn stop_and_check(running: Running, broker: &Broker, topics: &Topics) -> usize {
 #[test]
 #[cfg_attr(
     not(feature = "kafka-tests"),
-    ignore = "needs a Kafka broker: scripts/test runs it"
+    ignore = "slow, on rdkafka's in-process mock cluster (no broker needed): scripts/test runs it"
 )]
 fn an_abortable_produce_error_aborts_rewinds_and_restores() {
     let (mock, topics) = mock_with_topics(2);
@@ -147,7 +147,7 @@ fn an_abortable_produce_error_aborts_rewinds_and_restores() {
 #[test]
 #[cfg_attr(
     not(feature = "kafka-tests"),
-    ignore = "needs a Kafka broker: scripts/test runs it"
+    ignore = "slow, on rdkafka's in-process mock cluster (no broker needed): scripts/test runs it"
 )]
 fn a_broker_outage_is_not_ready_then_resumes_without_loss() {
     let (mock, topics) = mock_with_topics(2);

@@ -37,13 +37,7 @@ fn ten_thousand_intents_over_three_partitions_are_decided_exactly_once() {
     // Counters keyed by account, as the intents are: the partitioning check accepts them.
     let account_rules = account_rules();
     let rules = account_rules.path().to_owned();
-    let mut service = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "ten-k-a",
-        rules: &rules,
-        extra: "",
-    });
+    let mut service = Service::on(&broker, &topics, &rules);
     wait_all_committed(&broker, &topics, 3, Duration::from_secs(120));
     let (decided, dead) = check_against_oracle(&broker, &topics, &rules, false);
     assert_eq!(decided + dead, 10_000);
@@ -352,13 +346,7 @@ fn sigterm_drains_and_a_broken_reload_keeps_the_running_rules() {
         }
     }
     let old_version = Ruleset::load_dir(rules.path()).unwrap().version.to_string();
-    let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "reload-a",
-        rules: rules.path(),
-        extra: "",
-    });
+    let mut s = Service::on(&broker, &topics, rules.path());
     s.wait_ready();
     let input = intents(900, 3, 20, true);
     broker.produce(&topics.intents, &input[..300]);
@@ -374,16 +362,46 @@ fn sigterm_drains_and_a_broken_reload_keeps_the_running_rules() {
     let error = refused["error"].as_str().unwrap();
     assert!(error.contains("zz-broken.toml:3:"), "{error}");
     assert!(error.contains("broken"), "{error}");
-    broker.produce(&topics.intents, &input[300..600]);
+    broker.produce(&topics.intents, &input[300..450]);
     wait_all_committed(&broker, &topics, 2, Duration::from_secs(60));
     let decisions = broker.read_all(&topics.decisions);
-    assert_eq!(decisions.len(), 600);
+    assert_eq!(decisions.len(), 450);
     assert!(decisions
         .iter()
         .all(|r| r.value["ruleset"] == old_version.as_str()));
 
-    // A valid change is taken, and names itself on the decisions that follow.
+    // A valid ruleset that these two partitions would split (a counter keyed by agent):
+    // refused the same way, with the counter and the ways out.
     std::fs::remove_file(rules.path().join("zz-broken.toml")).unwrap();
+    std::fs::write(
+        rules.path().join("zz-split.toml"),
+        "[[counter]]\nid = \"per_agent\"\nkey = [\"agent_id\"]\naggregate = \"count\"\nwindow = \"1h\"\n",
+    )
+    .unwrap();
+    let refused = s.wait_event("ruleset reload refused", Duration::from_secs(30), |e| {
+        e["error"]
+            .as_str()
+            .is_some_and(|t| t.contains("partitions keyed by"))
+    });
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("counter `per_agent` has key [agent_id]"),
+        "{error}"
+    );
+    assert!(error.contains("ways out"), "{error}");
+    std::fs::remove_file(rules.path().join("zz-split.toml")).unwrap();
+    broker.produce(&topics.intents, &input[450..600]);
+    wait_all_committed(&broker, &topics, 2, Duration::from_secs(60));
+    let decisions = broker.read_all(&topics.decisions);
+    assert_eq!(decisions.len(), 600);
+    assert!(
+        decisions
+            .iter()
+            .all(|r| r.value["ruleset"] == old_version.as_str()),
+        "the running rules kept deciding"
+    );
+
+    // A valid change is taken, and names itself on the decisions that follow.
     std::fs::write(
         rules.path().join("zz-extra.toml"),
         "[[rule]]\nid = \"extra\"\nwhen = 'amount > 1000000'\naction = \"hold\"\n",
@@ -458,13 +476,7 @@ fn too_few_decision_partitions_is_refused_at_start() {
     broker.create_topic(&topics.decisions, 2);
     broker.create_topic(&topics.dead_letters, 1);
     let rules = sample_rules();
-    let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "narrow-a",
-        rules: &rules,
-        extra: "",
-    });
+    let mut s = Service::on(&broker, &topics, &rules);
     let status = s.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "{status}");
     let log = s.log_text();
@@ -562,13 +574,7 @@ fn another_client_produces_intents_and_reads_decisions() {
     // One partition: the sample rules' agent counters are exact on it.
     topics.create(&broker, 1);
     let rules = sample_rules();
-    let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "wire-a",
-        rules: &rules,
-        extra: "",
-    });
+    let mut s = Service::on(&broker, &topics, &rules);
     s.wait_ready();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wire_format.py");
     let out = Command::new(python())
@@ -599,13 +605,7 @@ fn the_sample_rules_on_three_partitions_are_refused_with_the_ways_out() {
     let topics = Topics::new("split");
     topics.create(&broker, 3);
     let rules = sample_rules();
-    let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "split-a",
-        rules: &rules,
-        extra: "",
-    });
+    let mut s = Service::on(&broker, &topics, &rules);
     let status = s.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "{status}");
     let log = s.log_text();
@@ -656,13 +656,7 @@ fn records_keyed_otherwise_than_their_account_are_denied_as_misrouted() {
     topics.create(&broker, 1);
     let rules = tempfile::tempdir().unwrap();
     velocity_rules(rules.path());
-    let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "misrouted-a",
-        rules: rules.path(),
-        extra: "",
-    });
+    let mut s = Service::on(&broker, &topics, rules.path());
     let http = s.http_address();
     s.wait_ready();
     let (_, _, body) = transfer(1, "acct-1");
@@ -716,13 +710,7 @@ fn huge_and_broken_records_never_stall_a_partition() {
     topics.create(&broker, 1);
     let rules = tempfile::tempdir().unwrap();
     velocity_rules(rules.path());
-    let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "huge-a",
-        rules: rules.path(),
-        extra: "",
-    });
+    let mut s = Service::on(&broker, &topics, rules.path());
     s.wait_ready();
     // 900 KB that is not UTF-8; a 700 KB JSON intent; the largest record this producer sends.
     let not_text: Vec<u8> = (0..900_000u32).map(|i| (i % 251) as u8 | 0x80).collect();
@@ -733,6 +721,7 @@ fn huge_and_broken_records_never_stall_a_partition() {
     let bad = [not_text, json, largest];
     let started = std::time::Instant::now();
     for (i, payload) in bad.iter().enumerate() {
+        let this_one = std::time::Instant::now();
         broker.produce(
             &topics.intents,
             &[
@@ -744,12 +733,45 @@ fn huge_and_broken_records_never_stall_a_partition() {
         let d = decision_on(&broker, &topics, 10 + i as u32);
         assert_eq!(d["decision"], "allow", "{d}");
         assert_eq!(d["counters"]["transfers_1h"], 0, "{d}");
+        eprintln!(
+            "huge record {i} and the intent after it: {:?}",
+            this_one.elapsed()
+        );
+        assert!(
+            this_one.elapsed() < Duration::from_secs(15),
+            "the intent after huge record {i} is decided within seconds"
+        );
     }
+    // A valid intent under a 600 KB key that is not text: misrouted, and its answer (which
+    // cannot carry that key) is published; the intent after it is decided.
+    let this_one = std::time::Instant::now();
+    let huge_key: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8 | 0x80).collect();
+    let (_, _, small) = transfer(13, "acct-13");
+    use rdkafka::producer::Producer as _;
+    let producer = broker.producer();
+    producer
+        .send(
+            rdkafka::producer::BaseRecord::to(&topics.intents)
+                .partition(0)
+                .key(&huge_key[..])
+                .payload(&small[..]),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    broker.produce(&topics.intents, &[transfer(14, "acct-14")]);
+    let misrouted = decision_on(&broker, &topics, 13);
+    assert_eq!(misrouted["decision"], "deny", "{misrouted}");
+    assert_eq!(misrouted["reasons"][0]["rule"], "riskgate:misrouted");
+    let message = misrouted["reasons"][0]["message"].as_str().unwrap();
+    assert!(message.contains("(600000 bytes)"), "{message}");
+    let d = decision_on(&broker, &topics, 14);
+    assert_eq!(d["decision"], "allow", "{d}");
+    assert!(this_one.elapsed() < Duration::from_secs(15));
     eprintln!(
-        "three huge records and the intents after them: {:?}",
+        "four huge records and the intents after them: {:?}",
         started.elapsed()
     );
-    assert!(started.elapsed() < Duration::from_secs(60));
     let letters = broker.read_all(&topics.dead_letters);
     assert_eq!(letters.len(), 3, "one dead letter each, none written twice");
     for (letter, payload) in letters.iter().zip(&bad) {
@@ -776,13 +798,7 @@ fn a_record_the_broker_refuses_holds_up_its_partition_only_then_goes_on() {
     broker.create_topic_with(&topics.decisions, 2, 1, &[("max.message.bytes", "4096")]);
     broker.create_topic(&topics.dead_letters, 2);
     let rules = account_rules();
-    let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "refused-a",
-        rules: rules.path(),
-        extra: "",
-    });
+    let mut s = Service::on(&broker, &topics, rules.path());
     let http = s.http_address();
     s.wait_ready();
     let (_, _, small) = transfer(1, "acct-big");

@@ -27,9 +27,9 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt as _;
 
 use super::auth::{token_in, Identity, Session};
-use super::queue::{Filter, Hold, HoldId, Refusal};
+use super::queue::{Ended, Filter, HistoryFilter, Hold, HoldId, Refusal};
 use super::App;
-use crate::config::is_reviewer_name;
+use crate::config::{is_reviewer_name, Role};
 use crate::telemetry::review_metrics;
 use riskgate_core::expr::parse_duration;
 use riskgate_core::wire::{self, Verdict};
@@ -66,9 +66,10 @@ pub fn router(app: Arc<App>) -> Router {
             get(current_session).post(sign_in).delete(sign_out),
         )
         .route("/api/holds", get(list_holds))
+        .route("/api/holds/review", post(review_many))
+        .route("/api/history", get(list_history))
         .route("/api/holds/{key}/{intent_id}", get(get_hold))
-        .route("/api/holds/{key}/{intent_id}/approve", post(approve))
-        .route("/api/holds/{key}/{intent_id}/reject", post(reject))
+        .route("/api/holds/{key}/{intent_id}/{verdict}", post(review_one))
         .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -337,67 +338,187 @@ async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Res
     Ok(r)
 }
 
-/// Reads the list filters, refusing unknown parameters and bad values with a clear message.
-fn filter(params: &HashMap<String, String>) -> Result<Filter, ApiError> {
-    let mut f = Filter::default();
+/// A page of a list: `limit` (default [`PAGE`], at most [`PAGE_MAX`]) items from `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Page {
+    offset: usize,
+    limit: usize,
+}
+
+/// Items of a list page when the request names no `limit`.
+const PAGE: usize = 50;
+/// The most items one page may hold.
+const PAGE_MAX: usize = 500;
+
+impl Page {
+    fn of<T>(&self, items: Vec<T>) -> impl Iterator<Item = T> {
+        items.into_iter().skip(self.offset).take(self.limit)
+    }
+
+    fn json(&self, count: usize, items: Vec<Value>, name: &str) -> Value {
+        let mut o = json!({"count": count, "offset": self.offset, "limit": self.limit});
+        o[name] = Value::Array(items);
+        o
+    }
+}
+
+/// Reads the query of a list: its page (`limit`, `offset`) and, through `field`, its
+/// filters; unknown parameters and bad values are refused with a clear message that lists
+/// the known ones.
+fn query(
+    params: &HashMap<String, String>,
+    known: &str,
+    mut field: impl FnMut(&str, &str) -> Result<bool, ApiError>,
+) -> Result<Page, ApiError> {
+    let mut page = Page {
+        offset: 0,
+        limit: PAGE,
+    };
     for (key, value) in params {
         let value = value.trim();
         if value.is_empty() {
             continue;
         }
-        let amount = || {
-            value.parse::<Decimal>().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "`{key}` must be a decimal amount such as 100 or 2500.50, not `{value}`"
-                ))
+        let count = || {
+            value.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(format!("`{key}` must be a whole number, not `{value}`"))
             })
         };
-        let age =
-            || parse_duration(value).map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")));
         match key.as_str() {
-            "rule" => f.rule = Some(value.to_owned()),
-            "agent" => f.agent = Some(value.to_owned()),
-            "account" => f.account = Some(value.to_owned()),
-            "min_amount" => f.min_amount = Some(amount()?),
-            "max_amount" => f.max_amount = Some(amount()?),
-            "min_age" => f.min_age = Some(age()?),
-            "max_age" => f.max_age = Some(age()?),
+            "offset" => page.offset = count()?,
+            "limit" => page.limit = count()?.clamp(1, PAGE_MAX),
+            _ if field(key, value)? => {}
             _ => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown filter `{key}`; the filters are rule, agent, account, min_amount, max_amount, min_age and max_age"
+                    "unknown parameter `{key}`; the parameters are {known}, limit and offset"
                 )))
             }
         }
     }
-    Ok(f)
+    Ok(page)
 }
 
-fn time(t: &chrono::DateTime<Utc>) -> String {
-    wire::text::timestamp(t)
+/// Reads the filters of the pending list.
+fn filter(params: &HashMap<String, String>) -> Result<(Filter, Page), ApiError> {
+    let mut f = Filter::default();
+    let page = query(
+        params,
+        "rule, agent, account, text, min_amount, max_amount, min_age and max_age",
+        |key, value| {
+            let amount = || {
+                value.parse::<Decimal>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "`{key}` must be a decimal amount such as 100 or 2500.50, not `{value}`"
+                    ))
+                })
+            };
+            let age = || {
+                parse_duration(value).map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")))
+            };
+            match key {
+                "rule" => f.rule = Some(value.to_owned()),
+                "agent" => f.agent = Some(value.to_owned()),
+                "account" => f.account = Some(value.to_owned()),
+                "text" => f.text = Some(value.to_owned()),
+                "min_amount" => f.min_amount = Some(amount()?),
+                "max_amount" => f.max_amount = Some(amount()?),
+                "min_age" => f.min_age = Some(age()?),
+                "max_age" => f.max_age = Some(age()?),
+                _ => return Ok(false),
+            }
+            Ok(true)
+        },
+    )?;
+    Ok((f.normalized(), page))
 }
 
-/// A hold as the API shows it. Amount, reasons, errors, counters, score, ruleset and
-/// `created_at` are copied from `record`, the decision as the engine wrote it, so the page
-/// shows exactly what agents read on the topic.
-fn hold_json(app: &App, hold: &Hold, record: &Value, now: chrono::DateTime<Utc>) -> Value {
+/// Reads the filters of the history.
+fn history_filter(params: &HashMap<String, String>) -> Result<(HistoryFilter, Page), ApiError> {
+    let mut f = HistoryFilter::default();
+    let page = query(
+        params,
+        "reviewer, outcome, agent, account and text",
+        |key, value| {
+            match key {
+                "reviewer" => f.reviewer = Some(value.to_owned()),
+                "outcome" if matches!(value, "approve" | "reject" | "expire") => {
+                    f.outcome = Some(value.to_owned())
+                }
+                "outcome" => {
+                    return Err(ApiError::bad_request(format!(
+                        "`outcome` is `approve`, `reject` or `expire`, not `{value}`"
+                    )))
+                }
+                "agent" => f.agent = Some(value.to_owned()),
+                "account" => f.account = Some(value.to_owned()),
+                "text" => f.text = Some(value.to_owned()),
+                _ => return Ok(false),
+            }
+            Ok(true)
+        },
+    )?;
+    Ok((f.normalized(), page))
+}
+
+/// Whether `who` may approve `hold`, or why not: `viewer`, `proposer` or `already_approved`.
+fn approval_refusal(hold: &Hold, who: &Identity) -> Option<&'static str> {
+    if who.role != Role::Approver {
+        Some("viewer")
+    } else if super::queue::same_person(&hold.decision.head.agent_id, &who.name) {
+        Some("proposer")
+    } else if hold
+        .approved_by
+        .iter()
+        .any(|a| super::queue::same_person(a, &who.name))
+    {
+        Some("already_approved")
+    } else {
+        None
+    }
+}
+
+/// A hold as the API shows it to `who`. Amount, reasons, errors, counters, score, thresholds,
+/// ruleset and `created_at` are copied from `record`, the decision as the engine wrote it, so
+/// the page shows exactly what agents read on the topic.
+fn hold_json(
+    app: &App,
+    hold: &Hold,
+    record: &Value,
+    who: &Identity,
+    now: chrono::DateTime<Utc>,
+) -> Value {
     let h = &hold.decision;
+    let refusal = approval_refusal(hold, who);
     let mut o = json!({
         "intent_id": hold.id.intent_id,
         "key": hold.id.key,
         "agent_id": h.head.agent_id,
         "account_id": h.head.account_id,
         "action": h.head.action,
-        "decided_at": time(&h.decided_at),
-        "age_seconds": (now - h.decided_at).num_seconds().max(0),
-        "expires_at": time(&hold.expires_at(app.expire_after)),
+        "decided_at": wire::text::timestamp(&h.decided_at),
+        "age_seconds": (now - h.head.created_at).num_seconds().max(0),
+        "decided_age_seconds": (now - h.decided_at).num_seconds().max(0),
+        "expires_at": wire::text::timestamp(&hold.expires_at(app.expire_after)),
         "approvals": {"required": hold.required, "approved_by": hold.approved_by},
         "record": {"partition": hold.partition, "offset": hold.offset},
+        "may_approve": refusal.is_none(),
     });
+    if let Some(why) = refusal {
+        o["why_not"] = json!(why);
+    }
+    if let Some(base) = &hold.base_amount {
+        o["base_amount"] = json!(wire::text::decimal_string(base));
+    }
+    if hold.base_unknown() {
+        o["base_unknown"] = json!(true);
+    }
     for key in [
         "amount",
         "currency",
+        "base_currency",
         "created_at",
         "score",
+        "thresholds",
         "reasons",
         "errors",
         "counters",
@@ -422,16 +543,69 @@ async fn list_holds(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate(&app, &headers, "list", None, false).await?;
-    let f = filter(&params)?;
+    let caller = authenticate(&app, &headers, "list", None, false).await?;
+    let (f, page) = filter(&params)?;
     let now = Utc::now();
     let q = app.queue();
-    let holds: Vec<Value> = q
-        .list(&f, now)
-        .into_iter()
-        .map(|h| hold_json(&app, h, &record_json(h), now))
+    let all = q.list(&f, now);
+    let count = all.len();
+    // Only the page's records are read: a queue of many thousands stays fast.
+    let holds: Vec<Value> = page
+        .of(all)
+        .map(|h| hold_json(&app, h, &record_json(h), caller.identity(), now))
         .collect();
-    Ok(Json(json!({"count": holds.len(), "holds": holds})))
+    Ok(Json(page.json(count, holds, "holds")))
+}
+
+/// An ended review as the history shows it.
+fn ended_json(e: &Ended) -> Value {
+    let mut o = json!({
+        "intent_id": e.id.intent_id,
+        "key": e.id.key,
+        "agent_id": e.agent_id,
+        "account_id": e.account_id,
+        "action": e.action,
+        "created_at": wire::text::timestamp(&e.created_at),
+        "decided_at": wire::text::timestamp(&e.decided_at),
+        "rules": e.rules,
+        "outcome": e.outcome(),
+        "reviewer": e.reviewer,
+        "comment": e.comment,
+        "approved_by": e.approved_by,
+        "record": {"partition": e.partition, "offset": e.offset},
+    });
+    if let Some(a) = &e.amount {
+        o["amount"] = json!(wire::text::decimal_string(a));
+    }
+    for (k, v) in [
+        ("currency", &e.currency),
+        ("base_currency", &e.base_currency),
+    ] {
+        if let Some(v) = v {
+            o[k] = json!(v);
+        }
+    }
+    if let Some(a) = &e.base_amount {
+        o["base_amount"] = json!(wire::text::decimal_string(a));
+    }
+    if let Some(t) = &e.reviewed_at {
+        o["reviewed_at"] = json!(wire::text::timestamp(t));
+    }
+    o
+}
+
+async fn list_history(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    authenticate(&app, &headers, "history", None, false).await?;
+    let (f, page) = history_filter(&params)?;
+    let q = app.queue();
+    let all = q.history(&f);
+    let count = all.len();
+    let items: Vec<Value> = page.of(all).map(ended_json).collect();
+    Ok(Json(page.json(count, items, "reviews")))
 }
 
 async fn get_hold(
@@ -440,7 +614,7 @@ async fn get_hold(
     Path((key, intent_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let id = HoldId::new(key, intent_id);
-    authenticate(&app, &headers, "view", Some(&id), false).await?;
+    let caller = authenticate(&app, &headers, "view", Some(&id), false).await?;
     let now = Utc::now();
     let q = app.queue();
     let Some(h) = q.get(&id) else {
@@ -459,7 +633,7 @@ async fn get_hold(
     };
     let decision = record_json(h);
     Ok(Json(
-        json!({"hold": hold_json(&app, h, &decision, now), "decision": decision}),
+        json!({"hold": hold_json(&app, h, &decision, caller.identity(), now), "decision": decision}),
     ))
 }
 
@@ -482,36 +656,25 @@ struct RecordRef {
     offset: i64,
 }
 
-async fn approve(
+/// `POST /api/holds/{key}/{intent_id}/approve` and `.../reject`.
+async fn review_one(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path((key, intent_id)): Path<(String, String)>,
+    Path((key, intent_id, verdict)): Path<(String, String, String)>,
     body: Result<Json<ReviewBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    review(
-        app,
-        headers,
-        HoldId::new(key, intent_id),
-        body,
-        Verdict::Approve,
-    )
-    .await
-}
-
-async fn reject(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Path((key, intent_id)): Path<(String, String)>,
-    body: Result<Json<ReviewBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    review(
-        app,
-        headers,
-        HoldId::new(key, intent_id),
-        body,
-        Verdict::Reject,
-    )
-    .await
+    let verdict = match verdict.as_str() {
+        "approve" => Verdict::Approve,
+        "reject" => Verdict::Reject,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "a hold is reviewed with `approve` or `reject`",
+            ))
+        }
+    };
+    review(app, headers, HoldId::new(key, intent_id), body, verdict).await
 }
 
 /// The most a comment may hold.
@@ -528,19 +691,39 @@ async fn review(
     let caller = authenticate(&app, &headers, attempt, Some(&id), true).await?;
     let who = caller.identity().clone();
     let Json(body) = body.map_err(|e| refuse(&who.name, attempt, Some(&id), e.into()))?;
-    if body.comment.chars().count() > MAX_COMMENT {
-        let err = ApiError::bad_request(format!(
-            "a comment may have at most {MAX_COMMENT} characters"
-        ));
-        return Err(refuse(&who.name, attempt, Some(&id), err));
-    }
+    check_comment(&body.comment).map_err(|e| refuse(&who.name, attempt, Some(&id), e))?;
     let seen = body.record.map(|r| (r.partition, r.offset));
+    review_hold(&app, &who, &id, seen, verdict, &body.comment)
+        .await
+        .map(Json)
+}
+
+/// A comment must fit in [`MAX_COMMENT`] characters.
+fn check_comment(comment: &str) -> Result<(), ApiError> {
+    if comment.chars().count() > MAX_COMMENT {
+        return Err(ApiError::bad_request(format!(
+            "a comment may have at most {MAX_COMMENT} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Publishes `who`'s `verdict` on hold `id` (as seen at `seen`), logs it in the audit log,
+/// and says how it went: `{"review", "final", "released"}`, or why not.
+async fn review_hold(
+    app: &App,
+    who: &Identity,
+    id: &HoldId,
+    seen: Option<(i32, i64)>,
+    verdict: Verdict,
+    comment: &str,
+) -> Result<Value, ApiError> {
+    let attempt = verdict.as_str();
     let outcome = app
-        .review(&id, seen, &who.name, who.role, verdict, &body.comment)
+        .review(id, seen, &who.name, who.role, verdict, comment)
         .await;
     match outcome {
         Ok((record, ended)) => {
-            let released = ended;
             tracing::info!(
                 target: "riskgate::audit",
                 reviewer = %who.name,
@@ -554,13 +737,11 @@ async fn review(
                 ended,
                 "review published"
             );
-            let released = released && verdict == Verdict::Approve;
-            Ok(Json(
-                json!({"review": record, "final": ended, "released": released}),
-            ))
+            let released = ended && verdict == Verdict::Approve;
+            Ok(json!({"review": record, "final": ended, "released": released}))
         }
         Err(super::ReviewError::Refused(r)) => {
-            Err(refuse(&who.name, attempt, Some(&id), refusal_error(&r)))
+            Err(refuse(&who.name, attempt, Some(id), refusal_error(&r)))
         }
         Err(super::ReviewError::Overtaken(by)) => {
             let err = ApiError::new(
@@ -568,7 +749,7 @@ async fn review(
                 "already_reviewed",
                 format!("{id} was reviewed by {by} first; your record came after it and changes nothing"),
             );
-            Err(refuse(&who.name, attempt, Some(&id), err))
+            Err(refuse(&who.name, attempt, Some(id), err))
         }
         Err(super::ReviewError::Unavailable(e)) => {
             tracing::error!(reviewer = %who.name, intent_id = %id.intent_id, key = %id.key, error = %e, "publishing a review failed");
@@ -579,6 +760,100 @@ async fn review(
             ))
         }
     }
+}
+
+/// `POST /api/holds/review`: one verdict and one comment for a selection of holds. Each hold
+/// is reviewed on its own, exactly as `.../approve` or `.../reject` would (its own review
+/// record, the proposer and two-person rules, the decision record it must still be), and
+/// answers for itself in `results`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    verdict: String,
+    #[serde(default)]
+    comment: String,
+    holds: Vec<BulkHold>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkHold {
+    key: String,
+    intent_id: String,
+    /// Required: a selection names exactly the decisions the reviewer saw.
+    record: RecordRef,
+}
+
+/// Reviews of one bulk request published at once.
+const BULK_CONCURRENCY: usize = 16;
+
+async fn review_many(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<BulkBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authenticate(&app, &headers, "bulk", None, true).await?;
+    let who = caller.identity().clone();
+    let Json(body) = body.map_err(|e| refuse(&who.name, "bulk", None, e.into()))?;
+    let verdict = match body.verdict.as_str() {
+        "approve" => Verdict::Approve,
+        "reject" => Verdict::Reject,
+        other => {
+            let err =
+                ApiError::bad_request(format!("`verdict` is `approve` or `reject`, not `{other}`"));
+            return Err(refuse(&who.name, "bulk", None, err));
+        }
+    };
+    check_comment(&body.comment).map_err(|e| refuse(&who.name, "bulk", None, e))?;
+    if body.holds.is_empty() || body.holds.len() > PAGE_MAX {
+        let err = ApiError::bad_request(format!(
+            "`holds` names 1 to {PAGE_MAX} holds, not {}",
+            body.holds.len()
+        ));
+        return Err(refuse(&who.name, "bulk", None, err));
+    }
+    let comment: Arc<str> = Arc::from(body.comment.as_str());
+    let permits = Arc::new(tokio::sync::Semaphore::new(BULK_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, h) in body.holds.into_iter().enumerate() {
+        let (app, who, comment, permits) =
+            (app.clone(), who.clone(), comment.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.ok();
+            let id = HoldId::new(h.key, h.intent_id);
+            let seen = Some((h.record.partition, h.record.offset));
+            let outcome = review_hold(&app, &who, &id, seen, verdict, &comment).await;
+            let mut result = json!({"key": id.key, "intent_id": id.intent_id});
+            match outcome {
+                Ok(done) => {
+                    result["status"] = json!(200);
+                    result["final"] = done["final"].clone();
+                    result["released"] = done["released"].clone();
+                }
+                Err(e) => {
+                    result["status"] = json!(e.status.as_u16());
+                    result["code"] = json!(e.code);
+                    result["message"] = json!(e.message);
+                }
+            }
+            (i, result)
+        });
+    }
+    let mut results: Vec<(usize, Value)> = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(r) = done {
+            results.push(r);
+        }
+    }
+    results.sort_by_key(|(i, _)| *i);
+    let reviewed = results.iter().filter(|(_, r)| r["status"] == 200).count();
+    let results: Vec<Value> = results.into_iter().map(|(_, r)| r).collect();
+    Ok(Json(json!({
+        "verdict": verdict.as_str(),
+        "reviewed": reviewed,
+        "refused": results.len() - reviewed,
+        "results": results,
+    })))
 }
 
 async fn events(
@@ -593,7 +868,7 @@ async fn events(
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let m = review_metrics();
-    m.ready.set(i64::from(app.ready.load(Ordering::Relaxed)));
+    m.ready.set(i64::from(app.is_ready()));
     m.pending_holds.set(app.queue().len() as i64);
     (
         [(
@@ -605,7 +880,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let ready = app.ready.load(Ordering::Relaxed);
+    let ready = app.is_ready();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -613,7 +888,12 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({"ready": ready, "pending_holds": app.queue().len()})),
+        Json(json!({
+            "ready": ready,
+            "topic_read": app.ready.load(Ordering::Relaxed),
+            "broker_reachable": !app.broker.is_down(),
+            "pending_holds": app.queue().len(),
+        })),
     )
 }
 
@@ -649,15 +929,31 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<HashMap<_, _>>()
         };
-        let f = filter(&p(&[
+        let (f, page) = filter(&p(&[
             ("min_amount", "100.5"),
             ("max_age", "10m"),
             ("rule", ""),
+            ("agent", " Payments-BOT "),
+            ("limit", "100000"),
+            ("offset", "50"),
         ]))
         .unwrap();
         assert_eq!(f.min_amount, Some(Decimal::new(1005, 1)));
         assert_eq!(f.max_age, Some(chrono::TimeDelta::minutes(10)));
         assert_eq!(f.rule, None, "an empty filter is no filter");
+        assert_eq!(
+            f.agent.as_deref(),
+            Some("payments-bot"),
+            "compared ignoring case"
+        );
+        assert_eq!(
+            page,
+            Page {
+                offset: 50,
+                limit: PAGE_MAX
+            },
+            "a page holds at most PAGE_MAX"
+        );
         let e = filter(&p(&[("min_amount", "lots")])).unwrap_err();
         assert_eq!(
             e.message,
@@ -665,10 +961,20 @@ mod tests {
         );
         let e = filter(&p(&[("colour", "red")])).unwrap_err();
         assert!(
-            e.message.starts_with("unknown filter `colour`"),
+            e.message.starts_with("unknown parameter `colour`"),
             "{}",
             e.message
         );
+        assert!(filter(&p(&[("limit", "many")]))
+            .unwrap_err()
+            .message
+            .contains("whole number"));
+        let (h, _) = history_filter(&p(&[("outcome", "expire"), ("reviewer", "Alice")])).unwrap();
+        assert_eq!(
+            (h.outcome.as_deref(), h.reviewer.as_deref()),
+            (Some("expire"), Some("alice"))
+        );
+        assert!(history_filter(&p(&[("outcome", "maybe")])).is_err());
         assert!(filter(&p(&[("min_age", "soon")]))
             .unwrap_err()
             .message

@@ -84,17 +84,68 @@ pub struct Hold {
     pub key: Option<Vec<u8>>,
     /// The decision record as the engine wrote it.
     pub record: Arc<str>,
+    /// The amount as the rules compared it, in the base currency: the decision's
+    /// `amount_base` when its ruleset had `[fx]`, else the amount itself; `None` without an
+    /// amount, or when its currency had no rate.
+    pub base_amount: Option<Decimal>,
+}
+
+/// The amount of `d` as its rules compared it (see [`Hold::base_amount`]).
+fn base_amount(d: &Decision) -> Option<Decimal> {
+    match &d.base_currency {
+        Some(_) => d.amount_base,
+        None => d.head.amount,
+    }
+}
+
+/// Whether two names (reviewers, agent ids) are one person's.
+pub fn same_person(a: &str, b: &str) -> bool {
+    a == b
+}
+
+/// Whether `haystack` contains `needle` (already lower case), ignoring case.
+fn contains(haystack: &str, needle: &str) -> bool {
+    haystack.to_lowercase().contains(needle)
 }
 
 impl Hold {
+    /// Whether the amount has no known base amount: its currency had no rate.
+    pub fn base_unknown(&self) -> bool {
+        self.decision.head.amount.is_some() && self.base_amount.is_none()
+    }
+
     /// When an unreviewed hold is rejected by [`EXPIRY_REVIEWER`].
     pub fn expires_at(&self, expire_after: TimeDelta) -> DateTime<Utc> {
         self.decision.decided_at + expire_after
     }
 
-    /// Whether any reason names `rule`.
-    pub fn matched(&self, rule: &str) -> bool {
-        self.decision.reasons.iter().any(|r| &*r.rule == rule)
+    /// Whether a reason or a rule error names a rule whose id contains `needle` (lower
+    /// case).
+    pub fn names_rule(&self, needle: &str) -> bool {
+        let d = &self.decision;
+        d.reasons.iter().any(|r| contains(&r.rule, needle))
+            || d.errors.iter().any(|e| contains(&e.rule, needle))
+    }
+
+    /// Whether any of the hold's identifying texts contains `needle` (lower case): intent
+    /// id, key, agent, account, action, counterparty name and id, rule ids.
+    pub fn mentions(&self, needle: &str) -> bool {
+        let h = &self.decision.head;
+        [
+            &self.id.intent_id,
+            &self.id.key,
+            h.agent_id.as_str(),
+            h.account_id.as_str(),
+            h.action.as_str(),
+        ]
+        .iter()
+        .any(|t| contains(t, needle))
+            || self.counterparty.as_ref().is_some_and(|cp| {
+                [&cp.name, &cp.id]
+                    .iter()
+                    .any(|t| t.as_deref().is_some_and(|t| contains(t, needle)))
+            })
+            || self.names_rule(needle)
     }
 
     pub fn intent_id(&self) -> &str {
@@ -170,12 +221,17 @@ pub enum Applied {
     Ignored(&'static str),
 }
 
-/// A filter of the pending list; every given field must match.
+/// A filter of the pending list; every given field must match. Texts match as substrings,
+/// ignoring case; amounts are base amounts (a hold whose currency had no rate passes an
+/// amount filter, flagged as such, so that nothing large hides behind a missing rate); ages
+/// count from the intent's `created_at`.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub rule: Option<String>,
     pub agent: Option<String>,
     pub account: Option<String>,
+    /// Any identifying text (see [`Hold::mentions`]).
+    pub text: Option<String>,
     pub min_amount: Option<Decimal>,
     pub max_amount: Option<Decimal>,
     pub min_age: Option<TimeDelta>,
@@ -183,31 +239,145 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The filter with its texts in lower case, as [`Filter::accepts`] compares them.
+    pub fn normalized(mut self) -> Filter {
+        for t in [
+            &mut self.rule,
+            &mut self.agent,
+            &mut self.account,
+            &mut self.text,
+        ] {
+            *t = t.take().map(|t| t.trim().to_lowercase());
+        }
+        self
+    }
+
+    /// Whether `hold` passes; the filter's texts must be [`normalized`](Filter::normalized).
     pub fn accepts(&self, hold: &Hold, now: DateTime<Utc>) -> bool {
         let h = &hold.decision;
-        let age = now - h.decided_at;
-        self.rule.as_deref().is_none_or(|r| hold.matched(r))
-            && self.agent.as_deref().is_none_or(|a| h.head.agent_id == a)
+        let age = now - h.head.created_at;
+        let amount = |pass: &dyn Fn(Decimal) -> bool| {
+            h.head.amount.is_some() && hold.base_amount.is_none_or(pass)
+        };
+        self.rule.as_deref().is_none_or(|r| hold.names_rule(r))
+            && self
+                .agent
+                .as_deref()
+                .is_none_or(|a| contains(&h.head.agent_id, a))
             && self
                 .account
                 .as_deref()
-                .is_none_or(|a| h.head.account_id == a)
-            && self
-                .min_amount
-                .is_none_or(|m| h.head.amount.is_some_and(|a| a >= m))
-            && self
-                .max_amount
-                .is_none_or(|m| h.head.amount.is_some_and(|a| a <= m))
+                .is_none_or(|a| contains(&h.head.account_id, a))
+            && self.text.as_deref().is_none_or(|t| hold.mentions(t))
+            && self.min_amount.is_none_or(|m| amount(&|a| a >= m))
+            && self.max_amount.is_none_or(|m| amount(&|a| a <= m))
             && self.min_age.is_none_or(|m| age >= m)
             && self.max_age.is_none_or(|m| age <= m)
     }
 }
+
+/// A review that ended, as the history shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    pub id: HoldId,
+    pub agent_id: String,
+    pub account_id: String,
+    pub action: String,
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+    pub base_amount: Option<Decimal>,
+    pub base_currency: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: DateTime<Utc>,
+    /// The rules that held it (reasons and errors).
+    pub rules: Vec<String>,
+    pub verdict: Verdict,
+    /// Who ended it (`system:expiry` for an expiry), and when.
+    pub reviewer: String,
+    pub reviewed_at: Option<DateTime<Utc>>,
+    pub comment: String,
+    pub approved_by: Vec<String>,
+    /// The review record that ended it.
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Ended {
+    /// `approve`, `reject` or `expire`.
+    pub fn outcome(&self) -> &'static str {
+        match self.verdict {
+            Verdict::Approve => "approve",
+            Verdict::Reject if self.reviewer == EXPIRY_REVIEWER => "expire",
+            Verdict::Reject => "reject",
+        }
+    }
+}
+
+/// A filter of the history; texts match as substrings, ignoring case.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub reviewer: Option<String>,
+    /// `approve`, `reject` or `expire`.
+    pub outcome: Option<String>,
+    pub agent: Option<String>,
+    pub account: Option<String>,
+    pub text: Option<String>,
+}
+
+impl HistoryFilter {
+    pub fn normalized(mut self) -> HistoryFilter {
+        for t in [
+            &mut self.reviewer,
+            &mut self.outcome,
+            &mut self.agent,
+            &mut self.account,
+            &mut self.text,
+        ] {
+            *t = t.take().map(|t| t.trim().to_lowercase());
+        }
+        self
+    }
+
+    pub fn accepts(&self, e: &Ended) -> bool {
+        self.reviewer
+            .as_deref()
+            .is_none_or(|r| contains(&e.reviewer, r))
+            && self.outcome.as_deref().is_none_or(|o| e.outcome() == o)
+            && self
+                .agent
+                .as_deref()
+                .is_none_or(|a| contains(&e.agent_id, a))
+            && self
+                .account
+                .as_deref()
+                .is_none_or(|a| contains(&e.account_id, a))
+            && self.text.as_deref().is_none_or(|t| {
+                [
+                    &e.id.intent_id,
+                    &e.id.key,
+                    &e.agent_id,
+                    &e.account_id,
+                    &e.action,
+                    &e.reviewer,
+                    &e.comment,
+                ]
+                .iter()
+                .any(|x| contains(x, t))
+                    || e.rules.iter().any(|r| contains(r, t))
+            })
+    }
+}
+
+/// How many ended reviews the history keeps (the newest).
+pub const HISTORY_MAX: usize = 10_000;
 
 /// The pending holds, and how the reviews that ended ended.
 #[derive(Debug)]
 pub struct Queue {
     pending: HashMap<HoldId, Hold>,
     finished: HashMap<HoldId, Final>,
+    /// The newest ended reviews, oldest first, at most [`HISTORY_MAX`].
+    history: std::collections::VecDeque<Ended>,
     /// Next offset to read, per decisions partition.
     positions: HashMap<i32, i64>,
     /// The latest `created_at` of a decision read, per decisions partition.
@@ -231,16 +401,13 @@ impl Default for Queue {
     }
 }
 
-fn time(t: &DateTime<Utc>) -> String {
-    wire::text::timestamp(t)
-}
-
 impl Queue {
     /// A queue for decisions made with the engine's duplicate horizon `horizon`.
     pub fn with_duplicate_horizon(horizon: TimeDelta) -> Self {
         Queue {
             pending: HashMap::new(),
             finished: HashMap::new(),
+            history: std::collections::VecDeque::new(),
             positions: HashMap::new(),
             watermarks: HashMap::new(),
             forget_after: horizon * 2,
@@ -274,15 +441,26 @@ impl Queue {
         self.positions.get(&partition).copied().unwrap_or(0)
     }
 
-    /// The pending holds that `filter` accepts, oldest decision first.
+    /// The pending holds that `filter` accepts, oldest intent first.
     pub fn list(&self, filter: &Filter, now: DateTime<Utc>) -> Vec<&Hold> {
         let mut out: Vec<&Hold> = self
             .pending
             .values()
             .filter(|h| filter.accepts(h, now))
             .collect();
-        out.sort_by(|a, b| (a.decision.decided_at, &a.id).cmp(&(b.decision.decided_at, &b.id)));
+        out.sort_by(|a, b| {
+            (a.decision.head.created_at, &a.id).cmp(&(b.decision.head.created_at, &b.id))
+        });
         out
+    }
+
+    /// The ended reviews that `filter` accepts, newest first.
+    pub fn history(&self, filter: &HistoryFilter) -> Vec<&Ended> {
+        self.history
+            .iter()
+            .rev()
+            .filter(|e| filter.accepts(e))
+            .collect()
     }
 
     /// Applies the record at `partition` / `offset` of the decisions topic. Records that are
@@ -342,6 +520,7 @@ impl Queue {
         let Some((decision, intent)) = parse_record(payload, max_intent_bytes)? else {
             return Ok(Applied::Ignored("a record of an unknown stage"));
         };
+        let base = base_amount(&decision);
         let required = decision
             .reasons
             .iter()
@@ -368,6 +547,7 @@ impl Queue {
             offset,
             key: key.map(<[u8]>::to_vec),
             record: Arc::from(String::from_utf8_lossy(payload)),
+            base_amount: base,
         };
         let released = hold
             .approved_by
@@ -377,7 +557,7 @@ impl Queue {
         self.pending.insert(id.clone(), hold);
         Ok(match released {
             // Approvals given while an earlier record held it already suffice.
-            Some(last) => self.finish(&id, Verdict::Approve, last, partition, offset),
+            Some(last) => self.finish(&id, Verdict::Approve, last, (partition, offset), None),
             None => Applied::Held,
         })
     }
@@ -418,17 +598,33 @@ impl Queue {
             return Applied::Ignored("an approval of an intent that is not pending");
         };
         match r.review {
-            Verdict::Reject => self.finish(&id, Verdict::Reject, r.reviewer, partition, offset),
+            Verdict::Reject => {
+                let reviewer = r.reviewer.clone();
+                self.finish(
+                    &id,
+                    Verdict::Reject,
+                    reviewer,
+                    (partition, offset),
+                    Some(&r),
+                )
+            }
             Verdict::Approve => {
-                if hold.approved_by.contains(&r.reviewer) {
+                if hold.approved_by.iter().any(|a| same_person(a, &r.reviewer)) {
                     return Applied::Ignored("this reviewer has already approved");
                 }
-                if r.reviewer == hold.decision.head.agent_id {
+                if same_person(&r.reviewer, &hold.decision.head.agent_id) {
                     return Applied::Ignored("the proposer cannot approve");
                 }
                 hold.approved_by.push(r.reviewer.clone());
                 if hold.approved_by.len() >= usize::from(hold.required) {
-                    self.finish(&id, Verdict::Approve, r.reviewer, partition, offset)
+                    let reviewer = r.reviewer.clone();
+                    self.finish(
+                        &id,
+                        Verdict::Approve,
+                        reviewer,
+                        (partition, offset),
+                        Some(&r),
+                    )
                 } else {
                     Applied::Approved
                 }
@@ -441,10 +637,13 @@ impl Queue {
         id: &HoldId,
         verdict: Verdict,
         reviewer: String,
-        partition: i32,
-        offset: i64,
+        (partition, offset): (i32, i64),
+        review: Option<&ReviewRecord>,
     ) -> Applied {
         let hold = self.pending.remove(id);
+        if let Some(h) = &hold {
+            self.remember_ended(h, verdict, &reviewer, (partition, offset), review);
+        }
         let hold_source = hold.as_ref().and_then(|h| match h.decision.source {
             Source::Kafka {
                 partition, offset, ..
@@ -463,6 +662,51 @@ impl Queue {
             },
         );
         Applied::Finished(verdict)
+    }
+
+    /// Adds the review of `hold` that just ended to the history, dropping the oldest beyond
+    /// [`HISTORY_MAX`].
+    fn remember_ended(
+        &mut self,
+        hold: &Hold,
+        verdict: Verdict,
+        reviewer: &str,
+        (partition, offset): (i32, i64),
+        review: Option<&ReviewRecord>,
+    ) {
+        let d = &hold.decision;
+        let mut approved_by = hold.approved_by.clone();
+        if verdict == Verdict::Approve && !approved_by.iter().any(|a| a == reviewer) {
+            approved_by.push(reviewer.to_owned());
+        }
+        self.history.push_back(Ended {
+            id: hold.id.clone(),
+            agent_id: d.head.agent_id.to_string(),
+            account_id: d.head.account_id.to_string(),
+            action: d.head.action.to_string(),
+            amount: d.head.amount,
+            currency: d.head.currency.as_ref().map(ToString::to_string),
+            base_amount: hold.base_amount,
+            base_currency: d.base_currency.as_ref().map(ToString::to_string),
+            created_at: d.head.created_at,
+            decided_at: d.decided_at,
+            rules: d
+                .reasons
+                .iter()
+                .map(|r| r.rule.to_string())
+                .chain(d.errors.iter().map(|e| e.rule.to_string()))
+                .collect(),
+            verdict,
+            reviewer: reviewer.to_owned(),
+            reviewed_at: review.and_then(|r| r.reviewed_at.parse().ok()),
+            comment: review.map(|r| r.comment.clone()).unwrap_or_default(),
+            approved_by,
+            partition,
+            offset,
+        });
+        while self.history.len() > HISTORY_MAX {
+            self.history.pop_front();
+        }
     }
 
     /// Records how the review of `id` ended; now and then, forgets reviews whose partition
@@ -510,10 +754,10 @@ impl Queue {
             });
         }
         if verdict == Verdict::Approve {
-            if hold.decision.head.agent_id == reviewer {
+            if same_person(&hold.decision.head.agent_id, reviewer) {
                 return Err(Refusal::Proposer(reviewer.to_owned()));
             }
-            if hold.approved_by.iter().any(|a| a == reviewer) {
+            if hold.approved_by.iter().any(|a| same_person(a, reviewer)) {
                 return Err(Refusal::AlreadyApproved(reviewer.to_owned()));
             }
         } else if comment.trim().is_empty() {
@@ -577,14 +821,14 @@ fn record(
         agent_id: d.head.agent_id.to_string(),
         account_id: d.head.account_id.to_string(),
         action: d.head.action.to_string(),
-        amount: d.head.amount.map(|a| a.to_string()),
+        amount: d.head.amount.as_ref().map(wire::text::decimal_string),
         currency: d.head.currency.as_ref().map(ToString::to_string),
         decision,
         review: verdict,
         is_final: decision != Outcome::Hold,
         reviewer: reviewer.to_owned(),
         comment: comment.to_owned(),
-        reviewed_at: time(&now),
+        reviewed_at: wire::text::timestamp(&now),
         approvals: Approvals {
             required: hold.required,
             approved_by,
@@ -592,7 +836,7 @@ fn record(
         hold: HoldRef {
             partition: hold.partition,
             offset: hold.offset,
-            decided_at: time(&d.decided_at),
+            decided_at: wire::text::timestamp(&d.decided_at),
             ruleset: d.ruleset.to_string(),
         },
     }

@@ -105,20 +105,48 @@ impl Log {
         verdict: Verdict,
         now: &str,
     ) -> Result<Applied, Refusal> {
-        let r = self.queue.review(
+        let r = self.record(id, who, verdict, "checked", now)?;
+        Ok(self.push(&r.to_json()))
+    }
+
+    /// The record approver `who` asks to publish on the hold of `id` of `acct-1`, not yet
+    /// on the topic.
+    fn record(
+        &self,
+        id: &str,
+        who: &str,
+        verdict: Verdict,
+        comment: &str,
+        now: &str,
+    ) -> Result<ReviewRecord, Refusal> {
+        self.queue.review(
             &held(id),
             None,
             who,
             Role::Approver,
             verdict,
-            "checked",
+            comment,
             at(now),
-        )?;
-        Ok(self.push(&r.to_json()))
+        )
     }
 }
 
 const T0: &str = "2026-11-28T10:00:00Z";
+
+/// What `who` (in `role`) asks the queue to publish on hold `id`, seen at `seen`.
+#[allow(clippy::too_many_arguments)]
+fn ask(
+    q: &Queue,
+    id: &HoldId,
+    seen: Option<(i32, i64)>,
+    who: &str,
+    role: Role,
+    verdict: Verdict,
+    comment: &str,
+    now: DateTime<Utc>,
+) -> Result<ReviewRecord, Refusal> {
+    q.review(id, seen, who, role, verdict, comment, now)
+}
 
 #[test]
 fn holds_enter_the_queue_and_other_decisions_do_not() {
@@ -164,18 +192,7 @@ fn one_approval_releases_an_ordinary_hold() {
     let mut e = engine();
     let mut log = Log::new();
     log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
-    let r = log
-        .queue
-        .review(
-            &held("i"),
-            None,
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0),
-        )
-        .unwrap();
+    let r = log.record("i", "alice", Verdict::Approve, "", T0).unwrap();
     assert_eq!(
         (r.decision, r.is_final, r.stage.as_str()),
         (Outcome::Allow, true, "review")
@@ -199,32 +216,13 @@ fn two_approval_holds_need_two_different_approvers() {
     let mut log = Log::new();
     log.push(&decided(&mut e, "p", "bot", "payout", "60000", T0));
     assert_eq!(log.queue.get(&held("p")).unwrap().required, 2);
-    let first = log
-        .queue
-        .review(
-            &held("p"),
-            None,
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0),
-        )
-        .unwrap();
+    let first = log.record("p", "alice", Verdict::Approve, "", T0).unwrap();
     assert_eq!((first.decision, first.is_final), (Outcome::Hold, false));
     assert_eq!(log.push(&first.to_json()), Applied::Approved);
     assert_eq!(log.queue.get(&held("p")).unwrap().approved_by, ["alice"]);
     // Alice again: refused before publishing, and a record of it changes nothing.
     assert_eq!(
-        log.queue.review(
-            &held("p"),
-            None,
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0)
-        ),
+        log.record("p", "alice", Verdict::Approve, "", T0),
         Err(Refusal::AlreadyApproved("alice".to_owned()))
     );
     assert_eq!(
@@ -246,30 +244,8 @@ fn two_instances_racing_each_with_one_approval_still_release() {
     let mut e = engine();
     let mut log = Log::new();
     log.push(&decided(&mut e, "p", "bot", "payout", "60000", T0));
-    let a = log
-        .queue
-        .review(
-            &held("p"),
-            None,
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0),
-        )
-        .unwrap();
-    let b = log
-        .queue
-        .review(
-            &held("p"),
-            None,
-            "bob",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0),
-        )
-        .unwrap();
+    let a = log.record("p", "alice", Verdict::Approve, "", T0).unwrap();
+    let b = log.record("p", "bob", Verdict::Approve, "", T0).unwrap();
     assert!(!a.is_final && !b.is_final);
     assert_eq!(log.push(&a.to_json()), Applied::Approved);
     assert_eq!(log.push(&b.to_json()), Applied::Finished(Verdict::Approve));
@@ -280,30 +256,8 @@ fn the_first_final_record_wins() {
     let mut e = engine();
     let mut log = Log::new();
     log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
-    let approve = log
-        .queue
-        .review(
-            &held("i"),
-            None,
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0),
-        )
-        .unwrap();
-    let reject = log
-        .queue
-        .review(
-            &held("i"),
-            None,
-            "bob",
-            Role::Approver,
-            Verdict::Reject,
-            "no",
-            at(T0),
-        )
-        .unwrap();
+    let approve = log.record("i", "alice", Verdict::Approve, "", T0).unwrap();
+    let reject = log.record("i", "bob", Verdict::Reject, "no", T0).unwrap();
     assert_eq!(
         log.push(&reject.to_json()),
         Applied::Finished(Verdict::Reject)
@@ -333,7 +287,8 @@ fn refusals_say_who_and_why() {
     let q = &log.queue;
     let now = at(T0);
     assert_eq!(
-        q.review(
+        ask(
+            q,
             &held("i"),
             None,
             "vera",
@@ -345,7 +300,8 @@ fn refusals_say_who_and_why() {
         Err(Refusal::Viewer)
     );
     assert_eq!(
-        q.review(
+        ask(
+            q,
             &held("i"),
             None,
             "vera",
@@ -357,7 +313,8 @@ fn refusals_say_who_and_why() {
         Err(Refusal::Viewer)
     );
     assert_eq!(
-        q.review(
+        ask(
+            q,
             &held("i"),
             None,
             "procurement-bot",
@@ -369,7 +326,8 @@ fn refusals_say_who_and_why() {
         Err(Refusal::Proposer("procurement-bot".to_owned()))
     );
     assert_eq!(
-        q.review(
+        ask(
+            q,
             &held("nope"),
             None,
             "alice",
@@ -381,7 +339,8 @@ fn refusals_say_who_and_why() {
         Err(Refusal::NotPending(held("nope")))
     );
     assert_eq!(
-        q.review(
+        ask(
+            q,
             &held("i"),
             None,
             "alice",
@@ -393,17 +352,17 @@ fn refusals_say_who_and_why() {
         Err(Refusal::NoComment)
     );
     // A proposer's approval written by some other means does not count either.
-    let mut forged = q
-        .review(
-            &held("i"),
-            None,
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            now,
-        )
-        .unwrap();
+    let mut forged = ask(
+        q,
+        &held("i"),
+        None,
+        "alice",
+        Role::Approver,
+        Verdict::Approve,
+        "",
+        now,
+    )
+    .unwrap();
     forged.reviewer = "procurement-bot".to_owned();
     assert_eq!(
         log.push(&forged.to_json()),
@@ -682,18 +641,17 @@ fn one_intent_id_in_two_accounts_is_two_holds_each_reviewed_on_its_own() {
     );
 
     // Approving acct-2's releases acct-2's only, and the record says which.
-    let r = log
-        .queue
-        .review(
-            &two,
-            None,
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0),
-        )
-        .unwrap();
+    let r = ask(
+        &log.queue,
+        &two,
+        None,
+        "alice",
+        Role::Approver,
+        Verdict::Approve,
+        "",
+        at(T0),
+    )
+    .unwrap();
     assert_eq!(
         (r.key.as_str(), r.account_id.as_str(), r.amount.as_deref()),
         ("acct-2", "acct-2", Some("30000"))
@@ -706,18 +664,17 @@ fn one_intent_id_in_two_accounts_is_two_holds_each_reviewed_on_its_own() {
     assert!(log.queue.get(&one).is_some() && log.queue.finished(&one).is_none());
 
     // A review record of acct-1's hold that is keyed otherwise than it says is ignored.
-    let mut misfiled = log
-        .queue
-        .review(
-            &one,
-            None,
-            "bob",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0),
-        )
-        .unwrap();
+    let mut misfiled = ask(
+        &log.queue,
+        &one,
+        None,
+        "bob",
+        Role::Approver,
+        Verdict::Approve,
+        "",
+        at(T0),
+    )
+    .unwrap();
     assert_eq!(
         log.push_keyed("acct-2", &misfiled.to_json()),
         Applied::Ignored("a review record whose `key` is not its record's key")
@@ -760,18 +717,17 @@ fn system_decisions_for_a_held_id_leave_the_hold_alone() {
     let id = held("i");
     let h = log.queue.get(&id).unwrap();
     let seen = (h.partition, h.offset);
-    assert!(log
-        .queue
-        .review(
-            &id,
-            Some(seen),
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0)
-        )
-        .is_ok());
+    assert!(ask(
+        &log.queue,
+        &id,
+        Some(seen),
+        "alice",
+        Role::Approver,
+        Verdict::Approve,
+        "",
+        at(T0)
+    )
+    .is_ok());
 }
 
 #[test]
@@ -789,7 +745,8 @@ fn a_review_of_a_hold_decided_again_since_it_was_seen_is_refused() {
     let now = log.queue.get(&id).unwrap().offset;
     assert_ne!(now, seen.1);
     assert_eq!(
-        log.queue.review(
+        ask(
+            &log.queue,
             &id,
             Some(seen),
             "alice",
@@ -804,16 +761,15 @@ fn a_review_of_a_hold_decided_again_since_it_was_seen_is_refused() {
             offset: now
         })
     );
-    assert!(log
-        .queue
-        .review(
-            &id,
-            Some((0, now)),
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0)
-        )
-        .is_ok());
+    assert!(ask(
+        &log.queue,
+        &id,
+        Some((0, now)),
+        "alice",
+        Role::Approver,
+        Verdict::Approve,
+        "",
+        at(T0)
+    )
+    .is_ok());
 }
