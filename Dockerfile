@@ -2,7 +2,10 @@
 FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The whole workspace: the binary, its pure core and the harness the benches and examples
+# name (Cargo reads every member's manifest). `.dockerignore` keeps `target/` and the rest out.
 COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
@@ -15,6 +18,8 @@ COPY --from=build /src/target/release/riskgate /usr/local/bin/riskgate
 COPY rules /etc/riskgate/rules
 COPY examples/intents.jsonl /usr/share/riskgate/intents.jsonl
 USER riskgate
-EXPOSE 9464
+EXPOSE 9464 9465
+# `riskgate probe` answers healthchecks without a shell's /dev/tcp or curl (docker-compose.yml).
+HEALTHCHECK --interval=5s --retries=30 CMD ["riskgate", "probe", "http://127.0.0.1:9464/readyz"]
 ENTRYPOINT ["riskgate"]
 CMD ["run", "--config", "/etc/riskgate/riskgate.toml", "--log-format", "json"]

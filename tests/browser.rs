@@ -173,7 +173,7 @@ fn a_reviewer_approves_a_hold_in_a_real_browser() {
             let detail = wait_js(
                 &c,
                 "the x-1 detail",
-                "const d = document.querySelector('#detail'); return d && !d.hidden && d.innerText.includes('onerror') && {injected: d.querySelectorAll('script, img').length, xss: window.__xss === undefined ? null : window.__xss, json: document.querySelector('#intent-json').textContent};",
+                "const d = document.querySelector('#detail'); const j = document.querySelector('#intent-json').textContent; return d && !d.hidden && d.innerText.includes('onerror') && j.length > 0 && {injected: d.querySelectorAll('script, img').length, xss: window.__xss === undefined ? null : window.__xss, json: document.querySelector('#intent-json').textContent};",
             )
             .await;
             assert_eq!((detail["injected"].as_i64(), &detail["xss"]), (Some(0), &serde_json::Value::Null), "{detail}");

@@ -117,13 +117,7 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
     // Two partitions keyed by account: the sample rules' account counters and policy (their
     // agent counters need one partition, and the service would refuse them here).
     let rules = account_rules();
-    let mut s = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "metrics-a",
-        rules: rules.path(),
-        extra: "",
-    });
+    let mut s = Service::on(&broker, &topics, rules.path());
     let http = s.http_address();
     s.wait_ready();
     let prometheus = Prometheus::start(&http);
@@ -411,4 +405,205 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
             "the dashboard does not show {wanted}"
         );
     }
+}
+
+/// The `CMD-SHELL` healthcheck command of each service of docker-compose.yml, by service.
+fn compose_healthchecks(compose: &str) -> Vec<(String, String)> {
+    let mut service = String::new();
+    let mut out = Vec::new();
+    for line in compose.lines() {
+        // Services are the keys indented by two spaces under `services:`.
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+            if !name.starts_with(' ') && !name.starts_with('#') {
+                service = name.to_owned();
+            }
+        }
+        if let Some(test) = line.trim().strip_prefix("test: ") {
+            let parts: Vec<String> = serde_json::from_str(test).unwrap();
+            assert_eq!(parts[0], "CMD-SHELL", "{service}: {test}");
+            out.push((service.clone(), parts[1].clone()));
+        }
+    }
+    out
+}
+
+/// The producer's shell script (its `command: - |` block), as the container runs it.
+fn compose_producer_script(compose: &str) -> String {
+    let block = compose
+        .split("\n  producer:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("      - |\n").nth(1))
+        .expect("a producer with a `command: - |` block");
+    block
+        .lines()
+        .take_while(|l| l.starts_with("        ") || l.is_empty())
+        .map(|l| l.get(8..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+        // Compose's escape for a literal `$`.
+        .replace("$$", "$")
+}
+
+/// A directory with Kafka's `bin/` tools as this machine has them (scripts/kafka-tool.sh) and
+/// `riskgate`, for running the compose file's commands here.
+fn kafka_bin() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for tool in ["kafka-topics.sh", "kafka-console-producer.sh"] {
+        let path = dir.path().join(tool);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nexec '{}' {tool} \"$@\"\n",
+                root().join("scripts/kafka-tool.sh").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::os::unix::fs::symlink(riskgate_binary(), dir.path().join("riskgate")).unwrap();
+    dir
+}
+
+/// Runs `command` with dash (the `/bin/sh` of the riskgate image), `bin` first on the PATH.
+fn dash(command: &str, bin: &Path) -> std::process::Output {
+    Command::new("dash")
+        .arg("-c")
+        .arg(command)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .output()
+        .expect("dash (Debian package `dash`)")
+}
+
+#[test]
+#[cfg_attr(
+    not(all(feature = "ops-tests", feature = "kafka-tests")),
+    ignore = "needs a Kafka broker and dash: scripts/test runs it"
+)]
+fn the_compose_healthchecks_pass_under_dash_against_a_broker_and_the_services() {
+    let _serial = serial();
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    let checks = compose_healthchecks(&compose);
+    let services: Vec<&str> = checks.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(services, ["kafka", "riskgate", "review"]);
+    for (service, command) in &checks {
+        assert!(
+            !command.contains("/dev/tcp") && !command.contains("<<<"),
+            "{service}: `{command}` needs bash, but the image's /bin/sh is dash"
+        );
+    }
+    let bin = kafka_bin();
+    let mut stack = support::review::Stack::start("health");
+    let engine_http = stack.engine.http_address();
+    stack.engine.wait_ready();
+    let review = stack.review("");
+    let here = |command: &str, engine: &str, review: &str| {
+        command
+            .replace("/opt/kafka/bin/", &format!("{}/", bin.path().display()))
+            .replace("localhost:9092", &stack.broker.address)
+            .replace("127.0.0.1:9464", engine)
+            .replace("127.0.0.1:9465", review)
+    };
+    for (service, command) in &checks {
+        let command = here(command, &engine_http, &review.address);
+        let out = dash(&command, bin.path());
+        assert!(
+            out.status.success(),
+            "{service}: `{command}` failed under dash: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Each fails when what it checks is not there: nothing listens on a fresh port.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    for (service, command) in &checks[1..] {
+        let command = here(command, &closed, &closed);
+        let out = dash(&command, bin.path());
+        assert!(
+            !out.status.success(),
+            "{service}: `{command}` passed with nothing there"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(all(feature = "ops-tests", feature = "kafka-tests")),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn the_compose_demo_producer_sends_fresh_intents_keyed_by_account() {
+    let _serial = serial();
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    let bin = kafka_bin();
+    let broker = Broker::shared();
+    let topics = Topics::new("demo");
+    topics.create(&broker, 1);
+    let script = compose_producer_script(&compose)
+        .replace("/opt/kafka/bin/", &format!("{}/", bin.path().display()))
+        .replace("kafka:9092", &broker.address)
+        .replace("--topic intents", &format!("--topic {}", topics.intents))
+        .replace(
+            "/intents.jsonl",
+            &root().join("examples/intents.jsonl").display().to_string(),
+        )
+        // Faster than in the stack: two passes in seconds.
+        .replace("sleep 0.2", "sleep 0.001");
+    let mut producer = Command::new("setsid")
+        .args(["bash", "-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = chrono::Utc::now();
+    let records = wait_for_or(
+        "two passes of the examples",
+        Duration::from_secs(120),
+        || {
+            let r = broker.read_all(&topics.intents);
+            (r.len() >= 450).then_some(r)
+        },
+    );
+    // The whole process group: bash, its sed and sleep, the producer's JVM.
+    let _ = Command::new("kill")
+        .args(["-s", "TERM", "--", &format!("-{}", producer.id())])
+        .status();
+    let _ = producer.wait();
+    let records = records.expect("the producer sent two passes");
+    let mut ids = BTreeSet::new();
+    for r in &records {
+        let v = &r.value;
+        // The examples include a line cut short (a dead letter on purpose): no JSON to read.
+        if v.is_null() {
+            assert!(
+                r.key.as_deref().is_some_and(|k| !k.is_empty()),
+                "keyed: {r:?}"
+            );
+            continue;
+        }
+        let id = v["intent_id"].as_str().unwrap();
+        assert!(ids.insert(id.to_owned()), "intent id {id} sent twice");
+        assert!(id.ends_with("-p1") || id.ends_with("-p2"), "{id}");
+        assert_eq!(
+            r.key.as_deref(),
+            v["account_id"].as_str(),
+            "keyed by account: {v}"
+        );
+        let created: chrono::DateTime<chrono::Utc> =
+            v["created_at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            created >= started - chrono::TimeDelta::seconds(2)
+                && created <= chrono::Utc::now() + chrono::TimeDelta::seconds(2),
+            "created_at is the time it was sent: {v}"
+        );
+    }
+    assert!(
+        ids.iter().any(|i| i.ends_with("-p2")),
+        "a second pass with fresh ids"
+    );
 }

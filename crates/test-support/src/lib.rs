@@ -322,6 +322,18 @@ pub struct ServiceConfig<'a> {
 }
 
 impl Service {
+    /// `riskgate run` on `topics` of `broker` with the rules in `rules`, under a
+    /// transactional id of its own (its group's name).
+    pub fn on(broker: &Broker, topics: &Topics, rules: &Path) -> Service {
+        Service::start(&ServiceConfig {
+            broker,
+            topics,
+            transactional_id: &topics.group,
+            rules,
+            extra: "",
+        })
+    }
+
     pub fn config_text(c: &ServiceConfig<'_>) -> String {
         format!(
             r#"[kafka]
