@@ -19,12 +19,98 @@ use rdkafka::ClientContext;
 
 use crate::config::Config;
 
-/// The librdkafka settings every client of the service shares: the brokers and the
-/// pass-through table.
-pub fn client_config(config: &Config) -> ClientConfig {
+/// What a client does, as far as which librdkafka properties apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Consumer,
+    Producer,
+    /// Metadata lookups and topic creation: neither a consumer's nor a producer's properties.
+    Admin,
+}
+
+/// librdkafka properties only consumers take (`C` in librdkafka's CONFIGURATION.md, 2.12).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.commit.enable",
+    "auto.offset.reset",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "consume.callback.max.messages",
+];
+
+/// librdkafka properties only producers take (`P` in librdkafka's CONFIGURATION.md, 2.12).
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+];
+
+/// Whether the pass-through property `key` applies to a `client`: a consumer property set
+/// on a producer would only make librdkafka warn at start that it ignores it.
+pub fn applies_to(key: &str, client: Client) -> bool {
+    match client {
+        Client::Consumer => !PRODUCER_ONLY.contains(&key),
+        Client::Producer => !CONSUMER_ONLY.contains(&key),
+        Client::Admin => !CONSUMER_ONLY.contains(&key) && !PRODUCER_ONLY.contains(&key),
+    }
+}
+
+/// The librdkafka settings a `client` of the service takes: the brokers and the
+/// pass-through table, without the properties of the other kind of client.
+pub fn client_config(config: &Config, client: Client) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in config.client_properties() {
-        c.set(k, v);
+        if applies_to(&k, client) {
+            c.set(k, v);
+        }
     }
     c
 }
@@ -43,6 +129,11 @@ pub fn partition_count<C: ClientContext>(
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().len() as i32))
 }
+
+/// The longest wait between two attempts to reach a broker of the clients that read the
+/// decisions topic and of the review producer (librdkafka's default is 10 s), unless the
+/// pass-through table sets it: they are back within about this long after the broker.
+pub const RECONNECT_BACKOFF_MAX_MS: &str = "2000";
 
 /// How often a broker outage that goes on is logged again.
 pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -116,6 +207,19 @@ impl Outage {
                     tracing::warn!(client = self.client, error = %error, failures, down_seconds = (now - since).as_secs(), "the Kafka broker is still out of reach; retrying");
                 }
             }
+        }
+    }
+
+    /// An error librdkafka queued with its events (a client error, or one a consumer's
+    /// poll returns): part of the outage if there is one (counted with it), logged at debug
+    /// level if not. It never starts an outage: such errors can be delivered seconds after
+    /// the brokers are back (`AllBrokersDown` behind the messages); connection failures
+    /// are told at once by librdkafka's log lines, and by the calls that fail.
+    pub fn seen(&self, error: &dyn fmt::Display) {
+        if self.is_down() {
+            self.failed(error);
+        } else {
+            tracing::debug!(client = self.client, error = %error, "Kafka client error");
         }
     }
 
@@ -268,6 +372,11 @@ pub fn log_line(outage: &Outage, level: RDKafkaLogLevel, facility: &str, message
         | RDKafkaLogLevel::Error => {
             tracing::error!(target: "librdkafka", facility, "{message}");
         }
+        // A step librdkafka retries by itself (the transaction coordinator still loading at a
+        // broker's start, say): worth knowing, not a warning.
+        RDKafkaLogLevel::Warning if message.ends_with(": retrying") => {
+            tracing::info!(target: "librdkafka", facility, "{message}");
+        }
         RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
             tracing::info!(target: "librdkafka", facility, "{message}");
@@ -277,10 +386,15 @@ pub fn log_line(outage: &Outage, level: RDKafkaLogLevel, facility: &str, message
 }
 
 /// Routes a client-wide librdkafka error: the end of a partition is no error; the rest are
-/// failures of the broker connection, told through the outage.
+/// part of the outage if there is one (counted with it), and logged at debug level if not.
+/// They never start or end an outage: librdkafka queues them with its other events, so one
+/// (`AllBrokersDown`) can be delivered seconds after the brokers are back. Connection
+/// failures are told by its log lines, which come at once.
 pub fn client_error(outage: &Outage, error: &KafkaError, reason: &str) {
-    if !matches!(error, KafkaError::PartitionEOF(_)) {
-        outage.failed(&format_args!("{error}: {reason}"));
+    let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+    if !end_of_partition {
+        outage.seen(&format_args!("{error}: {reason}"));
     }
 }
 
@@ -320,7 +434,7 @@ pub fn decisions_reader(
     purpose: &str,
     logging: Logging,
 ) -> Result<BaseConsumer<Logging>, KafkaError> {
-    let mut c = client_config(config);
+    let mut c = client_config(config, Client::Consumer);
     if !config
         .kafka
         .librdkafka
@@ -328,6 +442,13 @@ pub fn decisions_reader(
     {
         // The statistics say when a broker is up again (the end of an outage).
         c.set("statistics.interval.ms", "5000");
+    }
+    if !config
+        .kafka
+        .librdkafka
+        .contains_key("reconnect.backoff.max.ms")
+    {
+        c.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     }
     c.set("group.id", format!("{}.{purpose}", config.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -351,5 +472,67 @@ pub fn is_fatal(e: &KafkaError) -> bool {
                     | RDKafkaErrorCode::ClusterAuthorizationFailed
             )
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_client_takes_only_the_pass_through_properties_of_its_kind() {
+        let text = "[kafka]\ntransactional_id = \"t\"\n[kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"linger.ms\" = \"2\"\n\"security.protocol\" = \"plaintext\"\n";
+        let config = Config::parse(text, "k.toml", Vec::new()).unwrap();
+        let has = |client, key| client_config(&config, client).get(key).is_some();
+        assert!(has(Client::Consumer, "session.timeout.ms"));
+        assert!(!has(Client::Producer, "session.timeout.ms"));
+        assert!(has(Client::Producer, "linger.ms"));
+        assert!(!has(Client::Consumer, "linger.ms"));
+        assert!(!has(Client::Admin, "linger.ms") && !has(Client::Admin, "session.timeout.ms"));
+        for client in [Client::Consumer, Client::Producer, Client::Admin] {
+            assert!(has(client, "security.protocol"), "{client:?}");
+            assert!(has(client, "bootstrap.servers"), "{client:?}");
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_partition_is_no_outage_and_a_failure_is_one_until_a_success() {
+        let outage = Outage::new("test");
+        client_error(
+            &outage,
+            &KafkaError::Global(RDKafkaErrorCode::PartitionEOF),
+            "reached end of partition",
+        );
+        client_error(&outage, &KafkaError::PartitionEOF(0), "end");
+        assert!(!outage.is_down());
+        log_line(
+            &outage,
+            RDKafkaLogLevel::Info,
+            "FAIL",
+            "127.0.0.1:9092/1: Disconnected (after 600000ms in state UP)",
+        );
+        assert!(!outage.is_down(), "an idle disconnect is no outage");
+        log_line(
+            &outage,
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused",
+        );
+        assert!(outage.is_down());
+        client_error(
+            &outage,
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert!(outage.is_down());
+        outage.ok();
+        assert!(!outage.is_down());
+        // A client error delivered late, after the brokers are back, starts no outage.
+        client_error(
+            &outage,
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "2/2 brokers are down",
+        );
+        assert!(!outage.is_down());
     }
 }

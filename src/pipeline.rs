@@ -30,7 +30,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::kafka::{self, client_config, is_fatal, partition_count, Backoff, Outage, RetryError};
+use crate::kafka::{
+    self, client_config, is_fatal, partition_count, Backoff, Client, Outage, RetryError,
+};
 use crate::telemetry::events::{self, Emit};
 use crate::telemetry::metrics;
 use riskgate_core::decision::Source;
@@ -246,7 +248,7 @@ fn transactional_producer(
     health: &Arc<Health>,
 ) -> Result<BaseProducer<ProducerCtx>, Error> {
     let k = &config.kafka;
-    let mut producer_config = client_config(config);
+    let mut producer_config = client_config(config, Client::Producer);
     if !k.librdkafka.contains_key("statistics.interval.ms") {
         producer_config.set("statistics.interval.ms", "5000");
     }
@@ -334,7 +336,7 @@ pub fn run(config: Config, ruleset: Arc<Ruleset>, controls: Controls) -> Result<
         fatal: None,
         transaction_timeout: transaction_timeout(&config),
     }));
-    let mut consumer_config = client_config(&config);
+    let mut consumer_config = client_config(&config, Client::Consumer);
     if !k.librdkafka.contains_key("statistics.interval.ms") {
         consumer_config.set("statistics.interval.ms", "5000");
     }
@@ -387,7 +389,7 @@ fn main_loop(
                 // Transport errors: librdkafka reconnects by itself; the outage says so,
                 // not too often.
                 w.health.broker_up.store(false, Ordering::Relaxed);
-                w.health.outage.failed(&format_args!("consumer: {e}"));
+                w.health.outage.seen(&format_args!("consumer: {e}"));
             }
             None => {}
         }

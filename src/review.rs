@@ -26,7 +26,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, Role};
-use crate::kafka::{client_config, decisions_reader, partition_count, Backoff, Logging, Outage};
+use crate::kafka::{
+    client_config, decisions_reader, partition_count, Backoff, Client, Logging, Outage,
+};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::telemetry::review_metrics;
 use auth::Auth;
@@ -37,8 +39,13 @@ use riskgate_core::wire::{ReviewRecord, Verdict};
 /// review producer): during an outage a review fails with 503 in this time, never hangs.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest wait between two attempts to reach a broker (librdkafka's default is 10 s): a
+/// review service is back within about this long after its broker. The pass-through table
+/// wins when it sets `reconnect.backoff.max.ms`.
+const RECONNECT_MAX: &str = crate::kafka::RECONNECT_BACKOFF_MAX_MS;
+
 /// How long a request waits for its review record to be read back.
-const READ_BACK: Duration = Duration::from_secs(5);
+const READ_BACK: Duration = Duration::from_secs(10);
 
 /// The review service's shared state.
 pub struct App {
@@ -53,9 +60,11 @@ pub struct App {
     pub ready: AtomicBool,
     /// Secrets checked at once (Argon2 is slow on purpose).
     pub verifying: tokio::sync::Semaphore,
-    /// The broker as the review's Kafka clients see it: while it is out of reach the service
-    /// is not ready and writes fail fast.
+    /// The broker as the review's producer sees it (logged), and as its reader of the
+    /// decisions topic does: while the reader cannot reach it, the service is not ready and
+    /// reviews fail fast.
     pub broker: Arc<Outage>,
+    pub reader: Arc<Outage>,
     producer: FutureProducer<Logging>,
     topic: String,
 }
@@ -73,7 +82,13 @@ impl App {
     /// Whether the service can answer reviews: the decisions topic read to its end once, and
     /// the broker within reach.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.broker.is_down()
+        self.ready.load(Ordering::Relaxed) && !self.broker_down()
+    }
+
+    /// Whether the broker is out of reach now, as the reader of the decisions topic sees it:
+    /// it keeps a connection open, where the producer's may be idle and say nothing.
+    pub fn broker_down(&self) -> bool {
+        self.reader.is_down()
     }
 
     pub fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -96,7 +111,7 @@ impl App {
                 "the decisions topic is still being read; try again in a moment".to_owned(),
             ));
         }
-        if self.broker.is_down() {
+        if self.broker_down() {
             return Err(ReviewError::Unavailable(
                 "the Kafka broker cannot be reached now, so no review can be recorded; try again when it is back".to_owned(),
             ));
@@ -254,7 +269,7 @@ fn count_outcome(outcome: &str, ended_hold_decided_at: Option<chrono::DateTime<U
 fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowError> {
     let topic = config.kafka.decisions_topic.as_str();
     // Every start reads the topic from the beginning.
-    let outage = app.broker.clone();
+    let outage = app.reader.clone();
     let consumer = decisions_reader(
         config,
         "review",
@@ -304,7 +319,6 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
             Some(Ok(msg)) => {
                 read += 1;
                 outage.ok();
-                backoff.reset();
                 let Some(payload) = msg.payload() else {
                     continue;
                 };
@@ -350,10 +364,9 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
                 }
             }
             Some(Err(e)) => {
-                outage.failed(&format_args!("reading `{topic}`: {e}"));
-                if !backoff.sleep(stop) {
-                    break;
-                }
+                // librdkafka reconnects by itself; its errors queue up behind the messages,
+                // so they are read on without waiting (the poll itself waits).
+                outage.seen(&format_args!("reading `{topic}`: {e}"));
             }
             None => {}
         }
@@ -383,7 +396,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     let logging = Logging::new("the review service");
     let broker = logging.outage.clone();
-    let producer: FutureProducer<Logging> = client_config(&config)
+    let mut producer = client_config(&config, Client::Producer);
+    if !config
+        .kafka
+        .librdkafka
+        .contains_key("reconnect.backoff.max.ms")
+    {
+        producer.set("reconnect.backoff.max.ms", RECONNECT_MAX);
+    }
+    let producer: FutureProducer<Logging> = producer
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "0")
@@ -401,6 +422,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         verifying: tokio::sync::Semaphore::new(2),
         broker,
+        reader: Arc::new(Outage::new("the review's decisions reader")),
         producer,
         topic: config.kafka.decisions_topic.clone(),
     });

@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc as tmpsc;
 
 use crate::config::Config;
-use crate::kafka::{self, client_config, partition_count, Logging, RetryError};
+use crate::kafka::{self, client_config, partition_count, Client, Logging, RetryError};
 use crate::pipeline::{self, Controls, Health};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::telemetry::events::{self, Emit};
@@ -200,7 +200,7 @@ fn create_topics(
     };
     let logging = Logging::new("topic creation");
     let outage = logging.outage.clone();
-    let probe: BaseProducer<Logging> = client_config(config)
+    let probe: BaseProducer<Logging> = client_config(config, Client::Producer)
         .set("allow.auto.create.topics", "false")
         .create_with_context(logging.clone())
         .map_err(client)?;
@@ -233,7 +233,7 @@ fn create_topics(
     if wanted.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<Logging> = client_config(config)
+    let admin: AdminClient<Logging> = client_config(config, Client::Admin)
         .create_with_context(logging)
         .map_err(client)?;
     let results = runtime

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use support::review::{hostile, intent, proposals, Stack, XSS};
+use support::review::{explained, hostile, intent, proposals, Stack, XSS};
 use support::serial;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -158,7 +158,7 @@ fn a_reviewer_approves_a_hold_in_a_real_browser() {
             let x = wait_js(
                 &c,
                 "the x-1 row",
-                "const r = document.querySelector('#holds tr[data-intent-id=\"x-1\"]'); return r && {text: r.innerText, agent: r.cells[1].textContent, injected: r.querySelectorAll('script, img').length, xss: window.__xss === undefined ? null : window.__xss};",
+                "const r = document.querySelector('#holds tr[data-intent-id=\"x-1\"]'); return r && {text: r.innerText, agent: r.cells[2].textContent, injected: r.querySelectorAll('script, img').length, xss: window.__xss === undefined ? null : window.__xss};",
             )
             .await;
             assert_eq!(x["agent"], XSS, "the agent cell shows the markup as text");
@@ -246,4 +246,222 @@ fn a_reviewer_approves_a_hold_in_a_real_browser() {
         screenshot.display()
     );
     eprintln!("screenshot of the queue: {}", screenshot.display());
+}
+
+/// Runs `act` on the element `css`, finding it again when the page re-rendered it in between
+/// (the list is rebuilt whenever the pending set changes).
+async fn on<F, Fut>(c: &Client, css: &str, act: F)
+where
+    F: Fn(fantoccini::elements::Element) -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = c.find(Locator::Css(css)).await.unwrap();
+        match act(e).await {
+            Ok(()) => return,
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("{css}: {err}"),
+        }
+    }
+}
+
+/// Clicks the element `css`.
+async fn click(c: &Client, css: &str) {
+    on(c, css, |e| async move { e.click().await }).await;
+}
+
+/// Sends `text` (keys) to the element `css`.
+async fn keys(c: &Client, css: &str, text: &str) {
+    on(c, css, |e| async move { e.send_keys(text).await }).await;
+}
+
+/// Replaces the text of the input `css` with `text`.
+async fn type_into(c: &Client, css: &str, text: &str) {
+    on(c, css, |e| async move {
+        e.clear().await?;
+        if text.is_empty() {
+            Ok(())
+        } else {
+            e.send_keys(text).await
+        }
+    })
+    .await;
+}
+
+/// The intent ids of the rows shown.
+const ROW_IDS: &str = "return Array.from(document.querySelectorAll('#holds tr[data-intent-id]')).map(r => r.dataset.intentId);";
+
+#[test]
+#[cfg_attr(
+    not(all(feature = "kafka-tests", feature = "browser-tests")),
+    ignore = "needs a Kafka broker and Chromium: scripts/test runs it"
+)]
+fn a_bad_day_ten_thousand_holds_explained_paged_filtered_and_reviewed_in_bulk() {
+    const MANY: usize = 10_000;
+    let _g = serial();
+    let stack = Stack::start("browser-day");
+    let mut intents = proposals();
+    intents.extend(explained());
+    intents.extend((0..MANY).map(|i| {
+        intent(
+            &format!("g-{i:05}"),
+            "batch-bot",
+            &format!("acct-b{}", i % 500),
+            "transfer",
+            "20000.00",
+            "Bulk Payee",
+        )
+    }));
+    stack.propose(&intents);
+    let review = stack.review("");
+    let vera = review.sign_in("vera");
+    let total = MANY + 6;
+    support::wait_for("every hold in the queue", Duration::from_secs(180), || {
+        (review.get(&vera, "/api/holds?limit=1").json()["count"] == total).then_some(())
+    });
+    let base = format!("http://{}/", review.address);
+
+    let scratch = tempfile::tempdir().unwrap();
+    let driver = start_driver(scratch.path());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let screenshot = artifacts().join("review-bad-day.png");
+    let (first_rows, filtered) = runtime.block_on(async {
+        let c = connect(&driver, scratch.path()).await;
+        let result = async {
+            c.set_window_size(1366, 768).await.unwrap();
+            c.goto(&base).await.unwrap();
+            keys(&c, "#reviewer", "alice").await;
+            keys(&c, "#secret", "alice-secret-123").await;
+            let signed_in = Instant::now();
+            keys(&c, "#secret", "\u{E007}").await;
+            // The first page of 10,006 holds.
+            wait_js(&c, "the first rows", "return document.querySelectorAll('#holds tr[data-intent-id]').length === 50;").await;
+            let first_rows = signed_in.elapsed();
+            let head = wait_js(&c, "the count and the page", "const n = document.querySelector('#hold-count').innerText; const p = document.querySelector('#page-range').innerText; return n.includes('10,006') && {n, p};").await;
+            assert_eq!(head["p"], "1–50 of 10,006", "{head}");
+            // 1366 pixels wide: the page itself does not scroll sideways.
+            let width = c.execute("return [document.documentElement.scrollWidth, window.innerWidth];", vec![]).await.unwrap();
+            assert!(width[0].as_i64() <= width[1].as_i64(), "the page is wider than the window: {width}");
+            // Next page, and back.
+            click(&c, "#page-next").await;
+            wait_js(&c, "page two", "return document.querySelector('#page-range').innerText === '51–100 of 10,006';").await;
+            click(&c, "#page-prev").await;
+            wait_js(&c, "page one again", "return document.querySelector('#page-range').innerText === '1–50 of 10,006';").await;
+
+            // Substring filters: a part of an agent's name, any case.
+            type_into(&c, "#f-agent", "TREASURY").await;
+            let asked = Instant::now();
+            keys(&c, "#f-agent", "\u{E007}").await;
+            wait_js(&c, "the filtered list", &format!("const ids = (function() {{ {ROW_IDS} }})(); return ids.length === 1 && ids[0] === 't-3';")).await;
+            let filtered = asked.elapsed();
+            type_into(&c, "#f-agent", "").await;
+
+            // Each row says why: rule errors, the score against its thresholds, amounts in
+            // the intent's currency and in the base currency.
+            type_into(&c, "#f-rule", "po-").await;
+            keys(&c, "#f-rule", "\u{E007}").await;
+            let rows = wait_js(&c, "the po-limit holds", "const rows = Array.from(document.querySelectorAll('#holds tr[data-intent-id]')); return rows.length === 2 && rows.map(r => [r.dataset.intentId, r.innerText]);").await;
+            let text_of = |id: &str| rows.as_array().unwrap().iter().find(|r| r[0] == id).unwrap()[1].as_str().unwrap().to_owned();
+            let h1 = text_of("h-1");
+            for want in ["po-limit", "ERROR", "1,500,000", "HUF", "≈ 3,750.0000 EUR"] {
+                assert!(h1.contains(want), "{want:?} in the h-1 row: {h1:?}");
+            }
+            assert!(text_of("j-1").contains("no EUR rate"), "{}", text_of("j-1"));
+            type_into(&c, "#f-rule", "").await;
+            type_into(&c, "#f-text", "s-1").await;
+            keys(&c, "#f-text", "\u{E007}").await;
+            let s1 = wait_js(&c, "the s-1 row", "const r = document.querySelector('#holds tr[data-intent-id=\"s-1\"]'); return document.querySelectorAll('#holds tr[data-intent-id]').length === 1 && r && r.innerText;").await;
+            assert!(s1.as_str().unwrap().contains("score 60 · hold at 50 · deny at 90"), "{s1}");
+            // Ages from the intent and from the decision.
+            assert!(s1.as_str().unwrap().contains("decided "), "{s1}");
+            type_into(&c, "#f-text", "").await;
+            // Amount filters are in the base currency: 1,500,000 HUF is not above 10,000 EUR;
+            // the JPY payment nobody can convert is kept.
+            type_into(&c, "#f-min-amount", "10000").await;
+            type_into(&c, "#f-agent", "bot").await;
+            type_into(&c, "#f-rule", "po-").await;
+            keys(&c, "#f-rule", "\u{E007}").await;
+            wait_js(&c, "only j-1 over 10000 EUR", &format!("const ids = (function() {{ {ROW_IDS} }})(); return ids.length === 1 && ids[0] === 'j-1';")).await;
+            click(&c, "#f-clear").await;
+
+            // Bulk: the first page of batch-bot's holds, selected with the keyboard, one comment.
+            type_into(&c, "#f-agent", "batch-bot").await;
+            keys(&c, "#f-agent", "\u{E007}").await;
+            wait_js(&c, "batch-bot's first page", "return document.querySelector('#hold-count').innerText.startsWith('10,000 pending') && document.querySelectorAll('#holds tr[data-intent-id]').length === 50;").await;
+            keys(&c, "#pick-page", " ").await;
+            wait_js(&c, "50 selected", "return document.querySelector('#bulk-count').innerText === '50 selected';").await;
+            // x on a focused row takes it out of the selection, and puts it back.
+            keys(&c, "#holds tr[data-intent-id=\"g-00000\"]", "x").await;
+            wait_js(&c, "49 selected", "return document.querySelector('#bulk-count').innerText === '49 selected';").await;
+            keys(&c, "#holds tr[data-intent-id=\"g-00000\"]", "x").await;
+            wait_js(&c, "50 selected again", "return document.querySelector('#bulk-count').innerText === '50 selected';").await;
+            type_into(&c, "#bulk-comment", "batch file 2026-12-07 checked").await;
+            click(&c, "#bulk-approve").await;
+            wait_js(&c, "the bulk approval", "return document.querySelector('#status').innerText.includes('Approved 50 of 50');").await;
+            wait_js(&c, "50 fewer", "return document.querySelector('#hold-count').innerText.startsWith('9,950 pending');").await;
+
+            // The history: who, when, outcome, comment; filtered.
+            click(&c, "#tab-history").await;
+            wait_js(&c, "the history", "return document.querySelector('#history-count').innerText === '50 ended' && document.querySelectorAll('#history-body tr.ended-row').length === 50;").await;
+            let first = c.execute("return document.querySelector('#history-body tr.ended-row').textContent;", vec![]).await.unwrap();
+            for want in ["approved", "alice", "batch-bot", "batch file 2026-12-07 checked"] {
+                assert!(first.as_str().unwrap().contains(want), "{want:?} in {first}");
+            }
+            type_into(&c, "#h-reviewer", "bob").await;
+            keys(&c, "#h-reviewer", "\u{E007}").await;
+            wait_js(&c, "nothing by bob", "return document.querySelector('#history-count').innerText === '0 ended';").await;
+            let png = c.screenshot().await.unwrap();
+            std::fs::write(&screenshot, png).unwrap();
+            click(&c, "#tab-queue").await;
+
+            // The proposing agent's own reviewer account sees Approve disabled, and why.
+            click(&c, "#logout").await;
+            wait_js(&c, "the sign-in form", "return !document.querySelector('#login-view').hidden;").await;
+            type_into(&c, "#reviewer", "procurement-bot").await;
+            keys(&c, "#secret", "bot-secret-000").await;
+            keys(&c, "#secret", "\u{E007}").await;
+            wait_js(&c, "the queue again", "return !document.querySelector('#queue-view').hidden && document.querySelector('#whoami').innerText.includes('procurement-bot');").await;
+            type_into(&c, "#f-text", "t-1").await;
+            keys(&c, "#f-text", "\u{E007}").await;
+            wait_js(&c, "the t-1 row", "return !!document.querySelector('#holds tr[data-intent-id=\"t-1\"]');").await;
+            click(&c, "#holds tr[data-intent-id=\"t-1\"] td.cp").await;
+            let state = wait_js(&c, "the t-1 detail", "const d = document.querySelector('#detail'); return d && !d.hidden && d.innerText.includes('large-transfer') && {approve: document.querySelector('#approve').disabled, reject: document.querySelector('#reject').disabled, why: document.querySelector('#no-approve').innerText};").await;
+            assert_eq!((&state["approve"], &state["reject"]), (&serde_json::json!(true), &serde_json::json!(false)), "{state}");
+            assert!(state["why"].as_str().unwrap().contains("You proposed this intent"), "{state}");
+            (first_rows, filtered)
+        }
+        .await;
+        c.close().await.unwrap();
+        result
+    });
+    drop(driver);
+    eprintln!(
+        "10,006 pending holds: first rows {:.0} ms after signing in, filtered in {:.0} ms",
+        first_rows.as_secs_f64() * 1e3,
+        filtered.as_secs_f64() * 1e3
+    );
+    assert!(first_rows < Duration::from_secs(3), "{first_rows:?}");
+    assert!(filtered < Duration::from_secs(2), "{filtered:?}");
+    // Each hold of the bulk approval has its own review record.
+    let records: Vec<_> = stack
+        .review_records()
+        .into_iter()
+        .filter(|r| r.value["comment"] == "batch file 2026-12-07 checked")
+        .collect();
+    assert_eq!(records.len(), 50);
+    let ids: std::collections::BTreeSet<&str> = records
+        .iter()
+        .map(|r| r.value["intent_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 50, "one record per hold");
+    assert!(records
+        .iter()
+        .all(|r| r.value["reviewer"] == "alice" && r.value["final"] == true));
 }

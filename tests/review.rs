@@ -524,3 +524,347 @@ fn only_the_right_people_may_review() {
         .is_some_and(|c| c.contains("script-src 'self'")));
     assert_eq!(csp.header("x-content-type-options"), Some("nosniff"));
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn each_hold_says_why_in_base_amounts_and_filters_pages_and_history_work() {
+    let _g = serial();
+    let stack = Stack::start("review-why");
+    stack.propose(&proposals());
+    stack.propose(&support::review::explained());
+    let a = stack.review("");
+    let alice = a.sign_in("alice");
+    a.wait_pending(&alice, &["t-1", "p-1", "t-3", "h-1", "j-1", "s-1"]);
+    let holds = a.get(&alice, "/api/holds").json();
+    assert_eq!(holds["count"], 6);
+    let hold = |id: &str| {
+        holds["holds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["intent_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    // A hold from a rule error says which rule failed and why.
+    let h1 = hold("h-1");
+    assert_eq!(h1["reasons"], serde_json::json!([]), "{h1}");
+    assert_eq!(h1["errors"][0]["rule"], "po-limit", "{h1}");
+    assert!(
+        h1["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("po_limit"),
+        "{h1}"
+    );
+    // Amounts in the intent's currency and in the base currency.
+    assert_eq!(
+        (
+            &h1["amount"],
+            &h1["currency"],
+            &h1["base_amount"],
+            &h1["base_currency"]
+        ),
+        (
+            &serde_json::json!("1500000"),
+            &serde_json::json!("HUF"),
+            &serde_json::json!("3750.0000"),
+            &serde_json::json!("EUR")
+        )
+    );
+    // A hold from the score says the score and the thresholds.
+    let s1 = hold("s-1");
+    assert_eq!(s1["score"], 60);
+    assert_eq!(
+        s1["thresholds"],
+        serde_json::json!({"hold_at": 50, "deny_at": 90})
+    );
+    // No rate: the base amount is unknown, and said to be.
+    let j1 = hold("j-1");
+    assert_eq!(
+        (j1.get("base_amount"), &j1["base_unknown"]),
+        (None, &serde_json::json!(true))
+    );
+    // Ages from the intent and from the decision.
+    for h in holds["holds"].as_array().unwrap() {
+        let (intent_age, decided_age) = (
+            h["age_seconds"].as_i64().unwrap(),
+            h["decided_age_seconds"].as_i64().unwrap(),
+        );
+        assert!(intent_age >= decided_age && decided_age >= 0, "{h}");
+    }
+
+    // Amount filters compare base amounts: 1,500,000 HUF is not above 10000 EUR; the JPY
+    // payment, whose base amount nobody knows, is kept (flagged) rather than hidden.
+    let mut big = a.pending(&alice, "?min_amount=10000");
+    big.sort();
+    assert_eq!(big, ["j-1", "p-1", "t-1", "t-3"]);
+    // Substrings, ignoring case: rule ids (of reasons and errors), agents, any text.
+    let mut large = a.pending(&alice, "?rule=LARGE");
+    large.sort();
+    assert_eq!(large, ["p-1", "t-1", "t-3"]);
+    let mut po = a.pending(&alice, "?rule=po-");
+    po.sort();
+    assert_eq!(po, ["h-1", "j-1"]);
+    assert_eq!(a.pending(&alice, "?agent=treasury"), ["t-3"]);
+    assert_eq!(a.pending(&alice, "?text=globex"), ["t-3"]);
+    // Pages: the same order, `count` the whole.
+    let all = a.pending(&alice, "");
+    let first = a.get(&alice, "/api/holds?limit=4").json();
+    assert_eq!(
+        (
+            first["count"].as_u64(),
+            first["holds"].as_array().unwrap().len()
+        ),
+        (Some(6), 4)
+    );
+    let rest = a.pending(&alice, "?limit=4&offset=4");
+    let paged: Vec<String> = first["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["intent_id"].as_str().unwrap().to_owned())
+        .chain(rest)
+        .collect();
+    assert_eq!(paged, all);
+
+    // The proposing agent's own reviewer account may not approve its hold: the API says so.
+    let bot = a.sign_in("procurement-bot");
+    let t1 = a.get(&bot, "/api/holds/acct-1/t-1").json()["hold"].clone();
+    assert_eq!(
+        (&t1["may_approve"], &t1["why_not"]),
+        (&serde_json::json!(false), &serde_json::json!("proposer"))
+    );
+    assert_eq!(hold("t-3")["may_approve"], true);
+    let vera = a.sign_in("vera");
+    assert_eq!(
+        a.get(&vera, "/api/holds/acct-4/t-3").json()["hold"]["why_not"],
+        "viewer"
+    );
+
+    // Bulk: one verdict and comment for a selection; each hold is reviewed on its own, with
+    // the proposer rule per hold (t-1 is the bot's own), a stale decision record refused,
+    // and each approved hold with a record of its own.
+    let record = |id: &str| hold(id)["record"].clone();
+    let body = serde_json::json!({
+        "verdict": "approve", "comment": "batch 7 checked",
+        "holds": [
+            {"key": "acct-1", "intent_id": "t-1", "record": record("t-1")},
+            {"key": "acct-4", "intent_id": "t-3", "record": record("t-3")},
+            {"key": "acct-7", "intent_id": "s-1", "record": {"partition": 0, "offset": 999_999}},
+        ]
+    });
+    let r = a.request(
+        "POST",
+        "/api/holds/review",
+        &[("Cookie", &bot.cookie), ("X-CSRF-Token", &bot.csrf)],
+        Some(&body.to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let out = r.json();
+    assert_eq!(
+        (out["reviewed"].as_u64(), out["refused"].as_u64()),
+        (Some(1), Some(2)),
+        "{out}"
+    );
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(
+        (&results[0]["status"], &results[0]["code"]),
+        (&serde_json::json!(403), &serde_json::json!("proposer"))
+    );
+    assert_eq!(
+        (&results[1]["status"], &results[1]["released"]),
+        (&serde_json::json!(200), &serde_json::json!(true))
+    );
+    assert_eq!(
+        (&results[2]["status"], &results[2]["code"]),
+        (&serde_json::json!(409), &serde_json::json!("hold_changed"))
+    );
+    // A bulk request without a decision record is refused as a whole.
+    let bad = serde_json::json!({"verdict": "reject", "comment": "x", "holds": [{"key": "acct-7", "intent_id": "s-1"}]});
+    let r = a.request(
+        "POST",
+        "/api/holds/review",
+        &[("Cookie", &alice.cookie), ("X-CSRF-Token", &alice.csrf)],
+        Some(&bad.to_string()),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    // Alice rejects two in one go: two records, each its own.
+    let before = stack.review_records().len();
+    let body = serde_json::json!({
+        "verdict": "reject", "comment": "no purchase order on file",
+        "holds": [
+            {"key": "acct-5", "intent_id": "h-1", "record": record("h-1")},
+            {"key": "acct-6", "intent_id": "j-1", "record": record("j-1")},
+        ]
+    });
+    let r = a.request(
+        "POST",
+        "/api/holds/review",
+        &[("Cookie", &alice.cookie), ("X-CSRF-Token", &alice.csrf)],
+        Some(&body.to_string()),
+    );
+    assert_eq!(r.json()["reviewed"], 2, "{}", r.body);
+    let records = stack.review_records();
+    assert_eq!(records.len(), before + 2);
+    let mut ids: Vec<&str> = records
+        .iter()
+        .filter(|r| r.value["comment"] == "no purchase order on file")
+        .map(|r| r.value["intent_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["h-1", "j-1"]);
+
+    // The history of ended reviews: who, when, outcome, comment; filtered.
+    let history = a.get(&alice, "/api/history").json();
+    assert_eq!(history["count"], 3, "{history}");
+    let newest = &history["reviews"][0];
+    assert!(
+        newest["intent_id"] == "h-1" || newest["intent_id"] == "j-1",
+        "{history}"
+    );
+    assert_eq!(
+        (&newest["outcome"], &newest["reviewer"]),
+        (&serde_json::json!("reject"), &serde_json::json!("alice"))
+    );
+    assert_eq!(newest["comment"], "no purchase order on file");
+    assert!(newest["reviewed_at"].as_str().unwrap().ends_with('Z'));
+    let approved = a.get(&alice, "/api/history?outcome=approve").json();
+    assert_eq!(approved["count"], 1);
+    assert_eq!(
+        (
+            &approved["reviews"][0]["intent_id"],
+            &approved["reviews"][0]["reviewer"],
+            &approved["reviews"][0]["comment"]
+        ),
+        (
+            &serde_json::json!("t-3"),
+            &serde_json::json!("procurement-bot"),
+            &serde_json::json!("batch 7 checked")
+        )
+    );
+    assert_eq!(
+        a.get(&alice, "/api/history?reviewer=ALI&text=purchase")
+            .json()["count"],
+        2
+    );
+    assert_eq!(a.get(&alice, "/api/history?outcome=sometimes").status, 400);
+    // The history is rebuilt from the topic by a new instance, too.
+    let b = stack.review("");
+    let bob = b.sign_in("bob");
+    assert_eq!(b.get(&bob, "/api/history").json()["count"], 3);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn during_a_broker_outage_review_is_not_ready_fails_fast_and_logs_little() {
+    use std::time::{Duration, Instant};
+    use support::review::{review_section, Review, RULES};
+    use support::{http_get, wait_for, KafkaNode, Service, ServiceConfig, Topics};
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = KafkaNode::start(dir.path());
+    let broker = node.broker();
+    let topics = Topics::new("review-outage");
+    topics.create(&broker, 1);
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("rules.toml"), RULES).unwrap();
+    let config = ServiceConfig {
+        broker: &broker,
+        topics: &topics,
+        transactional_id: &topics.group,
+        rules: rules.path(),
+        extra: "",
+    };
+    let mut engine = Service::start(&config);
+    engine.wait_ready();
+    let mut service = Service::review(&config, &review_section(""));
+    let address = service.wait_event("serving the review page", Duration::from_secs(30), |_| true)
+        ["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    service.wait_event("pending holds rebuilt", Duration::from_secs(60), |_| true);
+    let review = Review { service, address };
+    let records: Vec<(Option<i32>, String, Vec<u8>)> = proposals()
+        .into_iter()
+        .map(|i| {
+            let v: serde_json::Value = serde_json::from_str(&i).unwrap();
+            (
+                None,
+                v["account_id"].as_str().unwrap().to_owned(),
+                i.into_bytes(),
+            )
+        })
+        .collect();
+    broker.produce(&topics.intents, &records);
+    let alice = review.sign_in("alice");
+    review.wait_pending(&alice, &["t-1", "p-1", "t-3"]);
+    let status = || http_get(&review.address, "/readyz").map(|(s, _)| s);
+    assert_eq!(status(), Some(200));
+    // Reading the topic to its end said nothing worth a warning.
+    let warnings = |s: &Service| {
+        s.events()
+            .into_iter()
+            .filter(|e| matches!(e["level"].as_str(), Some("WARN" | "ERROR")))
+            .count()
+    };
+    assert_eq!(
+        warnings(&review.service),
+        0,
+        "{}",
+        review.service.log_text()
+    );
+
+    node.kill();
+    let killed = Instant::now();
+    wait_for("/readyz to drop", Duration::from_secs(30), || {
+        (status() == Some(503)).then_some(())
+    });
+    let not_ready_after = killed.elapsed();
+    // A review fails fast with 503, well within the request timeout.
+    let asked = Instant::now();
+    let r = review.review(&alice, "acct-4", "t-3", "approve", "during the outage");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    // An outage of 30 s more logs a few lines, not one per failed connection.
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        assert_eq!(status(), Some(503), "not ready while the broker is away");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let during = warnings(&review.service);
+    node.restart();
+    wait_for("/readyz to come back", Duration::from_secs(60), || {
+        (status() == Some(200)).then_some(())
+    });
+    let mut service = review.service;
+    service.wait_event(
+        "the Kafka broker is reachable again",
+        Duration::from_secs(30),
+        |_| true,
+    );
+    eprintln!(
+        "review: not ready {:.1} s after the kill; {during} warning lines in a {:.0} s outage",
+        not_ready_after.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    assert!((1..=6).contains(&during), "{}", service.log_text());
+    let review = Review {
+        service,
+        address: review.address,
+    };
+    let r = review.review(&alice, "acct-4", "t-3", "approve", "after the outage");
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(engine);
+}

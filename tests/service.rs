@@ -904,3 +904,46 @@ mod sha2_hex {
         String::from_utf8(out.stdout).unwrap()[..64].to_owned()
     }
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn the_example_configuration_starts_without_a_warning() {
+    let _serial = serial();
+    let broker = Broker::shared();
+    let topics = Topics::new("example");
+    topics.create(&broker, 1);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("riskgate.example.toml")).unwrap();
+    // The example as it is, on this test's broker, topics and ports.
+    let text = example
+        .replace("\"127.0.0.1:9092\"", &format!("{:?}", broker.address))
+        .replace(
+            "group_id = \"riskgate\"",
+            &format!("group_id = {:?}", topics.group),
+        )
+        .replace("\"intents\"", &format!("{:?}", topics.intents))
+        .replace("\"decisions\"", &format!("{:?}", topics.decisions))
+        .replace("\"intents.dlq\"", &format!("{:?}", topics.dead_letters))
+        .replace("\"riskgate-a\"", &format!("{:?}", topics.group))
+        .replace(
+            "dir = \"rules\"",
+            &format!("dir = {:?}", root.join("rules").display().to_string()),
+        )
+        .replace("127.0.0.1:9464", "127.0.0.1:0");
+    assert_ne!(text, example, "the example was adapted");
+    // Every level, librdkafka's own warnings included.
+    let mut s = Service::spawn_logging("run", &text, "info");
+    s.wait_ready();
+    broker.produce(&topics.intents, &[transfer(1, "acct-1")]);
+    decision_on(&broker, &topics, 1);
+    let loud: Vec<serde_json::Value> = s
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e["level"].as_str(), Some("WARN" | "ERROR")))
+        .collect();
+    assert!(loud.is_empty(), "warnings at start: {loud:#?}");
+    assert!(s.terminate(Duration::from_secs(30)).success());
+}

@@ -24,7 +24,7 @@ use riskgate_core::intent::Intent;
 use riskgate_core::wire::{parse_record, ReadError};
 
 use super::{engine_options, Error};
-use crate::kafka::{decisions_reader, Backoff, Logging};
+use crate::kafka::{decisions_reader, Logging};
 
 /// What a restore did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,6 @@ pub fn restore(
         .map_err(Error::kafka("assign the decisions partition"))?;
 
     let mut kept = Kept::new(&config.kafka.intents_topic, partition, committed);
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(Error::Stopped);
@@ -87,7 +86,6 @@ pub fn restore(
             Some(Ok(m)) => {
                 stats.read += 1;
                 outage.ok();
-                backoff.reset();
                 let Some(payload) = m.payload() else {
                     continue;
                 };
@@ -110,10 +108,9 @@ pub fn restore(
                 break;
             }
             Some(Err(e)) => {
-                outage.failed(&format_args!("restoring partition {partition}: {e}"));
-                if !backoff.sleep(stop) {
-                    return Err(Error::Stopped);
-                }
+                // Reconnecting is librdkafka's business; its errors queue up behind the
+                // records (see `Outage::seen`), so they are read on without waiting.
+                outage.seen(&format_args!("restoring partition {partition}: {e}"));
             }
             None => {}
         }

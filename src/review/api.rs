@@ -891,7 +891,7 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
         Json(json!({
             "ready": ready,
             "topic_read": app.ready.load(Ordering::Relaxed),
-            "broker_reachable": !app.broker.is_down(),
+            "broker_reachable": !app.broker_down(),
             "pending_holds": app.queue().len(),
         })),
     )
@@ -909,6 +909,8 @@ mod tests {
         for (path, methods) in [
             ("/api/session", &["get", "post", "delete"][..]),
             ("/api/holds", &["get"]),
+            ("/api/holds/review", &["post"]),
+            ("/api/history", &["get"]),
             ("/api/holds/{key}/{intent_id}", &["get"]),
             ("/api/holds/{key}/{intent_id}/approve", &["post"]),
             ("/api/holds/{key}/{intent_id}/reject", &["post"]),
@@ -918,7 +920,7 @@ mod tests {
                 assert!(paths[path][m].is_object(), "{m} {path} is described");
             }
         }
-        assert_eq!(paths.len(), 6, "and nothing that does not exist");
+        assert_eq!(paths.len(), 8, "and nothing that does not exist");
     }
 
     #[test]

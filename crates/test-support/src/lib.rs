@@ -380,8 +380,16 @@ max_future_skew = "off"
         Service::spawn("review", &format!("{}\n{review}", Service::config_text(c)))
     }
 
-    /// Runs `riskgate <command> --config <file with config_text>`.
+    /// Runs `riskgate <command> --config <file with config_text>`, logging at info level
+    /// except librdkafka's own lines below error (`RISKGATE_TEST_LOG` overrides).
     pub fn spawn(command: &str, config_text: &str) -> Service {
+        let filter = std::env::var("RISKGATE_TEST_LOG")
+            .unwrap_or_else(|_| "info,librdkafka=error,rdkafka=error".to_owned());
+        Service::spawn_logging(command, config_text, &filter)
+    }
+
+    /// [`Service::spawn`] with this `RUST_LOG` filter.
+    pub fn spawn_logging(command: &str, config_text: &str, filter: &str) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("riskgate.toml");
         fs::write(&config, config_text).unwrap();
@@ -390,11 +398,7 @@ max_future_skew = "off"
             .args([command, "--config"])
             .arg(&config)
             .args(["--log-format", "json"])
-            .env(
-                "RUST_LOG",
-                std::env::var("RISKGATE_TEST_LOG")
-                    .unwrap_or_else(|_| "info,librdkafka=error,rdkafka=error".to_owned()),
-            )
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()

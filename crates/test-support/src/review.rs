@@ -6,12 +6,35 @@ use std::time::Duration;
 
 use super::{http, wait_for, Broker, Response, Service, ServiceConfig, Topics};
 
-/// Holds transfers above 10000 (one approval) and payouts above 50000 (two approvals).
+/// Holds transfers above 10000 EUR (one approval) and payouts above 50000 (two approvals);
+/// holds `payment`s whose purchase order cannot be read (a rule error) and scores purchases
+/// above 100 EUR past `hold_at`. Amounts compare in EUR.
 pub const RULES: &str = r#"
+[scoring]
+hold_at = 50
+deny_at = 90
+
+[fx]
+base = "EUR"
+rates = { USD = "0.92", HUF = "0.0025" }
+
+[[rule]]
+id = "po-limit"
+description = "A payment must stay within its purchase order"
+when = 'action == "payment" && amount_base > attributes.po_limit'
+action = "hold"
+
+[[rule]]
+id = "shop-spend"
+when = 'action == "purchase" && amount_base > 100'
+action = "score"
+score = 60
+message = "purchase of {amount} {currency}"
+
 [[rule]]
 id = "large-transfer"
-description = "A transfer above 10000 needs a person"
-when = 'action == "transfer" && amount > 10000'
+description = "A transfer above 10000 EUR needs a person"
+when = 'action == "transfer" && amount_base > 10000'
 action = "hold"
 message = "{amount} {currency} to {counterparty.name} is above 10000"
 
@@ -142,6 +165,24 @@ pub struct Stack {
     pub topics: Topics,
     pub rules: tempfile::TempDir,
     pub engine: Service,
+}
+
+/// Three more holds for the queue's explanations: `h-1`, 1,500,000 HUF (3,750 EUR) held by a
+/// rule error (no purchase order); `j-1`, a payment in JPY, which has no rate (its base
+/// amount is unknown); `s-1`, a purchase held by its score (60 against `hold_at` 50).
+pub fn explained() -> Vec<String> {
+    let with = |id: &str, agent: &str, account: &str, action: &str, amount: &str, ccy: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&intent(id, agent, account, action, amount, "Vendor Kft"))
+                .unwrap();
+        v["currency"] = serde_json::json!(ccy);
+        v.to_string()
+    };
+    vec![
+        with("h-1", "payments-bot", "acct-5", "payment", "1500000", "HUF"),
+        with("j-1", "payments-bot", "acct-6", "payment", "20", "JPY"),
+        with("s-1", "shop-bot", "acct-7", "purchase", "200.00", "EUR"),
+    ]
 }
 
 /// An intent as JSON.

@@ -9,15 +9,32 @@
   const POLL_MS = 5000; // fallback polling while the event stream is down
   const SSE_RETRY_MIN_MS = 2000;
   const SSE_RETRY_MAX_MS = 30000;
+  const PAGE = 50;        // holds and history rows per page
   const FILTERS = [
-    ["f-rule", "rule"], ["f-agent", "agent"], ["f-account", "account"],
+    ["f-rule", "rule"], ["f-agent", "agent"], ["f-account", "account"], ["f-text", "text"],
     ["f-min-amount", "min_amount"], ["f-max-amount", "max_amount"],
     ["f-min-age", "min_age"], ["f-max-age", "max_age"],
   ];
+  const HISTORY_FILTERS = [
+    ["h-reviewer", "reviewer"], ["h-outcome", "outcome"], ["h-agent", "agent"],
+    ["h-account", "account"], ["h-text", "text"],
+  ];
+  /** Why the API says a hold may not be approved by the signed-in reviewer. */
+  const WHY_NOT = {
+    proposer: "You proposed this intent (its agent is you): someone else must approve it.",
+    viewer: "Viewers cannot approve or reject.",
+    already_approved: "You have already approved this hold.",
+  };
 
   const state = {
     session: null,      // {reviewer, role, csrf_token} while signed in
     query: "",          // the applied filters, as a query string
+    offset: 0,          // first hold of the page shown
+    count: 0,           // holds matching the filters, all pages
+    holds: [],          // the page's holds, as the API gave them
+    picked: new Map(),  // ref -> {key, intent_id, record}: holds selected for a bulk review
+    view: "queue",      // "queue" or "history"
+    hQuery: "", hOffset: 0, hCount: 0, hLoading: false,
     loading: false,     // a list fetch is in flight
     reloadQueued: false, // another list fetch was asked for meanwhile
     ageCells: [],       // [{cell, base}]: base is age_seconds at fetch time
@@ -28,6 +45,7 @@
     detailLoading: false, // the first read of the chosen hold is in flight
     detailGone: false,  // the shown hold answered 404
     approvals: null,    // approvals object of the shown hold
+    whyNot: "",         // why the signed-in reviewer may not approve the shown hold, if not
     approvalsKey: "",   // ... as JSON, to notice changes in list refreshes
     listError: false,   // the global status shows a list loading error
     busy: false,        // an approve/reject is in flight
@@ -40,7 +58,7 @@
   // ---- Safe DOM helpers ----------------------------------------------------------------
 
   const SAFE_ATTRS = new Set(["class", "scope", "colspan", "tabindex", "role", "aria-hidden",
-    "aria-label", "aria-current", "datetime", "title"]);
+    "aria-label", "aria-current", "datetime", "title", "type"]);
 
   /** Creates an element. `text` sets textContent, other keys must be in SAFE_ATTRS;
    *  children are nodes or strings (appended as text). */
@@ -195,6 +213,15 @@
     clear($("holds-body"));
     state.ageCells = [];
     $("queue-view").hidden = true;
+    $("history-view").hidden = true;
+    $("views").hidden = true;
+    // The next person starts afresh: no selection, no filters, the first page.
+    state.picked.clear();
+    updateBulk();
+    for (const [id] of FILTERS.concat(HISTORY_FILTERS)) $(id).value = "";
+    state.query = state.hQuery = "";
+    state.offset = state.hOffset = 0;
+    state.view = "queue";
     $("session-info").hidden = true;
     $("whoami").textContent = "";
     $("login-view").hidden = false;
@@ -211,8 +238,8 @@
     $("session-info").hidden = false;
     $("login-view").hidden = true;
     $("login-error").textContent = "";
-    $("queue-view").hidden = false;
-    loadHolds();
+    $("views").hidden = false;
+    showView(state.view);
     startLive();
   }
 
@@ -263,9 +290,19 @@
     try {
       do {
         state.reloadQueued = false;
-        const data = obj(await api("GET", "/api/holds" + (state.query ? "?" + state.query : "")));
+        const params = new URLSearchParams(state.query);
+        params.set("limit", String(PAGE));
+        params.set("offset", String(state.offset));
+        const data = obj(await api("GET", "/api/holds?" + params.toString()));
         if (!state.session) return;
-        renderHolds(arr(data.holds), data.count);
+        const count = typeof data.count === "number" ? data.count : arr(data.holds).length;
+        // The page emptied (holds reviewed elsewhere): show the last page that has any.
+        if (state.offset > 0 && state.offset >= count) {
+          state.offset = Math.max(0, Math.floor((count - 1) / PAGE) * PAGE);
+          state.reloadQueued = true;
+          continue;
+        }
+        renderHolds(arr(data.holds), count);
       } while (state.reloadQueued && state.session);
       if (state.listError) { state.listError = false; setStatus(""); }
     } catch (err) {
@@ -284,18 +321,29 @@
 
     state.ageCells = [];
     state.fetchedAt = performance.now();
-    const rows = holds.map((h) => holdRow(obj(h)));
+    state.holds = holds.map(obj);
+    const rows = state.holds.map((h) => holdRow(h));
     if (rows.length === 0) {
-      const td = el("td", { colspan: 8, class: "empty" }, "Nothing is held.");
+      const td = el("td", { colspan: 9, class: "empty" }, "Nothing is held.");
       if (state.query) td.append(el("span", { class: "sub", text: "Clear the filters to see every hold." }));
       rows.push(el("tr", {}, td));
     }
     body.replaceChildren(...rows);
     updateAges();
 
-    const n = typeof count === "number" ? count : holds.length;
-    $("hold-count").textContent = n + " pending";
+    const n = count;
+    state.count = n;
+    $("hold-count").textContent = n.toLocaleString("en") + " pending";
     $("filter-note").hidden = !state.query;
+    setPager("page", state.offset, holds.length, n);
+    // A picked hold that is no longer pending is no longer picked.
+    if (state.picked.size) {
+      const onPage = new Set(state.holds.map(holdRef));
+      for (const ref of Array.from(state.picked.keys())) {
+        if (!onPage.has(ref) && holds.length === n) state.picked.delete(ref);
+      }
+    }
+    updateBulk();
 
     // Keep keyboard focus on the same hold across refreshes.
     if (focusedId !== null) {
@@ -322,38 +370,89 @@
     tr.dataset.ref = ref;
     if (ref === state.selectedId) markRow(tr, true);
 
-    const age = el("td", { class: "age" });
-    state.ageCells.push({ cell: age, base: baseAge(h) });
+    // Picking a hold for a bulk review: a real checkbox, so Tab and Space reach it.
+    const pick = el("input", { type: "checkbox", class: "pick", "aria-label": "Select " + holdLabel(ref) });
+    pick.checked = state.picked.has(ref);
+    if (pick.checked) tr.classList.add("picked");
+    const pickCell = el("td", { class: "pick-cell" }, pick);
 
-    const amount = el("td", { class: "amount" });
-    if (str(h.amount)) {
-      amount.append(el("span", { class: "amt", text: formatAmount(h.amount) }));
-      if (str(h.currency)) amount.append(" ", el("span", { class: "ccy", text: str(h.currency) }));
-    } else {
-      amount.append(none());
+    // Age from the intent's creation, and when it was decided.
+    const age = el("td", { class: "age" });
+    const ageNow = el("span", { class: "age-intent" });
+    const ageDecided = el("span", { class: "sub age-decided" });
+    age.append(ageNow, ageDecided);
+    state.ageCells.push({ cell: ageNow, base: baseAge(h) });
+    if (typeof h.decided_age_seconds === "number") {
+      state.ageCells.push({ cell: ageDecided, base: h.decided_age_seconds, prefix: "decided " });
     }
 
-    const cp = obj(h.counterparty);
-    const cpCell = el("td", { class: "cp" });
-    const cpSub = [str(cp.id), str(cp.country)].filter(Boolean).join(" · ");
-    if (str(cp.name)) cpCell.append(el("span", { class: "cp-name", text: str(cp.name) }));
-    if (cpSub) cpCell.append(el("span", { class: "sub", text: cpSub }));
-    if (!cpCell.firstChild) cpCell.append(none());
-
-    const reasons = el("td", { class: "reasons" });
-    const list = arr(h.reasons);
-    if (list.length) reasons.append(el("ul", {}, ...list.map((r) => reasonItem(obj(r)))));
-    else reasons.append(none());
-
-    const a = obj(h.approvals);
-    const apText = approvalsText(a);
-    const approvals = el("td", { class: "approvals" }, apText || none());
-    const by = arr(a.approved_by).map(str).filter(Boolean);
-    if (apText && by.length) approvals.append(el("span", { class: "sub", text: "by " + by.join(", ") }));
-
-    tr.append(age, el("td", {}, show(h.agent_id)), el("td", {}, show(h.account_id)),
-      el("td", {}, show(h.action)), amount, cpCell, reasons, approvals);
+    tr.append(pickCell, age, el("td", {}, show(h.agent_id)), el("td", {}, show(h.account_id)),
+      el("td", {}, show(h.action)), amountCell(h), counterpartyCell(h), whyCell(h), approvalsCell(h));
     return tr;
+  }
+
+  /** The amount in the intent's currency, and under it in the base currency. */
+  function amountCell(h) {
+    const cell = el("td", { class: "amount" });
+    if (!str(h.amount)) {
+      cell.append(none());
+      return cell;
+    }
+    cell.append(el("span", { class: "amt", text: formatAmount(h.amount) }));
+    if (str(h.currency)) cell.append(" ", el("span", { class: "ccy", text: str(h.currency) }));
+    const base = str(h.base_currency);
+    if (h.base_unknown === true) {
+      cell.append(el("span", { class: "sub base-unknown", text: "no " + (base || "base") + " rate" }));
+    } else if (str(h.base_amount) && base && base !== str(h.currency)) {
+      cell.append(el("span", { class: "sub base", text: "≈ " + formatAmount(h.base_amount) + " " + base }));
+    }
+    return cell;
+  }
+
+  function counterpartyCell(h) {
+    const cp = obj(h.counterparty);
+    const cell = el("td", { class: "cp" });
+    const sub = [str(cp.id), str(cp.country)].filter(Boolean).join(" · ");
+    if (str(cp.name)) cell.append(el("span", { class: "cp-name", text: str(cp.name) }));
+    if (sub) cell.append(el("span", { class: "sub", text: sub }));
+    if (!cell.firstChild) cell.append(none());
+    return cell;
+  }
+
+  /** Why it is held: matched rules, rules that failed, and the score against its thresholds. */
+  function whyCell(h) {
+    const cell = el("td", { class: "reasons" });
+    const items = arr(h.reasons).map((r) => reasonItem(obj(r)))
+      .concat(arr(h.errors).map((e) => errorItem(obj(e))));
+    if (items.length) cell.append(el("ul", {}, ...items));
+    const score = scoreText(h);
+    if (score) cell.append(el("span", { class: "sub score", text: score }));
+    if (!cell.firstChild) cell.append(none());
+    return cell;
+  }
+
+  /** "score 60 · hold at 50 · deny at 90", when the decision was scored. */
+  function scoreText(h) {
+    const t = obj(h.thresholds);
+    if (typeof h.score !== "number" || (h.score === 0 && h.thresholds === undefined)) return "";
+    const parts = ["score " + h.score];
+    if (typeof t.hold_at === "number") parts.push("hold at " + t.hold_at);
+    if (typeof t.deny_at === "number") parts.push("deny at " + t.deny_at);
+    return parts.join(" · ");
+  }
+
+  function errorItem(e) {
+    return el("li", { class: "rule-error" }, el("span", { class: "rule", text: str(e.rule) }),
+      ": " + str(e.message), " ", el("span", { class: "tag tag-error", text: "error" }));
+  }
+
+  function approvalsCell(h) {
+    const a = obj(h.approvals);
+    const text = approvalsText(a);
+    const cell = el("td", { class: "approvals" }, text || none());
+    const by = arr(a.approved_by).map(str).filter(Boolean);
+    if (text && by.length) cell.append(el("span", { class: "sub", text: "by " + by.join(", ") }));
+    return cell;
   }
 
   /** One reason as "rule: message", with a small tag for its action (text, not only color). */
@@ -370,8 +469,8 @@
   /** Ticks every second: age at fetch time plus the time since. */
   function updateAges() {
     const elapsed = (performance.now() - state.fetchedAt) / 1000;
-    for (const { cell, base } of state.ageCells) {
-      const text = Number.isNaN(base) ? "?" : formatAge(base + elapsed);
+    for (const { cell, base, prefix } of state.ageCells) {
+      const text = Number.isNaN(base) ? "?" : (prefix || "") + formatAge(base + elapsed);
       if (cell.textContent !== text) cell.textContent = text;
     }
   }
@@ -379,6 +478,190 @@
   function markRow(tr, on) {
     tr.classList.toggle("selected", on);
     if (on) tr.setAttribute("aria-current", "true"); else tr.removeAttribute("aria-current");
+  }
+
+  // ---- Pages ---------------------------------------------------------------------------
+
+  /** "51–100 of 10,000" and the Previous / Next buttons of pager `name` (`page`, `h`). */
+  function setPager(name, offset, shown, count) {
+    const range = $(name === "page" ? "page-range" : "h-range");
+    range.textContent = count === 0 ? "" :
+      (offset + 1).toLocaleString("en") + "–" + (offset + shown).toLocaleString("en") +
+      " of " + count.toLocaleString("en");
+    $(name === "page" ? "page-prev" : "h-prev").disabled = offset === 0;
+    $(name === "page" ? "page-next" : "h-next").disabled = offset + shown >= count;
+  }
+
+  function turnPage(delta) {
+    const next = Math.max(0, state.offset + delta * PAGE);
+    if (next === state.offset || next >= state.count) return;
+    state.offset = next;
+    loadHolds();
+    $("hold-count").focus();
+  }
+
+  // ---- Picking holds for one review of many --------------------------------------------
+
+  function togglePick(tr, on) {
+    const ref = tr.dataset.ref;
+    const h = state.holds.find((x) => holdRef(x) === ref);
+    const rec = h ? obj(h.record) : {};
+    const box = tr.querySelector("input.pick");
+    if (on && h && Number.isInteger(rec.partition) && Number.isInteger(rec.offset)) {
+      state.picked.set(ref, { key: str(h.key), intent_id: str(h.intent_id),
+        record: { partition: rec.partition, offset: rec.offset } });
+    } else {
+      state.picked.delete(ref);
+    }
+    if (box) box.checked = state.picked.has(ref);
+    tr.classList.toggle("picked", state.picked.has(ref));
+    updateBulk();
+  }
+
+  function pickPage(on) {
+    for (const tr of $("holds-body").rows) if (tr.dataset.ref) togglePick(tr, on);
+  }
+
+  function updateBulk() {
+    const n = state.picked.size;
+    $("bulk").hidden = n === 0 || !state.session;
+    $("bulk-count").textContent = n + " selected";
+    const allowed = canAct() && !state.busy;
+    $("bulk-approve").disabled = !allowed;
+    $("bulk-reject").disabled = !allowed;
+    const rows = Array.from($("holds-body").rows).filter((r) => r.dataset.ref);
+    const on = rows.filter((r) => state.picked.has(r.dataset.ref)).length;
+    const all = $("pick-page");
+    all.checked = rows.length > 0 && on === rows.length;
+    all.indeterminate = on > 0 && on < rows.length;
+  }
+
+  /** Approves or rejects every picked hold with one comment: each gets its own record. */
+  async function bulkReview(kind) {
+    if (state.busy || !canAct() || state.picked.size === 0) return;
+    const box = $("bulk-comment");
+    const comment = box.value.trim();
+    if (kind === "reject" && !comment) {
+      box.setAttribute("aria-invalid", "true");
+      setStatus("A comment is required to reject.", true);
+      box.focus();
+      return;
+    }
+    box.removeAttribute("aria-invalid");
+    const holds = Array.from(state.picked.values());
+    state.busy = true;
+    updateBulk();
+    setStatus((kind === "approve" ? "Approving " : "Rejecting ") + holds.length + " holds…");
+    try {
+      const data = obj(await api("POST", "/api/holds/review", { verdict: kind, comment, holds }));
+      const results = arr(data.results).map(obj);
+      for (const r of results) {
+        if (r.status === 200) state.picked.delete(JSON.stringify([str(r.key), str(r.intent_id)]));
+      }
+      const refused = results.filter((r) => r.status !== 200);
+      let text = (kind === "approve" ? "Approved " : "Rejected ") + (results.length - refused.length) + " of " + results.length + ".";
+      if (refused.length) {
+        text += " Not reviewed: " + refused.slice(0, 5).map((r) =>
+          str(r.intent_id) + " (" + str(r.message) + ")").join("; ") + (refused.length > 5 ? "; …" : "");
+      }
+      setStatus(text, refused.length > 0);
+      if (!refused.length) box.value = "";
+    } catch (err) {
+      report(err, kind === "approve" ? "Could not approve the selection" : "Could not reject the selection");
+    } finally {
+      state.busy = false;
+      updateBulk();
+      loadHolds();
+    }
+  }
+
+  // ---- History of ended reviews ----------------------------------------------------------
+
+  async function loadHistory() {
+    if (state.hLoading) return;
+    state.hLoading = true;
+    try {
+      const params = new URLSearchParams(state.hQuery);
+      params.set("limit", String(PAGE));
+      params.set("offset", String(state.hOffset));
+      const data = obj(await api("GET", "/api/history?" + params.toString()));
+      if (!state.session) return;
+      renderHistory(arr(data.reviews).map(obj), typeof data.count === "number" ? data.count : 0);
+    } catch (err) {
+      report(err, "Could not load the history");
+    } finally {
+      state.hLoading = false;
+    }
+  }
+
+  const OUTCOMES = { approve: "approved", reject: "rejected", expire: "expired" };
+
+  function renderHistory(items, count) {
+    state.hCount = count;
+    const rows = items.map((e) => {
+      const amount = el("td", { class: "amount" });
+      if (str(e.amount)) {
+        amount.append(el("span", { class: "amt", text: formatAmount(e.amount) }), " ",
+          el("span", { class: "ccy", text: str(e.currency) }));
+        if (str(e.base_amount) && str(e.base_currency) && str(e.base_currency) !== str(e.currency)) {
+          amount.append(el("span", { class: "sub", text: "≈ " + formatAmount(e.base_amount) + " " + str(e.base_currency) }));
+        }
+      } else {
+        amount.append(none());
+      }
+      const outcome = str(e.outcome);
+      return el("tr", { class: "ended-row" },
+        el("td", {}, timeNode(e.reviewed_at)),
+        el("td", {}, el("span", { class: "tag tag-" + outcome, text: OUTCOMES[outcome] || outcome })),
+        el("td", {}, show(e.reviewer)),
+        el("td", {}, show(e.intent_id), el("span", { class: "sub", text: arr(e.rules).map(str).join(", ") })),
+        el("td", {}, show(e.agent_id)),
+        el("td", {}, show(e.account_id)),
+        amount,
+        el("td", { class: "comment" }, show(e.comment)));
+    });
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 8, class: "empty", text: "No ended reviews." })));
+    $("history-body").replaceChildren(...rows);
+    $("history-count").textContent = count.toLocaleString("en") + " ended";
+    setPager("h", state.hOffset, items.length, count);
+  }
+
+  function applyHistoryFilters(ev) {
+    ev.preventDefault();
+    const params = new URLSearchParams();
+    for (const [id, key] of HISTORY_FILTERS) {
+      const v = $(id).value.trim();
+      if (v) params.set(key, v);
+    }
+    state.hQuery = params.toString();
+    state.hOffset = 0;
+    loadHistory();
+  }
+
+  function clearHistoryFilters() {
+    for (const [id] of HISTORY_FILTERS) $(id).value = "";
+    state.hQuery = "";
+    state.hOffset = 0;
+    loadHistory();
+  }
+
+  function turnHistoryPage(delta) {
+    const next = Math.max(0, state.hOffset + delta * PAGE);
+    if (next === state.hOffset || next >= state.hCount) return;
+    state.hOffset = next;
+    loadHistory();
+    $("history-count").focus();
+  }
+
+  /** Shows the queue or the history. */
+  function showView(view) {
+    state.view = view;
+    const queue = view === "queue";
+    $("queue-view").hidden = !queue;
+    $("history-view").hidden = queue;
+    $("tab-queue").setAttribute("aria-pressed", String(queue));
+    $("tab-history").setAttribute("aria-pressed", String(!queue));
+    if (queue) loadHolds(); else loadHistory();
   }
 
   // ---- Filters -------------------------------------------------------------------------
@@ -391,12 +674,14 @@
       if (v) params.set(key, v);
     }
     state.query = params.toString();
+    state.offset = 0;
     loadHolds();
   }
 
   function clearFilters() {
     for (const [id] of FILTERS) $(id).value = "";
     state.query = "";
+    state.offset = 0;
     loadHolds();
     setStatus("Filters cleared.");
   }
@@ -491,16 +776,22 @@
     fact("Action", pick("action"));
     fact("Amount", str(pick("amount")) ? el("span", { class: "amt", text: formatAmount(pick("amount")) }) : none());
     fact("Currency", pick("currency"));
+    if (hold.base_unknown === true) {
+      fact("Base amount", "unknown: no " + (str(hold.base_currency) || "base") + " rate for " + str(pick("currency")));
+    } else if (str(hold.base_amount) && str(hold.base_currency)) {
+      fact("Base amount", formatAmount(hold.base_amount) + " " + str(hold.base_currency));
+    }
     fact("Counterparty name", cp.name);
     fact("Counterparty id", cp.id);
     fact("Counterparty country", cp.country);
     fact("Counterparty account", cp.account);
-    fact("Score", hold.score !== undefined ? hold.score : dec.score);
+    fact("Score", scoreText(hold) || (hold.score !== undefined ? hold.score : dec.score));
     if (str(dec.decision)) fact("Decision", dec.decision);
     const by = arr(a.approved_by).map(str).filter(Boolean);
     const required = Number(a.required);
     fact("Approvals", (required > 0 ? by.length + " of " + required : "") +
       (by.length ? " (approved by " + by.join(", ") + ")" : ""));
+    state.whyNot = hold.may_approve === false ? str(hold.why_not) : "";
     fact("Created at", timeNode(pick("created_at")));
     fact("Decided at", timeNode(hold.decided_at || dec.decided_at));
     fact("Expires at", timeNode(hold.expires_at, true));
@@ -570,10 +861,14 @@
   function updateActions(approvals) {
     const allowed = canAct();
     const mine = Boolean(approvals && state.session && arr(approvals.approved_by).includes(state.session.reviewer));
+    // The server says whether this reviewer may approve (the proposer never may).
+    const proposer = Boolean(approvals) && state.whyNot === "proposer";
     $("detail-actions").hidden = !allowed;
     $("viewer-note").hidden = allowed;
     $("own-approval").hidden = !mine;
-    $("approve").disabled = !allowed || !approvals || mine || state.busy;
+    $("no-approve").hidden = !proposer;
+    $("no-approve").textContent = proposer ? WHY_NOT.proposer : "";
+    $("approve").disabled = !allowed || !approvals || mine || proposer || state.busy;
     $("reject").disabled = !allowed || !approvals || state.busy;
   }
 
@@ -657,7 +952,7 @@
       stopPolling();
       if (state.esFailed) { state.esFailed = false; loadHolds(); } // catch up on missed events
     });
-    es.addEventListener("holds", () => loadHolds());
+    es.addEventListener("holds", () => (state.view === "queue" ? loadHolds() : loadHistory()));
     es.addEventListener("error", () => {
       es.close();
       if (state.es !== es || !state.session) return;
@@ -686,6 +981,15 @@
   function onRowActivate(ev) {
     const tr = ev.target.closest("tr[data-intent-id]");
     if (!tr) return;
+    if (ev.target.matches && ev.target.matches("input.pick")) {
+      if (ev.type === "click") togglePick(tr, ev.target.checked);
+      return;
+    }
+    if (ev.type === "keydown" && (ev.key === "x" || ev.key === "X") && ev.target === tr) {
+      ev.preventDefault();
+      togglePick(tr, !state.picked.has(tr.dataset.ref));
+      return;
+    }
     if (ev.type === "click") {
       const sel = window.getSelection && window.getSelection();
       if (sel && !sel.isCollapsed && tr.contains(sel.anchorNode)) return; // the user is copying text
@@ -707,6 +1011,19 @@
     $("logout").addEventListener("click", logout);
     $("filters").addEventListener("submit", applyFilters);
     $("f-clear").addEventListener("click", clearFilters);
+    $("tab-queue").addEventListener("click", () => showView("queue"));
+    $("tab-history").addEventListener("click", () => showView("history"));
+    $("page-prev").addEventListener("click", () => turnPage(-1));
+    $("page-next").addEventListener("click", () => turnPage(1));
+    $("pick-page").addEventListener("change", (ev) => pickPage(ev.target.checked));
+    $("bulk-approve").addEventListener("click", () => bulkReview("approve"));
+    $("bulk-reject").addEventListener("click", () => bulkReview("reject"));
+    $("bulk-clear").addEventListener("click", () => { state.picked.clear(); renderHolds(state.holds, state.count); });
+    $("bulk-comment").addEventListener("input", () => $("bulk-comment").removeAttribute("aria-invalid"));
+    $("h-filters").addEventListener("submit", applyHistoryFilters);
+    $("h-clear").addEventListener("click", clearHistoryFilters);
+    $("h-prev").addEventListener("click", () => turnHistoryPage(-1));
+    $("h-next").addEventListener("click", () => turnHistoryPage(1));
     $("holds-body").addEventListener("click", onRowActivate);
     $("holds-body").addEventListener("keydown", onRowActivate);
     $("detail-close").addEventListener("click", () => closeDetail(true));

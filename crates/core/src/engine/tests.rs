@@ -999,11 +999,18 @@ score = 60
         })
     );
     let d = decide(&mut e, "small", r#""amount":"99""#);
-    assert_eq!(d.thresholds, None, "a score of 0 was measured against nothing");
+    assert_eq!(
+        d.thresholds, None,
+        "a score of 0 was measured against nothing"
+    );
     // Without [fx] the amount compares as it is: no base amount, no base currency.
     assert_eq!((d.amount_base, d.base_currency.as_deref()), (None, None));
     // A system decision runs no rule: neither.
-    let stale = decide(&mut e, "old", r#""amount":"101","created_at":"2026-11-20T10:00:00Z""#);
+    let stale = decide(
+        &mut e,
+        "old",
+        r#""amount":"101","created_at":"2026-11-20T10:00:00Z""#,
+    );
     assert!(stale.is_system());
     assert_eq!((stale.thresholds, stale.amount_base), (None, None));
 }
