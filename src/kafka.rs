@@ -143,12 +143,22 @@ pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// [`OUTAGE_LOG_EVERY`] with how many failures there were since, and its end once (INFO) with
 /// how long it lasted. librdkafka's own reports of the same failures (every reconnect
 /// attempt, to every broker) go through it too ([`Logging`]).
+///
+/// An outage is a set of failing brokers: a broker whose connection failed (named by
+/// librdkafka's log line) stays failing until librdkafka's statistics show it up again; a
+/// failed call, or a failure that names no broker, until a call succeeds or any broker is
+/// up. The client cannot reach the cluster ([`Outage::is_down`]) while such a failure stands,
+/// or while every broker it knows has failed: one dead broker of three is an outage to log,
+/// not an unreachable cluster.
 #[derive(Debug)]
 pub struct Outage {
     /// What failed, for the log: `the decisions reader`, `the review producer`...
     client: &'static str,
-    /// Whether there is an outage now: read without the lock on every success.
-    down: AtomicBool,
+    /// An outage is being told (some broker or call is failing): read without the lock on
+    /// every success.
+    active: AtomicBool,
+    /// The cluster cannot be reached (see [`Outage::is_down`]).
+    unreachable: AtomicBool,
     state: Mutex<OutageState>,
 }
 
@@ -158,6 +168,9 @@ impl Default for Outage {
     }
 }
 
+/// What fails when no broker is named: a call, or a connection to a bootstrap address.
+const ANY_BROKER: &str = "*";
+
 #[derive(Debug, Default)]
 struct OutageState {
     /// When the outage started, while there is one.
@@ -165,13 +178,24 @@ struct OutageState {
     last_logged: Option<Instant>,
     /// Failures since the last log line.
     unlogged: u64,
+    /// The failing brokers (librdkafka's names, `host:port/id`), or [`ANY_BROKER`].
+    failing: std::collections::BTreeSet<String>,
+    /// The brokers the latest statistics showed up, less those that failed since.
+    up: std::collections::BTreeSet<String>,
+}
+
+impl OutageState {
+    fn unreachable(&self) -> bool {
+        self.failing.contains(ANY_BROKER) || (!self.failing.is_empty() && self.up.is_empty())
+    }
 }
 
 impl Outage {
     pub fn new(client: &'static str) -> Self {
         Outage {
             client,
-            down: AtomicBool::new(false),
+            active: AtomicBool::new(false),
+            unreachable: AtomicBool::new(false),
             state: Mutex::new(OutageState::default()),
         }
     }
@@ -180,56 +204,63 @@ impl Outage {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether the broker is out of reach now, as far as this client knows.
+    /// Whether the cluster is out of reach now, as far as this client knows: a call failed
+    /// and none succeeded since, or every broker it knows has failed.
     pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
+        self.unreachable.load(Ordering::Relaxed)
     }
 
     /// A call to the broker failed with `error` (retriable: the caller tries again).
     pub fn failed(&self, error: &dyn fmt::Display) {
+        self.fail(ANY_BROKER, error);
+    }
+
+    /// The connection to `broker` (librdkafka's name for it) failed with `error`.
+    pub fn broker_failed(&self, broker: &str, error: &dyn fmt::Display) {
+        let who = if broker.ends_with("/bootstrap") {
+            ANY_BROKER
+        } else {
+            broker
+        };
+        self.fail(who, error);
+    }
+
+    fn fail(&self, who: &str, error: &dyn fmt::Display) {
         let mut s = self.state();
         let now = Instant::now();
-        match s.since {
-            None => {
-                s.since = Some(now);
-                self.down.store(true, Ordering::Relaxed);
-                s.last_logged = Some(now);
-                s.unlogged = 0;
-                drop(s);
-                tracing::warn!(client = self.client, error = %error, "the Kafka broker cannot be reached; retrying (logged again at most once a minute while it lasts)");
-            }
-            Some(since) => {
-                s.unlogged += 1;
-                if s.last_logged.is_none_or(|t| now - t >= OUTAGE_LOG_EVERY) {
-                    let failures = std::mem::take(&mut s.unlogged);
-                    s.last_logged = Some(now);
-                    drop(s);
-                    tracing::warn!(client = self.client, error = %error, failures, down_seconds = (now - since).as_secs(), "the Kafka broker is still out of reach; retrying");
-                }
-            }
-        }
-    }
-
-    /// An error librdkafka queued with its events (a client error, or one a consumer's
-    /// poll returns): part of the outage if there is one (counted with it), logged at debug
-    /// level if not. It never starts an outage: such errors can be delivered seconds after
-    /// the brokers are back (`AllBrokersDown` behind the messages); connection failures
-    /// are told at once by librdkafka's log lines, and by the calls that fail.
-    pub fn seen(&self, error: &dyn fmt::Display) {
-        if self.is_down() {
-            self.failed(error);
-        } else {
-            tracing::debug!(client = self.client, error = %error, "Kafka client error");
-        }
-    }
-
-    /// A call to the broker succeeded: an outage, if there was one, is over.
-    pub fn ok(&self) {
-        if !self.is_down() {
+        let starting = s.failing.is_empty();
+        s.failing.insert(who.to_owned());
+        s.up.remove(who);
+        self.publish(&s);
+        if starting {
+            s.since = Some(now);
+            s.last_logged = Some(now);
+            s.unlogged = 0;
+            drop(s);
+            tracing::warn!(client = self.client, error = %error, "the Kafka broker cannot be reached; retrying (logged again at most once a minute while it lasts)");
             return;
         }
-        let mut s = self.state();
-        self.down.store(false, Ordering::Relaxed);
+        let since = s.since.unwrap_or(now);
+        s.unlogged += 1;
+        if s.last_logged.is_none_or(|t| now - t >= OUTAGE_LOG_EVERY) {
+            let failures = std::mem::take(&mut s.unlogged);
+            s.last_logged = Some(now);
+            drop(s);
+            tracing::warn!(client = self.client, error = %error, failures, down_seconds = (now - since).as_secs(), "the Kafka broker is still out of reach; retrying");
+        }
+    }
+
+    fn publish(&self, s: &OutageState) {
+        self.active.store(!s.failing.is_empty(), Ordering::Relaxed);
+        self.unreachable.store(s.unreachable(), Ordering::Relaxed);
+    }
+
+    /// Ends the outage if nothing fails any more, saying how long it lasted.
+    fn settle(&self, mut s: std::sync::MutexGuard<'_, OutageState>) {
+        self.publish(&s);
+        if !s.failing.is_empty() {
+            return;
+        }
         if let Some(since) = s.since.take() {
             let failures = std::mem::take(&mut s.unlogged);
             drop(s);
@@ -241,6 +272,61 @@ impl Outage {
             );
         }
     }
+
+    /// An error librdkafka queued with its events (a client error, or one a consumer's
+    /// poll returns): part of the outage if there is one (counted with it), logged at debug
+    /// level if not. It never starts an outage: such errors can be delivered seconds after
+    /// the brokers are back (`AllBrokersDown` behind the messages); connection failures
+    /// are told at once by librdkafka's log lines, and by the calls that fail.
+    pub fn seen(&self, error: &dyn fmt::Display) {
+        if self.active.load(Ordering::Relaxed) {
+            let mut s = self.state();
+            s.unlogged += 1;
+        } else {
+            tracing::debug!(client = self.client, error = %error, "Kafka client error");
+        }
+    }
+
+    /// A call to the broker succeeded: the failures that named no broker are over.
+    pub fn ok(&self) {
+        if !self.active.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut s = self.state();
+        s.failing.remove(ANY_BROKER);
+        self.settle(s);
+    }
+
+    /// librdkafka's statistics: the brokers they show up are no longer failing; any broker
+    /// up ends the failures that named none.
+    pub fn statistics(&self, stats: &rdkafka::Statistics) {
+        self.brokers_up(
+            stats
+                .brokers
+                .values()
+                .filter(|b| b.state == "UP")
+                .map(|b| b.name.clone())
+                .collect(),
+        );
+    }
+
+    /// The brokers `up` now, and only those.
+    fn brokers_up(&self, up: std::collections::BTreeSet<String>) {
+        let mut s = self.state();
+        if !up.is_empty() {
+            s.failing.remove(ANY_BROKER);
+        }
+        s.failing.retain(|b| !up.contains(b));
+        s.up = up;
+        self.settle(s);
+    }
+}
+
+/// The broker a librdkafka log line is about: `[thrd:…]: host:port/id: Connect to … failed`.
+fn broker_of(message: &str) -> Option<&str> {
+    let rest = message.split_once("]: ").map_or(message, |(_, r)| r);
+    let (name, _) = rest.split_once(": ")?;
+    (name.contains(':') && name.contains('/') && !name.contains(' ')).then_some(name)
 }
 
 /// Exponential backoff between attempts of a broker call: `first`, doubling up to `max`.
@@ -364,7 +450,10 @@ pub fn log_line(outage: &Outage, level: RDKafkaLogLevel, facility: &str, message
         | RDKafkaLogLevel::Warning
             if is_connection_failure(facility) =>
         {
-            outage.failed(&message);
+            match broker_of(message) {
+                Some(broker) => outage.broker_failed(broker, &message),
+                None => outage.failed(&message),
+            }
         }
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
@@ -398,24 +487,32 @@ pub fn client_error(outage: &Outage, error: &KafkaError, reason: &str) {
     }
 }
 
-/// Whether librdkafka's statistics show a broker connection up.
-pub fn any_broker_up(stats: &rdkafka::Statistics) -> bool {
-    stats.brokers.values().any(|b| b.state == "UP")
+/// The `log` and `error` methods of a [`ClientContext`] that tells broker outages through the
+/// [`Outage`] its method `outage()` returns ([`log_line`], [`client_error`]).
+macro_rules! tell_outages {
+    () => {
+        fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+            $crate::kafka::log_line(self.outage(), level, facility, message);
+        }
+
+        fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+            $crate::kafka::client_error(self.outage(), &error, reason);
+        }
+    };
+}
+pub(crate) use tell_outages;
+
+impl Logging {
+    fn outage(&self) -> &Outage {
+        &self.outage
+    }
 }
 
 impl ClientContext for Logging {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log_line(&self.outage, level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        client_error(&self.outage, &error, reason);
-    }
+    tell_outages!();
 
     fn stats(&self, stats: rdkafka::Statistics) {
-        if any_broker_up(&stats) {
-            self.outage.ok();
-        }
+        self.outage.statistics(&stats);
     }
 }
 
@@ -495,6 +592,56 @@ mod tests {
         }
     }
 
+    fn names(list: &[&str]) -> std::collections::BTreeSet<String> {
+        list.iter().map(|b| (*b).to_owned()).collect()
+    }
+
+    #[test]
+    fn one_dead_broker_of_three_is_an_outage_to_tell_not_an_unreachable_cluster() {
+        let outage = Outage::new("test");
+        outage.brokers_up(names(&["h:1/1", "h:2/2", "h:3/3"]));
+        let fail = |n: &str| {
+            log_line(
+                &outage,
+                RDKafkaLogLevel::Error,
+                "FAIL",
+                &format!("[thrd:{n}]: {n}: Connect to ipv4#127.0.0.1:9 failed: Connection refused"),
+            )
+        };
+        fail("h:2/2");
+        assert!(outage.active.load(Ordering::Relaxed) && !outage.is_down());
+        // Its reconnects go on failing; a success elsewhere does not end it.
+        fail("h:2/2");
+        outage.ok();
+        outage.brokers_up(names(&["h:1/1", "h:3/3"]));
+        assert!(outage.active.load(Ordering::Relaxed));
+        assert_eq!(
+            outage.state().unlogged,
+            1,
+            "one repeat, counted, not logged"
+        );
+        // Back up: over.
+        outage.brokers_up(names(&["h:1/1", "h:2/2", "h:3/3"]));
+        assert!(!outage.active.load(Ordering::Relaxed));
+        // Every broker failing: the cluster is out of reach until statistics show one up.
+        for n in ["h:1/1", "h:2/2", "h:3/3"] {
+            fail(n);
+        }
+        assert!(outage.is_down());
+        outage.ok();
+        assert!(
+            outage.is_down(),
+            "a named broker stays failing until it is seen up"
+        );
+        outage.brokers_up(names(&["h:1/1"]));
+        assert!(!outage.is_down() && outage.active.load(Ordering::Relaxed));
+        assert_eq!(
+            broker_of("[thrd:a:9/1]: a:9/1: Connect to x failed"),
+            Some("a:9/1")
+        );
+        assert_eq!(broker_of("Global error: AllBrokersDown"), None);
+    }
+
     #[test]
     fn the_end_of_a_partition_is_no_outage_and_a_failure_is_one_until_a_success() {
         let outage = Outage::new("test");
@@ -527,6 +674,7 @@ mod tests {
         assert!(outage.is_down());
         outage.ok();
         assert!(!outage.is_down());
+        assert!(!outage.active.load(Ordering::Relaxed), "the outage ended");
         // A client error delivered late, after the brokers are back, starts no outage.
         client_error(
             &outage,

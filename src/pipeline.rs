@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
@@ -190,16 +189,17 @@ fn untag_source(tag: usize) -> Option<(i32, i64)> {
     })
 }
 
-impl ClientContext for ProducerCtx {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        kafka::log_line(&self.health.outage, level, facility, message);
+impl ProducerCtx {
+    fn outage(&self) -> &Outage {
+        &self.health.outage
     }
+}
 
-    fn error(&self, error: KafkaError, reason: &str) {
-        kafka::client_error(&self.health.outage, &error, reason);
-    }
+impl ClientContext for ProducerCtx {
+    kafka::tell_outages!();
 
     fn stats(&self, stats: rdkafka::Statistics) {
+        self.health.outage.statistics(&stats);
         let n = self
             .topics
             .iter()
@@ -492,24 +492,22 @@ struct Ctx {
     intents_topic: String,
 }
 
+impl Ctx {
+    fn outage(&self) -> &Outage {
+        &self.health.outage
+    }
+}
+
 impl ClientContext for Ctx {
+    kafka::tell_outages!();
+
     /// librdkafka's statistics (every `statistics.interval.ms`): consumer lag per partition,
     /// as the end of the partition (the last stable offset, for read_committed) minus the
     /// position this instance has consumed to. librdkafka's own `consumer_lag` subtracts the
     /// consumer's committed offset, which offsets committed through the producer's
     /// transactions never update.
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        kafka::log_line(&self.health.outage, level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        kafka::client_error(&self.health.outage, &error, reason);
-    }
-
     fn stats(&self, stats: rdkafka::Statistics) {
-        if kafka::any_broker_up(&stats) {
-            self.health.outage.ok();
-        }
+        self.health.outage.statistics(&stats);
         self.health.leaderless_inputs.store(
             leaderless(&stats, &self.intents_topic, true),
             Ordering::Relaxed,

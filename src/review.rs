@@ -404,6 +404,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         producer.set("reconnect.backoff.max.ms", RECONNECT_MAX);
     }
+    if !config
+        .kafka
+        .librdkafka
+        .contains_key("statistics.interval.ms")
+    {
+        // The statistics say when a broker is up again (the end of an outage).
+        producer.set("statistics.interval.ms", "5000");
+    }
     let producer: FutureProducer<Logging> = producer
         .set("enable.idempotence", "true")
         .set("acks", "all")

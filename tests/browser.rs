@@ -292,6 +292,19 @@ async fn type_into(c: &Client, css: &str, text: &str) {
     .await;
 }
 
+/// Types `text` into the input `css` and presses Enter (applying its form).
+async fn submit(c: &Client, css: &str, text: &str) {
+    type_into(c, css, text).await;
+    keys(c, css, "\u{E007}").await;
+}
+
+/// Signs `name` in with the keyboard.
+async fn sign_in(c: &Client, name: &str, secret: &str) {
+    type_into(c, "#reviewer", name).await;
+    keys(c, "#secret", secret).await;
+    keys(c, "#secret", "\u{E007}").await;
+}
+
 /// The intent ids of the rows shown.
 const ROW_IDS: &str = "return Array.from(document.querySelectorAll('#holds tr[data-intent-id]')).map(r => r.dataset.intentId);";
 
@@ -365,8 +378,7 @@ fn a_bad_day_ten_thousand_holds_explained_paged_filtered_and_reviewed_in_bulk() 
 
             // Each row says why: rule errors, the score against its thresholds, amounts in
             // the intent's currency and in the base currency.
-            type_into(&c, "#f-rule", "po-").await;
-            keys(&c, "#f-rule", "\u{E007}").await;
+            submit(&c, "#f-rule", "po-").await;
             let rows = wait_js(&c, "the po-limit holds", "const rows = Array.from(document.querySelectorAll('#holds tr[data-intent-id]')); return rows.length === 2 && rows.map(r => [r.dataset.intentId, r.innerText]);").await;
             let text_of = |id: &str| rows.as_array().unwrap().iter().find(|r| r[0] == id).unwrap()[1].as_str().unwrap().to_owned();
             let h1 = text_of("h-1");
@@ -375,8 +387,7 @@ fn a_bad_day_ten_thousand_holds_explained_paged_filtered_and_reviewed_in_bulk() 
             }
             assert!(text_of("j-1").contains("no EUR rate"), "{}", text_of("j-1"));
             type_into(&c, "#f-rule", "").await;
-            type_into(&c, "#f-text", "s-1").await;
-            keys(&c, "#f-text", "\u{E007}").await;
+            submit(&c, "#f-text", "s-1").await;
             let s1 = wait_js(&c, "the s-1 row", "const r = document.querySelector('#holds tr[data-intent-id=\"s-1\"]'); return document.querySelectorAll('#holds tr[data-intent-id]').length === 1 && r && r.innerText;").await;
             assert!(s1.as_str().unwrap().contains("score 60 · hold at 50 · deny at 90"), "{s1}");
             // Ages from the intent and from the decision.
@@ -386,14 +397,12 @@ fn a_bad_day_ten_thousand_holds_explained_paged_filtered_and_reviewed_in_bulk() 
             // the JPY payment nobody can convert is kept.
             type_into(&c, "#f-min-amount", "10000").await;
             type_into(&c, "#f-agent", "bot").await;
-            type_into(&c, "#f-rule", "po-").await;
-            keys(&c, "#f-rule", "\u{E007}").await;
+            submit(&c, "#f-rule", "po-").await;
             wait_js(&c, "only j-1 over 10000 EUR", &format!("const ids = (function() {{ {ROW_IDS} }})(); return ids.length === 1 && ids[0] === 'j-1';")).await;
             click(&c, "#f-clear").await;
 
             // Bulk: the first page of batch-bot's holds, selected with the keyboard, one comment.
-            type_into(&c, "#f-agent", "batch-bot").await;
-            keys(&c, "#f-agent", "\u{E007}").await;
+            submit(&c, "#f-agent", "batch-bot").await;
             wait_js(&c, "batch-bot's first page", "return document.querySelector('#hold-count').innerText.startsWith('10,000 pending') && document.querySelectorAll('#holds tr[data-intent-id]').length === 50;").await;
             keys(&c, "#pick-page", " ").await;
             wait_js(&c, "50 selected", "return document.querySelector('#bulk-count').innerText === '50 selected';").await;
@@ -414,8 +423,7 @@ fn a_bad_day_ten_thousand_holds_explained_paged_filtered_and_reviewed_in_bulk() 
             for want in ["approved", "alice", "batch-bot", "batch file 2026-12-07 checked"] {
                 assert!(first.as_str().unwrap().contains(want), "{want:?} in {first}");
             }
-            type_into(&c, "#h-reviewer", "bob").await;
-            keys(&c, "#h-reviewer", "\u{E007}").await;
+            submit(&c, "#h-reviewer", "bob").await;
             wait_js(&c, "nothing by bob", "return document.querySelector('#history-count').innerText === '0 ended';").await;
             let png = c.screenshot().await.unwrap();
             std::fs::write(&screenshot, png).unwrap();
@@ -424,12 +432,9 @@ fn a_bad_day_ten_thousand_holds_explained_paged_filtered_and_reviewed_in_bulk() 
             // The proposing agent's own reviewer account sees Approve disabled, and why.
             click(&c, "#logout").await;
             wait_js(&c, "the sign-in form", "return !document.querySelector('#login-view').hidden;").await;
-            type_into(&c, "#reviewer", "procurement-bot").await;
-            keys(&c, "#secret", "bot-secret-000").await;
-            keys(&c, "#secret", "\u{E007}").await;
+            sign_in(&c, "procurement-bot", "bot-secret-000").await;
             wait_js(&c, "the queue again", "return !document.querySelector('#queue-view').hidden && document.querySelector('#whoami').innerText.includes('procurement-bot');").await;
-            type_into(&c, "#f-text", "t-1").await;
-            keys(&c, "#f-text", "\u{E007}").await;
+            submit(&c, "#f-text", "t-1").await;
             wait_js(&c, "the t-1 row", "return !!document.querySelector('#holds tr[data-intent-id=\"t-1\"]');").await;
             click(&c, "#holds tr[data-intent-id=\"t-1\"] td.cp").await;
             let state = wait_js(&c, "the t-1 detail", "const d = document.querySelector('#detail'); return d && !d.hidden && d.innerText.includes('large-transfer') && {approve: document.querySelector('#approve').disabled, reject: document.querySelector('#reject').disabled, why: document.querySelector('#no-approve').innerText};").await;

@@ -215,9 +215,10 @@ fn help_documents_every_flag() {
     }
 }
 
-fn hash_secret(input: &str) -> std::process::Output {
+/// `riskgate ARGS` with `input` on standard input: its output.
+fn run_with_input(args: &[&str], input: &str) -> std::process::Output {
     let mut child = riskgate()
-        .arg("hash-secret")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -230,6 +231,10 @@ fn hash_secret(input: &str) -> std::process::Output {
         .write_all(input.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+fn hash_secret(input: &str) -> std::process::Output {
+    run_with_input(&["hash-secret"], input)
 }
 
 #[test]
@@ -266,21 +271,9 @@ fn hash_secret_prints_a_hash_that_signs_the_reviewer_in() {
 fn replay_exits_two_on_dead_letters_only_when_asked() {
     let input = format!("{INTENT}\nnot json\n");
     let run = |extra: &[&str]| {
-        let mut child = riskgate()
-            .args(["replay", "--rules", "rules", "--dlq", "/dev/null"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut args = vec!["replay", "--rules", "rules", "--dlq", "/dev/null"];
+        args.extend_from_slice(extra);
+        run_with_input(&args, &input)
     };
     // By default a dead letter does not change the exit status: the service goes on too.
     let out = run(&[]);
@@ -293,19 +286,11 @@ fn replay_exits_two_on_dead_letters_only_when_asked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("1 line of the input was invalid"), "{err}");
     // Without dead letters the flag changes nothing.
-    let mut child = riskgate()
-        .args(["replay", "--rules", "rules", "--fail-on-dead-letters", "-q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(INTENT.as_bytes())
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let out = run_with_input(
+        &["replay", "--rules", "rules", "--fail-on-dead-letters", "-q"],
+        INTENT,
+    );
+    assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]

@@ -33,6 +33,8 @@ fn readyz(address: &str) -> Option<u16> {
 struct Outage {
     not_ready_after: Duration,
     ready_after: Duration,
+    /// WARN and ERROR lines the service logged during the whole run.
+    loud_lines: usize,
 }
 
 /// Runs a service on `topics`, streams [`INTENTS`] intents at [`RATE`], calls `kill` once a
@@ -100,9 +102,24 @@ fn run_through_outage(
     assert!(s.terminate(Duration::from_secs(60)).success());
     let (decided, dead) = check_against_oracle(broker, topics, rules.path(), false);
     assert_eq!((decided + dead) as u64, INTENTS);
+    // The outage was told once when it started and once when it ended, not once per failed
+    // connection (librdkafka reconnects about every second, to every broker).
+    let events = s.events();
+    let loud: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| matches!(e["level"].as_str(), Some("WARN" | "ERROR")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "the Kafka broker is reachable again"),
+        "the end of the outage is logged"
+    );
+    assert!(loud.len() <= 12, "{} warnings: {loud:#?}", loud.len());
     Outage {
         not_ready_after,
         ready_after,
+        loud_lines: loud.len(),
     }
 }
 
@@ -168,11 +185,12 @@ fn the_leader_killed_in_a_three_broker_cluster_loses_and_repeats_nothing() {
         },
     );
     eprintln!(
-        "node {} killed: /readyz 503 after {:.1} s, partitions without a live leader for {:.1} s, ready again after {:.1} s",
+        "node {} killed: /readyz 503 after {:.1} s, partitions without a live leader for {:.1} s, ready again after {:.1} s; {} warning lines",
         victim.get(),
         outage.not_ready_after.as_secs_f64(),
         leaderless_for.get().as_secs_f64(),
-        outage.ready_after.as_secs_f64()
+        outage.ready_after.as_secs_f64(),
+        outage.loud_lines
     );
 }
 
@@ -198,8 +216,9 @@ fn a_single_broker_killed_and_restarted_on_its_data_loses_and_repeats_nothing() 
         &mut |_| node.borrow_mut().restart(),
     );
     eprintln!(
-        "the broker killed: /readyz 503 after {:.1} s, ready again after {:.1} s (restart included)",
+        "the broker killed: /readyz 503 after {:.1} s, ready again after {:.1} s (restart included); {} warning lines",
         outage.not_ready_after.as_secs_f64(),
-        outage.ready_after.as_secs_f64()
+        outage.ready_after.as_secs_f64(),
+        outage.loud_lines
     );
 }

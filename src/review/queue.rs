@@ -103,6 +103,13 @@ pub fn same_person(a: &str, b: &str) -> bool {
     a == b
 }
 
+/// Trims filter texts and puts them in lower case, as [`contains`] compares them.
+fn lower<const N: usize>(texts: [&mut Option<String>; N]) {
+    for t in texts {
+        *t = t.take().map(|t| t.trim().to_lowercase());
+    }
+}
+
 /// Whether `haystack` contains `needle` (already lower case), ignoring case.
 fn contains(haystack: &str, needle: &str) -> bool {
     haystack.to_lowercase().contains(needle)
@@ -241,14 +248,12 @@ pub struct Filter {
 impl Filter {
     /// The filter with its texts in lower case, as [`Filter::accepts`] compares them.
     pub fn normalized(mut self) -> Filter {
-        for t in [
+        lower([
             &mut self.rule,
             &mut self.agent,
             &mut self.account,
             &mut self.text,
-        ] {
-            *t = t.take().map(|t| t.trim().to_lowercase());
-        }
+        ]);
         self
     }
 
@@ -326,15 +331,13 @@ pub struct HistoryFilter {
 
 impl HistoryFilter {
     pub fn normalized(mut self) -> HistoryFilter {
-        for t in [
+        lower([
             &mut self.reviewer,
             &mut self.outcome,
             &mut self.agent,
             &mut self.account,
             &mut self.text,
-        ] {
-            *t = t.take().map(|t| t.trim().to_lowercase());
-        }
+        ]);
         self
     }
 

@@ -86,6 +86,20 @@ impl Log {
         }
     }
 
+    /// Appends the engine's decision on an intent of `acct-1` (see [`decided`]).
+    fn decide(
+        &mut self,
+        e: &mut Engine,
+        id: &str,
+        agent: &str,
+        action: &str,
+        amount: &str,
+        now: &str,
+    ) -> Applied {
+        let payload = decided(e, id, agent, action, amount, now);
+        self.push(&payload)
+    }
+
     fn push(&mut self, payload: &[u8]) -> Applied {
         self.push_keyed("acct-1", payload)
     }
@@ -153,11 +167,11 @@ fn holds_enter_the_queue_and_other_decisions_do_not() {
     let mut e = engine();
     let mut log = Log::new();
     assert_eq!(
-        log.push(&decided(&mut e, "small", "bot", "transfer", "5", T0)),
+        log.decide(&mut e, "small", "bot", "transfer", "5", T0),
         Applied::Ignored("not a hold")
     );
     assert_eq!(
-        log.push(&decided(&mut e, "big", "bot", "transfer", "20000", T0)),
+        log.decide(&mut e, "big", "bot", "transfer", "20000", T0),
         Applied::Held
     );
     assert_eq!(log.queue.len(), 1);
@@ -179,7 +193,7 @@ fn holds_enter_the_queue_and_other_decisions_do_not() {
 fn a_later_decision_for_the_same_intent_replaces_the_hold() {
     let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
+    log.decide(&mut e, "i", "bot", "transfer", "20000", T0);
     // The same intent_id decided again, this time not held (e.g. the committed decision
     // after an aborted one): it leaves the queue.
     let allow = decided(&mut engine(), "i", "bot", "transfer", "1", T0);
@@ -191,7 +205,7 @@ fn a_later_decision_for_the_same_intent_replaces_the_hold() {
 fn one_approval_releases_an_ordinary_hold() {
     let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
+    log.decide(&mut e, "i", "bot", "transfer", "20000", T0);
     let r = log.record("i", "alice", Verdict::Approve, "", T0).unwrap();
     assert_eq!(
         (r.decision, r.is_final, r.stage.as_str()),
@@ -214,7 +228,7 @@ fn one_approval_releases_an_ordinary_hold() {
 fn two_approval_holds_need_two_different_approvers() {
     let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&mut e, "p", "bot", "payout", "60000", T0));
+    log.decide(&mut e, "p", "bot", "payout", "60000", T0);
     assert_eq!(log.queue.get(&held("p")).unwrap().required, 2);
     let first = log.record("p", "alice", Verdict::Approve, "", T0).unwrap();
     assert_eq!((first.decision, first.is_final), (Outcome::Hold, false));
@@ -243,7 +257,7 @@ fn two_instances_racing_each_with_one_approval_still_release() {
     // say "hold, not final", yet together they are two approvals.
     let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&mut e, "p", "bot", "payout", "60000", T0));
+    log.decide(&mut e, "p", "bot", "payout", "60000", T0);
     let a = log.record("p", "alice", Verdict::Approve, "", T0).unwrap();
     let b = log.record("p", "bob", Verdict::Approve, "", T0).unwrap();
     assert!(!a.is_final && !b.is_final);
@@ -255,7 +269,7 @@ fn two_instances_racing_each_with_one_approval_still_release() {
 fn the_first_final_record_wins() {
     let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(&mut e, "i", "bot", "transfer", "20000", T0));
+    log.decide(&mut e, "i", "bot", "transfer", "20000", T0);
     let approve = log.record("i", "alice", Verdict::Approve, "", T0).unwrap();
     let reject = log.record("i", "bob", Verdict::Reject, "no", T0).unwrap();
     assert_eq!(
@@ -276,14 +290,7 @@ fn the_first_final_record_wins() {
 fn refusals_say_who_and_why() {
     let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(
-        &mut e,
-        "i",
-        "procurement-bot",
-        "transfer",
-        "20000",
-        T0,
-    ));
+    log.decide(&mut e, "i", "procurement-bot", "transfer", "20000", T0);
     let q = &log.queue;
     let now = at(T0);
     assert_eq!(
@@ -375,22 +382,22 @@ fn refusals_say_who_and_why() {
 fn holds_expire_to_a_reject_by_the_system() {
     let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(
+    log.decide(
         &mut e,
         "old",
         "bot",
         "transfer",
         "20000",
         "2026-11-28T10:00:00Z",
-    ));
-    log.push(&decided(
+    );
+    log.decide(
         &mut e,
         "new",
         "bot",
         "transfer",
         "20000",
         "2026-11-28T11:00:00Z",
-    ));
+    );
     let ttl = TimeDelta::minutes(90);
     assert!(log
         .queue
@@ -419,22 +426,22 @@ fn holds_expire_to_a_reject_by_the_system() {
 fn filters_combine() {
     let mut e = engine();
     let mut log = Log::new();
-    log.push(&decided(
+    log.decide(
         &mut e,
         "t",
         "bot-a",
         "transfer",
         "20000",
         "2026-11-28T10:00:00Z",
-    ));
-    log.push(&decided(
+    );
+    log.decide(
         &mut e,
         "p",
         "bot-b",
         "payout",
         "60000.50",
         "2026-11-28T10:30:00Z",
-    ));
+    );
     let now = at("2026-11-28T11:00:00Z");
     let ids = |f: Filter| -> Vec<String> {
         log.queue

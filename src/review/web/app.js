@@ -492,14 +492,6 @@
     $(name === "page" ? "page-next" : "h-next").disabled = offset + shown >= count;
   }
 
-  function turnPage(delta) {
-    const next = Math.max(0, state.offset + delta * PAGE);
-    if (next === state.offset || next >= state.count) return;
-    state.offset = next;
-    loadHolds();
-    $("hold-count").focus();
-  }
-
   // ---- Picking holds for one review of many --------------------------------------------
 
   function togglePick(tr, on) {
@@ -626,33 +618,6 @@
     setPager("h", state.hOffset, items.length, count);
   }
 
-  function applyHistoryFilters(ev) {
-    ev.preventDefault();
-    const params = new URLSearchParams();
-    for (const [id, key] of HISTORY_FILTERS) {
-      const v = $(id).value.trim();
-      if (v) params.set(key, v);
-    }
-    state.hQuery = params.toString();
-    state.hOffset = 0;
-    loadHistory();
-  }
-
-  function clearHistoryFilters() {
-    for (const [id] of HISTORY_FILTERS) $(id).value = "";
-    state.hQuery = "";
-    state.hOffset = 0;
-    loadHistory();
-  }
-
-  function turnHistoryPage(delta) {
-    const next = Math.max(0, state.hOffset + delta * PAGE);
-    if (next === state.hOffset || next >= state.hCount) return;
-    state.hOffset = next;
-    loadHistory();
-    $("history-count").focus();
-  }
-
   /** Shows the queue or the history. */
   function showView(view) {
     state.view = view;
@@ -664,26 +629,42 @@
     if (queue) loadHolds(); else loadHistory();
   }
 
-  // ---- Filters -------------------------------------------------------------------------
+  // ---- Filters and pages of the two lists -----------------------------------------------
 
-  function applyFilters(ev) {
+  /** The queue and the history: their filters, where their state is, how each loads. */
+  const LISTS = {
+    queue: { filters: FILTERS, query: "query", offset: "offset", count: "count",
+      load: () => loadHolds(), focus: "hold-count" },
+    history: { filters: HISTORY_FILTERS, query: "hQuery", offset: "hOffset", count: "hCount",
+      load: () => loadHistory(), focus: "history-count" },
+  };
+
+  function applyFilters(list, ev) {
     ev.preventDefault();
     const params = new URLSearchParams();
-    for (const [id, key] of FILTERS) {
+    for (const [id, key] of list.filters) {
       const v = $(id).value.trim();
       if (v) params.set(key, v);
     }
-    state.query = params.toString();
-    state.offset = 0;
-    loadHolds();
+    state[list.query] = params.toString();
+    state[list.offset] = 0;
+    list.load();
   }
 
-  function clearFilters() {
-    for (const [id] of FILTERS) $(id).value = "";
-    state.query = "";
-    state.offset = 0;
-    loadHolds();
+  function clearFilters(list) {
+    for (const [id] of list.filters) $(id).value = "";
+    state[list.query] = "";
+    state[list.offset] = 0;
+    list.load();
     setStatus("Filters cleared.");
+  }
+
+  function turnPage(list, delta) {
+    const next = Math.max(0, state[list.offset] + delta * PAGE);
+    if (next === state[list.offset] || next >= state[list.count]) return;
+    state[list.offset] = next;
+    list.load();
+    $(list.focus).focus();
   }
 
   // ---- Detail --------------------------------------------------------------------------
@@ -1009,21 +990,21 @@
   async function boot() {
     $("login-form").addEventListener("submit", login);
     $("logout").addEventListener("click", logout);
-    $("filters").addEventListener("submit", applyFilters);
-    $("f-clear").addEventListener("click", clearFilters);
+    $("filters").addEventListener("submit", (ev) => applyFilters(LISTS.queue, ev));
+    $("f-clear").addEventListener("click", () => clearFilters(LISTS.queue));
     $("tab-queue").addEventListener("click", () => showView("queue"));
     $("tab-history").addEventListener("click", () => showView("history"));
-    $("page-prev").addEventListener("click", () => turnPage(-1));
-    $("page-next").addEventListener("click", () => turnPage(1));
+    $("page-prev").addEventListener("click", () => turnPage(LISTS.queue, -1));
+    $("page-next").addEventListener("click", () => turnPage(LISTS.queue, 1));
     $("pick-page").addEventListener("change", (ev) => pickPage(ev.target.checked));
     $("bulk-approve").addEventListener("click", () => bulkReview("approve"));
     $("bulk-reject").addEventListener("click", () => bulkReview("reject"));
     $("bulk-clear").addEventListener("click", () => { state.picked.clear(); renderHolds(state.holds, state.count); });
     $("bulk-comment").addEventListener("input", () => $("bulk-comment").removeAttribute("aria-invalid"));
-    $("h-filters").addEventListener("submit", applyHistoryFilters);
-    $("h-clear").addEventListener("click", clearHistoryFilters);
-    $("h-prev").addEventListener("click", () => turnHistoryPage(-1));
-    $("h-next").addEventListener("click", () => turnHistoryPage(1));
+    $("h-filters").addEventListener("submit", (ev) => applyFilters(LISTS.history, ev));
+    $("h-clear").addEventListener("click", () => clearFilters(LISTS.history));
+    $("h-prev").addEventListener("click", () => turnPage(LISTS.history, -1));
+    $("h-next").addEventListener("click", () => turnPage(LISTS.history, 1));
     $("holds-body").addEventListener("click", onRowActivate);
     $("holds-body").addEventListener("keydown", onRowActivate);
     $("detail-close").addEventListener("click", () => closeDetail(true));
