@@ -18,6 +18,7 @@ use serde::Deserialize;
 use toml::value::Datetime;
 use toml::{Table, Value};
 
+use crate::integrity::{Integrity, Keys, Secret, MIN_SECRET_BYTES};
 use riskgate_core::expr::{format_duration, parse_duration};
 use riskgate_core::intent::{Field, FieldPath, DEFAULT_MAX_BYTES};
 
@@ -31,6 +32,10 @@ pub struct Config {
     pub http: Http,
     pub engine: Engine,
     pub review: Review,
+    /// How riskgate's own records are signed and checked ([`crate::integrity`]).
+    pub integrity: Integrity,
+    /// The key files of `[integrity]`, by key id, as configured (printed, never read back).
+    integrity_files: Vec<(String, PathBuf)>,
     /// Durations as they were written (`section.key` -> `24h`), so that the configuration
     /// prints back as its author wrote it; the defaults print in their largest whole unit.
     written: BTreeMap<String, String>,
@@ -55,9 +60,17 @@ pub struct Review {
     pub expire_after: TimeDelta,
     /// How long a browser session lasts after signing in.
     pub session_ttl: TimeDelta,
-    /// Mark the session cookie `Secure` (set it when the page is served over HTTPS).
+    /// The session cookie is `__Host-` prefixed and `Secure` (the default: the page is
+    /// served over HTTPS, by a TLS proxy). `false` is allowed only on a loopback `listen`.
     pub secure_cookies: bool,
     pub reviewers: Vec<Reviewer>,
+    /// `/metrics` on a listener of its own, away from the reviewers' port, when set.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The host names requests may name in `Host`, compared without a port (any, when
+    /// empty); `/healthz` and `/readyz` answer whatever the host.
+    pub allowed_hosts: Vec<String>,
+    /// Connection limits and the proxies whose `X-Forwarded-For` names the client.
+    pub limits: crate::server::Limits,
 }
 
 /// A person allowed to sign in to the review page.
@@ -67,6 +80,8 @@ pub struct Reviewer {
     pub role: Role,
     /// An Argon2 hash in PHC format (`riskgate hash-secret` writes one); never the secret.
     pub secret_hash: String,
+    /// The agent ids this person operates: they may never approve those agents' intents.
+    pub agents: Vec<String>,
 }
 
 impl fmt::Debug for Reviewer {
@@ -75,6 +90,7 @@ impl fmt::Debug for Reviewer {
             .field("name", &self.name)
             .field("role", &self.role)
             .field("secret_hash", &"<redacted>")
+            .field("agents", &self.agents)
             .finish()
     }
 }
@@ -261,6 +277,11 @@ impl Config {
             problems: &mut problems,
             purpose,
             written: BTreeMap::new(),
+            // Key files are found beside the configuration file.
+            base: Path::new(name)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
         };
         let config = check.config(raw);
         if problems.is_empty() {
@@ -356,6 +377,22 @@ impl fmt::Display for Config {
             )?,
             None => writeln!(f, "max_future_skew = \"off\"")?,
         }
+        writeln!(f, "\n[integrity]")?;
+        if !self.integrity_files.is_empty() {
+            writeln!(f, "keys = [")?;
+            for (id, file) in &self.integrity_files {
+                writeln!(
+                    f,
+                    "  {{ id = {id:?}, secret_file = {:?} }},",
+                    file.display().to_string()
+                )?;
+            }
+            writeln!(f, "]")?;
+        }
+        if let Some(keys) = &self.integrity.keys {
+            writeln!(f, "current = {:?}", keys.current())?;
+        }
+        writeln!(f, "require = {}", self.integrity.require)?;
         let r = &self.review;
         writeln!(f, "\n[review]")?;
         writeln!(f, "listen = \"{}\"", r.listen)?;
@@ -441,6 +478,22 @@ struct RawConfig {
     http: Option<Typed<Section<RawHttp>>>,
     engine: Option<Typed<Section<RawEngine>>>,
     review: Option<Typed<Section<RawReview>>>,
+    integrity: Option<Typed<Section<RawIntegrity>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntegrity {
+    keys: Option<Typed<Vec<Typed<Section<RawIntegrityKey>>>>>,
+    current: Option<Typed<String>>,
+    require: Option<Typed<bool>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntegrityKey {
+    id: Option<Typed<String>>,
+    secret_file: Option<Typed<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -499,6 +552,12 @@ struct RawReview {
     expire_after: Option<Typed<String>>,
     session_ttl: Option<Typed<String>>,
     secure_cookies: Option<Typed<bool>>,
+    metrics_listen: Option<Typed<String>>,
+    allowed_hosts: Option<Typed<Vec<String>>>,
+    trusted_proxies: Option<Typed<Vec<String>>>,
+    max_connections: Option<Typed<i64>>,
+    max_connections_per_client: Option<Typed<i64>>,
+    header_timeout: Option<Typed<String>>,
     reviewers: Option<Typed<Vec<Typed<Section<RawReviewer>>>>>,
 }
 
@@ -508,6 +567,7 @@ struct RawReviewer {
     name: Option<Typed<String>>,
     role: Option<Typed<String>>,
     secret_hash: Option<Typed<String>>,
+    agents: Option<Typed<Vec<String>>>,
     /// A plain-text secret: known only to be refused, and never kept.
     secret: Option<IgnoredAny>,
 }
@@ -641,6 +701,8 @@ struct Check<'p> {
     purpose: Purpose,
     /// Durations as written, by `section.key`.
     written: BTreeMap<String, String>,
+    /// The configuration file's directory: relative key files are found there.
+    base: PathBuf,
 }
 
 impl Check<'_> {
@@ -651,7 +713,9 @@ impl Check<'_> {
         let http = self.section(raw.http, "http");
         let engine = self.section(raw.engine, "engine");
         let review = self.section(raw.review, "review");
+        let integrity = self.section(raw.integrity, "integrity");
         self.unknown(root.unknown, "");
+        let (integrity, integrity_files) = self.integrity(integrity);
         Config {
             kafka: self.kafka(kafka),
             rules: self.rules(rules),
@@ -659,7 +723,110 @@ impl Check<'_> {
             engine: self.engine(engine),
             review: self.review(review),
             written: std::mem::take(&mut self.written),
+            integrity,
+            integrity_files,
         }
+    }
+
+    /// `[integrity]`: the keys (read from their files), which one signs, and whether
+    /// readers require a MAC; and the key files by id.
+    fn integrity(&mut self, section: Section<RawIntegrity>) -> (Integrity, Vec<(String, PathBuf)>) {
+        let r = section.known;
+        let items = self
+            .typed(r.keys, "integrity.keys", |_| {
+                "must be an array of tables such as [{ id = \"k1\", secret_file = \"secrets/k1\" }]"
+                    .to_owned()
+            })
+            .unwrap_or_default();
+        let mut keys = BTreeMap::new();
+        let mut declared = std::collections::BTreeSet::new();
+        let mut files = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let at = format!("integrity.keys[{i}]");
+            let Some(item) = self.typed(Some(item), &at, |_| {
+                "must be a table with `id` and `secret_file`".to_owned()
+            }) else {
+                continue;
+            };
+            let k = item.known;
+            self.unknown(item.unknown, &at);
+            let id = self.string(k.id, &at, "id").unwrap_or_default();
+            let valid_id = !id.is_empty()
+                && id.len() <= 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !valid_id {
+                self.problems.push(format!(
+                    "{at}.id: `{id}` is not a key id (1 to 32 letters, digits, `-`, `_` or `.`)"
+                ));
+                continue;
+            }
+            if !declared.insert(id.clone()) {
+                self.problems
+                    .push(format!("{at}.id: `{id}` is configured twice"));
+                continue;
+            }
+            let Some(file) = self.string(k.secret_file, &at, "secret_file") else {
+                self.problems.push(format!(
+                    "{at}.secret_file: required: a file of at least {MIN_SECRET_BYTES} random bytes (e.g. `head -c 32 /dev/urandom > secrets/{id}`)"
+                ));
+                continue;
+            };
+            let path = self.base.join(&file);
+            match std::fs::read(&path) {
+                Ok(mut bytes) => {
+                    // A secret written with a trailing newline means the line.
+                    if bytes.last() == Some(&b'\n') {
+                        bytes.pop();
+                    }
+                    if bytes.len() < MIN_SECRET_BYTES {
+                        self.problems.push(format!(
+                            "{at}.secret_file: `{file}` holds {} bytes; a key needs at least {MIN_SECRET_BYTES} random bytes",
+                            bytes.len()
+                        ));
+                        continue;
+                    }
+                    keys.insert(id.clone(), Secret::new(&bytes));
+                    files.push((id, path));
+                }
+                Err(e) => self.problems.push(format!(
+                    "{at}.secret_file: cannot read `{}`: {e}",
+                    path.display()
+                )),
+            }
+        }
+        let current = self.string(r.current, "integrity", "current");
+        let require = self
+            .boolean(r.require, "integrity", "require")
+            .unwrap_or(false);
+        let keys = match current {
+            Some(c) if keys.contains_key(&c) => Some(Keys::new(keys, c)),
+            // Its file is unusable: said above.
+            Some(c) if declared.contains(&c) => None,
+            Some(c) => {
+                self.problems.push(format!(
+                    "integrity.current: `{c}` is not among integrity.keys"
+                ));
+                None
+            }
+            None if keys.is_empty() => None,
+            None => {
+                self.problems.push(
+                    "integrity.current: required with integrity.keys: the id of the key that signs"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        if require && keys.is_none() && self.problems.is_empty() {
+            self.problems.push(
+                "integrity.require: true needs integrity.keys and integrity.current to check records with"
+                    .to_owned(),
+            );
+        }
+        self.unknown(section.unknown, "integrity");
+        (Integrity { keys, require }, files)
     }
 
     fn kafka(&mut self, section: Section<RawKafka>) -> Kafka {
@@ -845,7 +1012,66 @@ impl Check<'_> {
             .unwrap_or(TimeDelta::hours(8));
         let secure_cookies = self
             .boolean(r.secure_cookies, "review", "secure_cookies")
-            .unwrap_or(false);
+            .unwrap_or(true);
+        if !secure_cookies && !listen.ip().is_loopback() {
+            self.problems.push(format!(
+                "review.secure_cookies: false sends the session cookie over plain HTTP, allowed only on a loopback address, not `{listen}`: serve the page over HTTPS (a TLS proxy) and keep it true"
+            ));
+        }
+        let metrics_listen = self
+            .string(r.metrics_listen, "review", "metrics_listen")
+            .and_then(|m| match m.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.problems.push(format!(
+                        "review.metrics_listen: `{m}` is not an address with a port (e.g. \"127.0.0.1:9466\")"
+                    ));
+                    None
+                }
+            });
+        let allowed_hosts = self
+            .typed(r.allowed_hosts, "review.allowed_hosts", |_| {
+                "must be an array of host names".to_owned()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            // Compared without a port, as the Host header is.
+            .map(|h| crate::server::host_name(&h).to_ascii_lowercase())
+            .collect();
+        let trusted_proxies = self
+            .typed(r.trusted_proxies, "review.trusted_proxies", |_| {
+                "must be an array of IP addresses".to_owned()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| match p.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.problems.push(format!(
+                        "review.trusted_proxies: `{p}` is not an IP address"
+                    ));
+                    None
+                }
+            })
+            .collect();
+        let defaults = crate::server::Limits::default();
+        let limits = crate::server::Limits {
+            max_connections: self
+                .positive(r.max_connections, "review", "max_connections")
+                .map_or(defaults.max_connections, |n| n as usize),
+            per_client: self
+                .positive(
+                    r.max_connections_per_client,
+                    "review",
+                    "max_connections_per_client",
+                )
+                .map_or(defaults.per_client, |n| n as usize),
+            header_timeout: self
+                .duration(r.header_timeout, "review", "header_timeout")
+                .and_then(|d| d.to_std().ok())
+                .unwrap_or(defaults.header_timeout),
+            trusted_proxies,
+        };
         let items = self
             .typed(r.reviewers, "review.reviewers", |_| {
                 "must be an array of tables ([[review.reviewers]])".to_owned()
@@ -875,6 +1101,9 @@ impl Check<'_> {
             session_ttl,
             secure_cookies,
             reviewers,
+            metrics_listen,
+            allowed_hosts,
+            limits,
         }
     }
 
@@ -896,9 +1125,18 @@ impl Check<'_> {
             self.problems.push(format!(
                 "{at}.name: `{name}` is not a reviewer name (1 to 64 letters, digits, `.`, `_`, `-` or `@`)"
             ));
-        } else if before.iter().any(|x| x.name == name) {
-            self.problems
-                .push(format!("{at}.name: `{name}` is configured twice"));
+        } else if let Some(x) = before
+            .iter()
+            .find(|x| crate::review::queue::same_person(&x.name, &name))
+        {
+            self.problems.push(if x.name == name {
+                format!("{at}.name: `{name}` is configured twice")
+            } else {
+                format!(
+                    "{at}.name: `{name}` and `{}` are one name to riskgate (names compare ignoring case and look-alike characters, such as 1 and l): give each person a distinct name",
+                    x.name
+                )
+            });
         }
         let role = match self.string(r.role, at, "role").as_deref() {
             Some("viewer") => Role::Viewer,
@@ -920,11 +1158,24 @@ impl Check<'_> {
                 "{at}.secret_hash: not an Argon2 hash in PHC format (`$argon2id$v=19$...`); make one with `riskgate hash-secret`"
             )),
         }
+        let agents = self
+            .typed(r.agents, &format!("{at}.agents"), |_| {
+                "must be an array of agent ids".to_owned()
+            })
+            .unwrap_or_default();
+        for (i, agent) in agents.iter().enumerate() {
+            if agent.trim().is_empty() || agent.chars().any(char::is_control) {
+                self.problems.push(format!(
+                    "{at}.agents[{i}]: {agent:?} is not an agent id (not blank, no control characters)"
+                ));
+            }
+        }
         self.unknown(section.unknown, at);
         Reviewer {
             name,
             role,
             secret_hash,
+            agents,
         }
     }
 
@@ -1022,10 +1273,27 @@ mod tests {
             .collect()
     }
 
+    /// The example file, beside the key file it names (`secrets/k1`, as its comment says to
+    /// make one).
+    fn example() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("riskgate.toml");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("riskgate.example.toml"),
+            &path,
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        std::fs::write(dir.path().join("secrets/k1"), [7u8; 32]).unwrap();
+        (dir, path)
+    }
+
     #[test]
     fn the_example_file_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("riskgate.example.toml");
+        let (_dir, path) = example();
         let c = Config::load(&path, env(&[])).unwrap();
+        assert!(c.integrity.require, "the example requires signed records");
+        assert_eq!(c.integrity.keys.as_ref().map(|k| k.current()), Some("k1"));
         assert_eq!(c.kafka.commit_interval, Duration::from_millis(100));
         assert_eq!(c.kafka.intents_topic, "intents");
         assert_eq!(c.http.listen.port(), 9464);
@@ -1088,8 +1356,65 @@ mod tests {
     }
 
     #[test]
+    fn integrity_keys_are_read_checked_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k1"),
+            "a line of text that is long enough\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("short"), "too short").unwrap();
+        let name = dir.path().join("c.toml").display().to_string();
+        let base = "[kafka]\ntransactional_id = \"t\"\n";
+        let c = Config::parse(
+            &format!("{base}[integrity]\nkeys = [{{ id = \"k1\", secret_file = \"k1\" }}]\ncurrent = \"k1\"\nrequire = true\n"),
+            &name,
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.integrity.keys.as_ref().map(|k| k.current()), Some("k1"));
+        let shown = c.to_string();
+        assert!(shown.contains("current = \"k1\""), "{shown}");
+        assert!(!shown.contains("long enough"), "{shown}");
+        assert!(!format!("{c:?}").contains("long enough"));
+        let e = Config::parse(
+            &format!("{base}[integrity]\nkeys = [{{ id = \"k1\", secret_file = \"short\" }}, {{ id = \"k 2\", secret_file = \"k1\" }}, {{ id = \"k3\", secret_file = \"nowhere\" }}]\ncurrent = \"k9\"\n"),
+            &name,
+            env(&[]),
+        )
+        .unwrap_err();
+        let all = e.problems.join("\n");
+        for want in [
+            "integrity.keys[0].secret_file: `short` holds 9 bytes; a key needs at least 32 random bytes",
+            "integrity.keys[1].id: `k 2` is not a key id",
+            "integrity.keys[2].secret_file: cannot read",
+            "integrity.current: `k9` is not among integrity.keys",
+        ] {
+            assert!(all.contains(want), "no {want:?} in:\n{all}");
+        }
+        // The current key's file missing is said once, not again as an unknown id.
+        let e = Config::parse(
+            &format!("{base}[integrity]\nkeys = [{{ id = \"k3\", secret_file = \"nowhere\" }}]\ncurrent = \"k3\"\nrequire = true\n"),
+            &name,
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{:?}", e.problems);
+        let e = Config::parse(
+            &format!("{base}[integrity]\nrequire = true\n"),
+            &name,
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.problems[0].starts_with("integrity.require: true needs integrity.keys"));
+        // Without the section: nothing signed, nothing required.
+        let c = Config::parse(base, &name, env(&[])).unwrap();
+        assert_eq!(c.integrity, Integrity::default());
+    }
+
+    #[test]
     fn the_example_file_configures_a_reviewer() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("riskgate.example.toml");
+        let (_dir, path) = example();
         let c = Config::load_for(&path, env(&[]), Purpose::Review).unwrap();
         assert_eq!(c.review.listen.port(), 9465);
         assert_eq!(c.review.expire_after, TimeDelta::hours(24));
@@ -1132,6 +1457,11 @@ secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$TYsaou2V1mJRInm7tCpEhA$T8mTjWOewGU
 name = "ok"
 role = "viewer"
 secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$TYsaou2V1mJRInm7tCpEhA$T8mTjWOewGUZqRpO6a/eP6jhwYNMck3qrEqZeVKLdrY"
+[[review.reviewers]]
+name = "0K"
+role = "viewer"
+agents = ["bot", " "]
+secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$TYsaou2V1mJRInm7tCpEhA$T8mTjWOewGUZqRpO6a/eP6jhwYNMck3qrEqZeVKLdrY"
 "#;
         let e = Config::parse_for(text, "r.toml", env(&[]), Purpose::Review).unwrap_err();
         assert_eq!(
@@ -1144,6 +1474,8 @@ secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$TYsaou2V1mJRInm7tCpEhA$T8mTjWOewGU
                 "review.reviewers[0].role: must be \"viewer\" or \"approver\", not `boss`",
                 "review.reviewers[0].secret_hash: not an Argon2 hash in PHC format (`$argon2id$v=19$...`); make one with `riskgate hash-secret`",
                 "review.reviewers[2].name: `ok` is configured twice",
+                "review.reviewers[3].name: `0K` and `ok` are one name to riskgate (names compare ignoring case and look-alike characters, such as 1 and l): give each person a distinct name",
+                "review.reviewers[3].agents[1]: \" \" is not an agent id (not blank, no control characters)",
                 "review.colour: unknown key",
             ]
         );

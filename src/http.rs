@@ -29,11 +29,12 @@ pub fn router(health: Arc<Health>) -> Router {
 pub async fn serve(listen: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(health)).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
+    // Idle and slow connections are closed, and a flood of them cannot keep a probe out.
+    tokio::spawn(crate::server::serve(
+        listener,
+        router(health),
+        crate::server::Limits::default(),
+    ));
     Ok(bound)
 }
 

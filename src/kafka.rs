@@ -115,6 +115,15 @@ pub fn client_config(config: &Config, client: Client) -> ClientConfig {
     c
 }
 
+/// The `riskgate-mac` header of a record, if it has one ([`crate::integrity`]).
+pub fn mac_of<M: rdkafka::Message>(m: &M) -> Option<&[u8]> {
+    use rdkafka::message::Headers;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == crate::integrity::HEADER)
+        .and_then(|h| h.value)
+}
+
 /// How many partitions `topic` has, or `None` when it does not exist.
 pub fn partition_count<C: ClientContext>(
     client: &rdkafka::client::Client<C>,

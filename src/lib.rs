@@ -9,9 +9,12 @@
 pub mod allocator;
 pub mod config;
 pub mod http;
+pub mod integrity;
 pub mod kafka;
+pub mod logs;
 pub mod pipeline;
 pub mod review;
+pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -217,10 +217,13 @@ fn load(dir: &Path) -> Option<Arc<Ruleset>> {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colors = io::stderr().is_terminal();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(io::stderr().is_terminal())
-        .with_writer(io::stderr);
+        .with_ansi(colors)
+        // Every line is one event: control characters in what callers sent (a newline in an
+        // intent id, a terminal escape) are escaped, in every format.
+        .with_writer(move || riskgate::logs::OneLine::new(io::stderr(), colors));
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),

@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::integrity;
 use crate::kafka::{
     self, client_config, is_fatal, partition_count, Backoff, Client, Outage, RetryError,
 };
@@ -967,11 +968,18 @@ impl Worker {
         // The answer keeps the intent's key, unless no intent could have it: a key longer than
         // an intent may be is dropped (the partition number alone keeps the answer beside its
         // intent), so that no key can make an answer too large to publish.
-        if let Some(key) = m
+        let key = m
             .key()
-            .filter(|k| k.len() <= self.config.engine.max_intent_bytes)
-        {
+            .filter(|k| k.len() <= self.config.engine.max_intent_bytes);
+        if let Some(key) = key {
             record = record.key(key);
+        }
+        // Signed, so that every reader can tell riskgate's records from anyone else's.
+        if let Some(mac) = self.config.integrity.sign(topic, key, &self.out) {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: integrity::HEADER,
+                value: Some(&mac),
+            }));
         }
         let mut record = record;
         let sent = loop {

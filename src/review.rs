@@ -21,15 +21,18 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, Role};
+use crate::integrity::{self, Integrity};
 use crate::kafka::{
-    client_config, decisions_reader, partition_count, Backoff, Client, Logging, Outage,
+    client_config, decisions_reader, mac_of, partition_count, Backoff, Client, Logging, Outage,
 };
 use crate::shutdown::{Shutdown, GRACE};
+use crate::telemetry::events::{self, Emit};
 use crate::telemetry::review_metrics;
 use auth::Auth;
 use queue::{Applied, HoldId, Queue, Refusal};
@@ -47,6 +50,9 @@ const RECONNECT_MAX: &str = crate::kafka::RECONNECT_BACKOFF_MAX_MS;
 /// How long a request waits for its review record to be read back.
 const READ_BACK: Duration = Duration::from_secs(10);
 
+/// The longest a secret check waits for its turn.
+const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The review service's shared state.
 pub struct App {
     queue: Mutex<Queue>,
@@ -58,8 +64,13 @@ pub struct App {
     progress: Notify,
     /// The decisions topic has been read to its end once.
     pub ready: AtomicBool,
-    /// Secrets checked at once (Argon2 is slow on purpose).
-    pub verifying: tokio::sync::Semaphore,
+    /// Secret checks (Argon2 is slow on purpose) of names that have not failed since their
+    /// last success, and of names that have: a name under attack cannot delay the others.
+    pub checks: auth::Lane,
+    pub suspect_checks: auth::Lane,
+    /// Reviews being published, by hold and reviewer (as [`queue::person`] names them): one
+    /// reviewer's concurrent requests on one hold give one record and one 409.
+    in_flight: Mutex<HashSet<(HoldId, String)>>,
     /// The broker as the review's producer sees it (logged), and as its reader of the
     /// decisions topic does: while the reader cannot reach it, the service is not ready and
     /// reviews fail fast.
@@ -67,6 +78,32 @@ pub struct App {
     pub reader: Arc<Outage>,
     producer: FutureProducer<Logging>,
     topic: String,
+    /// How review records are signed.
+    integrity: Integrity,
+}
+
+/// A review being published (see [`App::claim`]).
+struct Claim<'a> {
+    app: &'a App,
+    key: (HoldId, String),
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.app
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// Why a review record could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to `{topic}`: {error}")]
+pub struct PublishError {
+    topic: String,
+    error: KafkaError,
 }
 
 /// Why a review was not published or not confirmed.
@@ -116,6 +153,7 @@ impl App {
                 "the Kafka broker cannot be reached now, so no review can be recorded; try again when it is back".to_owned(),
             ));
         }
+        let _one_at_a_time = self.claim(id, name)?;
         let (record, key, decided_at) = {
             let q = self.queue();
             let record = q
@@ -131,7 +169,7 @@ impl App {
         let (partition, offset) = self
             .publish(&record, key.as_deref())
             .await
-            .map_err(ReviewError::Unavailable)?;
+            .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
         if !self.read_past(partition, offset).await {
             return Err(ReviewError::Unavailable(format!(
                 "the record was written (partition {partition}, offset {offset}) but not read back within {} s",
@@ -177,12 +215,23 @@ impl App {
         Ok((record, ended))
     }
 
+    /// Claims the publishing of `name`'s review of `id` until the claim is dropped, or says
+    /// that one is under way.
+    fn claim(&self, id: &HoldId, name: &str) -> Result<Claim<'_>, ReviewError> {
+        let key = (id.clone(), queue::person(name));
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !in_flight.insert(key.clone()) {
+            return Err(ReviewError::Refused(Refusal::InProgress(id.clone())));
+        }
+        Ok(Claim { app: self, key })
+    }
+
     /// Writes `record` to the decisions topic, on its hold's partition with the hold's key.
     async fn publish(
         &self,
         record: &ReviewRecord,
         key: Option<&[u8]>,
-    ) -> Result<(i32, i64), String> {
+    ) -> Result<(i32, i64), PublishError> {
         let payload = record.to_json();
         let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
             .partition(record.hold.partition)
@@ -190,9 +239,19 @@ impl App {
         if let Some(k) = key {
             r = r.key(k);
         }
+        // Signed like every record riskgate writes: readers trust no other.
+        if let Some(mac) = self.integrity.sign(&self.topic, key, &payload) {
+            r = r.headers(OwnedHeaders::new().insert(Header {
+                key: integrity::HEADER,
+                value: Some(&mac),
+            }));
+        }
         match self.producer.send(r, WRITE_TIMEOUT).await {
             Ok(d) => Ok((d.partition, d.offset)),
-            Err((e, _)) => Err(format!("cannot write to `{}`: {e}", self.topic)),
+            Err((error, _)) => Err(PublishError {
+                topic: self.topic.clone(),
+                error,
+            }),
         }
     }
 
@@ -322,6 +381,28 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
                 let Some(payload) = msg.payload() else {
                     continue;
                 };
+                let unverified = |reason: &str| {
+                    events::UnverifiedRecord {
+                        counter: &m.unverified_records,
+                        topic,
+                        partition: msg.partition(),
+                        offset: msg.offset(),
+                        reason,
+                        reader: "review",
+                    }
+                    .emit()
+                };
+                // Only riskgate's own records count: no forged hold is shown, no forged
+                // review approves or hides anything.
+                if let Err(why) = config
+                    .integrity
+                    .check(topic, msg.key(), payload, mac_of(&msg))
+                {
+                    app.queue().skip(msg.partition(), msg.offset());
+                    unverified(why.as_str());
+                    app.progress.notify_waiters();
+                    continue;
+                }
                 let applied = {
                     let mut q = app.queue();
                     let r = q.apply(msg.partition(), msg.offset(), msg.key(), payload, max_bytes);
@@ -329,6 +410,7 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
                     r
                 };
                 match applied {
+                    Ok(Applied::Refused(why)) => unverified(why),
                     Ok(Applied::Ignored(why)) => {
                         tracing::debug!(
                             partition = msg.partition(),
@@ -386,6 +468,16 @@ enum FollowError {
 /// Runs the review service until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let review = &config.review;
+    let m = review_metrics();
+    config.integrity.announce(
+        &m.unverified_records,
+        &config.kafka.decisions_topic,
+        &queue::REFUSED_RECORDS,
+    );
+    // Sign-in refusals an alert watches, at 0 from the start.
+    for reason in ["bad_credentials", "throttled", "busy"] {
+        m.refusals.with_label_values(&[reason]);
+    }
     let auth = Auth::new(
         &review.reviewers,
         review
@@ -420,31 +512,56 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .create_with_context(logging)
         .map_err(|e| anyhow::anyhow!("cannot create the review producer: {e}"))?;
     let app = Arc::new(App {
-        queue: Mutex::new(Queue::with_duplicate_horizon(
-            config.engine.duplicate_horizon,
-        )),
+        queue: Mutex::new(
+            Queue::with_duplicate_horizon(config.engine.duplicate_horizon).with_reviewers(
+                review
+                    .reviewers
+                    .iter()
+                    .map(|r| (r.name.as_str(), r.agents.as_slice())),
+            ),
+        ),
         auth: Arc::new(auth),
         expire_after: review.expire_after,
         changes: watch::Sender::new(0),
         progress: Notify::new(),
         ready: AtomicBool::new(false),
-        verifying: tokio::sync::Semaphore::new(2),
+        checks: auth::Lane::new(2, CHECK_WAIT),
+        suspect_checks: auth::Lane::new(1, CHECK_WAIT),
+        in_flight: Mutex::new(HashSet::new()),
         broker,
         reader: Arc::new(Outage::new("the review's decisions reader")),
         producer,
         topic: config.kafka.decisions_topic.clone(),
+        integrity: config.integrity.clone(),
     });
     let listener = tokio::net::TcpListener::bind(review.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (review.listen): {e}", review.listen))?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, reviewers = review.reviewers.len(), "serving the review page and API");
-    let router = api::router(app.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
+    // /metrics on its own listener when configured, away from the reviewers' port.
+    let metrics_apart = match review.metrics_listen {
+        Some(at) => {
+            let metrics = tokio::net::TcpListener::bind(at).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {at} (review.metrics_listen): {e}")
+            })?;
+            tracing::info!(address = %metrics.local_addr()?, "serving /metrics");
+            let router = api::metrics_router(app.clone());
+            tokio::spawn(crate::server::serve(
+                metrics,
+                router,
+                crate::server::Limits::default(),
+            ));
+            true
         }
-    });
+        None => false,
+    };
+    let router = api::router(app.clone(), !metrics_apart, review.allowed_hosts.clone());
+    tokio::spawn(crate::server::serve(
+        listener,
+        router,
+        review.limits.clone(),
+    ));
 
     let shutdown = Shutdown::new();
     let stop = shutdown.flag();

@@ -33,6 +33,11 @@ pub async fn run(config: Config, ruleset: Arc<Ruleset>) -> anyhow::Result<()> {
             anyhow::anyhow!("cannot listen on {} (http.listen): {e}", config.http.listen)
         })?;
     tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+    config.integrity.announce(
+        &crate::telemetry::metrics().unverified_records,
+        &config.kafka.decisions_topic,
+        &[],
+    );
     if config.kafka.create_topics {
         // Metadata calls block: they run off the async workers.
         let c = config.clone();

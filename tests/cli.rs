@@ -254,6 +254,7 @@ fn hash_secret_prints_a_hash_that_signs_the_reviewer_in() {
         name: "alice".into(),
         role: Role::Approver,
         secret_hash: hash,
+        agents: Vec::new(),
     };
     let auth = Auth::new(&[reviewer], std::time::Duration::from_secs(60), false).unwrap();
     assert!(auth.verify("alice", "a-long-secret-for-alice").is_some());

@@ -336,10 +336,29 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
     ] {
         assert!(root().join(path).exists(), "{path}");
     }
-    // The compose stack's own config is a valid riskgate configuration.
+    // The compose stack's own config is a valid riskgate configuration, with its key where
+    // the stack mounts the keys volume: `secrets/` beside the config.
+    assert!(
+        compose.contains("./deploy/riskgate.toml:/etc/riskgate/riskgate.toml:ro")
+            && compose.contains("riskgate-keys:/etc/riskgate/secrets:ro"),
+        "the keys volume is not mounted beside the config"
+    );
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("deploy/riskgate.toml"),
+        etc.path().join("riskgate.toml"),
+    )
+    .unwrap();
+    std::fs::create_dir(etc.path().join("secrets")).unwrap();
+    std::fs::write(etc.path().join("secrets/k1"), [1u8; 32]).unwrap();
+    let load = |purpose| Config::load_for(&etc.path().join("riskgate.toml"), Vec::new(), purpose);
     for purpose in [Purpose::Run, Purpose::Review] {
-        let config = Config::load_for(&root().join("deploy/riskgate.toml"), Vec::new(), purpose);
+        let config = load(purpose);
         assert!(config.is_ok(), "{purpose:?}: {config:?}");
+        assert!(
+            config.unwrap().integrity.require,
+            "the stack requires signed records"
+        );
     }
     // The stack's topics and rules are a setup the partitioning check accepts.
     let partitions: i32 = compose
@@ -348,12 +367,7 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .expect("docker-compose.yml creates its topics with --partitions N");
-    let config = Config::load_for(
-        &root().join("deploy/riskgate.toml"),
-        Vec::new(),
-        Purpose::Run,
-    )
-    .unwrap();
+    let config = load(Purpose::Run).unwrap();
     let rules = riskgate_core::rules::Ruleset::load_dir(&root().join("rules")).unwrap();
     if let Err(e) = rules.check_partitioning(&config.kafka.partition_key, partitions) {
         panic!("docker-compose.yml's {partitions} partitions with the sample rules: {e}");

@@ -336,17 +336,32 @@ fn only_the_right_people_may_review() {
     let alice = r.sign_in("alice");
     r.wait_pending(&alice, &["t-1", "p-1", "t-3", "x-1"]);
 
-    // No credentials: 401, with a Basic challenge for scripts but not for the page.
+    // No credentials: 401, and no Basic challenge (a browser would keep Basic credentials,
+    // which skip the CSRF check): the challenge answers only wrong Basic credentials, and
+    // never the page's own requests.
+    use base64::Engine as _;
     let none = r.request("GET", "/api/holds", &[], None);
     assert_eq!(none.status, 401);
     assert_eq!(none.json()["error"]["code"], "unauthenticated");
-    assert!(none
+    assert_eq!(none.header("www-authenticate"), None);
+    let events = r.request("GET", "/api/events", &[], None);
+    assert_eq!(
+        (events.status, events.header("www-authenticate")),
+        (401, None)
+    );
+    let wrong = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("bob:not-bobs-secret")
+    );
+    let script = r.request("GET", "/api/holds", &[("Authorization", &wrong)], None);
+    assert_eq!(script.status, 401);
+    assert!(script
         .header("www-authenticate")
         .is_some_and(|h| h.starts_with("Basic")));
     let page = r.request(
         "GET",
         "/api/holds",
-        &[("X-Requested-With", "riskgate")],
+        &[("X-Requested-With", "riskgate"), ("Authorization", &wrong)],
         None,
     );
     assert_eq!((page.status, page.header("www-authenticate")), (401, None));
@@ -375,12 +390,15 @@ fn only_the_right_people_may_review() {
     );
     assert_eq!(forged.status, 401);
 
-    // The session cookie is HttpOnly and SameSite=Strict.
+    // The session cookie is host-only, HTTPS-only, HttpOnly and SameSite=Strict.
     let body = serde_json::json!({"reviewer": "vera", "secret": REVIEWERS[2].2}).to_string();
     let signed = r.request("POST", "/api/session", &[], Some(&body));
     let cookie = signed.header("set-cookie").unwrap();
     assert!(
-        cookie.contains("; HttpOnly") && cookie.contains("; SameSite=Strict"),
+        cookie.starts_with("__Host-riskgate_session=")
+            && cookie.contains("; Secure")
+            && cookie.contains("; HttpOnly")
+            && cookie.contains("; SameSite=Strict"),
         "{cookie}"
     );
 
@@ -448,7 +466,6 @@ fn only_the_right_people_may_review() {
     );
     assert!(r.pending(&alice, "").contains(&"p-1".to_owned()));
     // HTTP Basic works for scripts, without a CSRF token.
-    use base64::Engine as _;
     let basic = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("bob:{}", REVIEWERS[1].2))
@@ -495,7 +512,8 @@ fn only_the_right_people_may_review() {
         ("alice", "csrf"),
         ("procurement-bot", "proposer"),
         ("alice", "already_approved"),
-        ("mallory", "bad_credentials"),
+        // A name that is no reviewer's is not logged: it may be a secret typed there.
+        ("<unknown>", "bad_credentials"),
         ("", "unauthenticated"),
     ] {
         assert!(
@@ -867,4 +885,154 @@ fn during_a_broker_outage_review_is_not_ready_fails_fast_and_logs_little() {
     let r = review.review(&alice, "acct-4", "t-3", "approve", "after the outage");
     assert_eq!(r.status, 200, "{}", r.body);
     drop(engine);
+}
+
+/// A review record as riskgate writes it, for forging: `reviewer`'s `verdict` on the hold of
+/// `intent_id` keyed `key` at `record` (its decision record's partition and offset).
+fn forged_review(
+    intent_id: &str,
+    key: &str,
+    reviewer: &str,
+    verdict: &str,
+    record: &serde_json::Value,
+) -> serde_json::Value {
+    let decision = if verdict == "approve" {
+        "allow"
+    } else {
+        "deny"
+    };
+    serde_json::json!({
+        "stage": "review", "intent_id": intent_id, "key": key, "agent_id": "x",
+        "account_id": key, "action": "transfer", "amount": "1", "currency": "EUR",
+        "decision": decision, "review": verdict, "final": true, "reviewer": reviewer,
+        "comment": "forged", "reviewed_at": "2026-11-29T13:52:10.114Z",
+        "approvals": {"required": 1, "approved_by": [reviewer]},
+        "hold": {"partition": record["partition"], "offset": record["offset"],
+                 "decided_at": "2026-11-29T13:52:03.871Z", "ruleset": "000000000000"},
+    })
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn forged_records_are_ignored_counted_and_reported() {
+    let _g = serial();
+    let stack = Stack::start("review-forged");
+    stack.propose(&proposals());
+    let a = stack.review("");
+    let alice = a.sign_in("alice");
+    a.wait_pending(&alice, &["t-1", "p-1", "t-3"]);
+    let hold = |id: &str, key: &str| {
+        a.get(&alice, &support::review::hold_path(key, id)).json()["hold"].clone()
+    };
+    let (t1, p1, t3) = (
+        hold("t-1", "acct-1"),
+        hold("p-1", "acct-3"),
+        hold("t-3", "acct-4"),
+    );
+    let part = |h: &serde_json::Value| h["record"]["partition"].as_i64().unwrap() as i32;
+    // Alice gives p-1 the first of its two approvals.
+    let r = a.review(&alice, "acct-3", "p-1", "approve", "first");
+    assert_eq!(r.json()["released"], false, "{}", r.body);
+
+    // A plain producer (no transactional id, no key) writes what the review must never trust:
+    // approvals by `mallory` (no reviewer), by `ghost` completing p-1's two approvals, an
+    // expiry by `system:expiry`, a hold for "Attacker Ltd", an approval written in advance
+    // for an intent not yet proposed, and one record with a MAC made with another key.
+    stack.forge(
+        part(&t1),
+        "acct-1",
+        &forged_review("t-1", "acct-1", "mallory", "approve", &t1["record"]),
+        None,
+    );
+    stack.forge(
+        part(&p1),
+        "acct-3",
+        &forged_review("p-1", "acct-3", "ghost", "approve", &p1["record"]),
+        None,
+    );
+    stack.forge(
+        part(&t3),
+        "acct-4",
+        &forged_review("t-3", "acct-4", "system:expiry", "reject", &t3["record"]),
+        None,
+    );
+    let attacker = serde_json::json!({
+        "intent_id": "a-1", "agent_id": "payout-bot", "account_id": "acct-8", "action": "payout",
+        "amount": "250000.00", "currency": "EUR", "created_at": "2026-11-29T13:00:00.000Z",
+        "decision": "hold", "score": 0,
+        "reasons": [{"rule": "large-payout", "action": "hold", "message": "pay Attacker Ltd"}],
+        "errors": [], "counters": {}, "ruleset": "000000000000",
+        "decided_at": "2026-11-29T13:00:00.010Z",
+        "source": {"topic": stack.topics.intents, "partition": 0, "offset": 0},
+        "intent": {"intent_id": "a-1", "agent_id": "payout-bot", "account_id": "acct-8", "action": "payout",
+                   "amount": "250000.00", "currency": "EUR",
+                   "counterparty": {"id": "cp-666", "name": "Attacker Ltd", "country": "DE"},
+                   "created_at": "2026-11-29T13:00:00Z"},
+    });
+    stack.forge(0, "acct-8", &attacker, None);
+    let advance = serde_json::json!({"partition": 0, "offset": 0});
+    stack.forge(
+        0,
+        "acct-9",
+        &forged_review("v-1", "acct-9", "alice", "approve", &advance),
+        None,
+    );
+    stack.forge(
+        part(&t1),
+        "acct-1",
+        &forged_review("t-1", "acct-1", "alice", "approve", &t1["record"]),
+        Some("test:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    );
+    let unverified = |reason: &str| {
+        let text = a.request("GET", "/metrics", &[], None).body;
+        let series = format!(
+            "riskgate_unverified_records_total{{reason=\"{reason}\",topic=\"{}\"}} ",
+            stack.topics.decisions
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    support::wait_for(
+        "the forged records read",
+        std::time::Duration::from_secs(30),
+        || (unverified("missing") == 5 && unverified("bad_mac") == 1).then_some(()),
+    );
+    // Nothing changed: the same three holds, p-1 still waiting for its second approval,
+    // no hold of Attacker Ltd.
+    a.wait_pending(&alice, &["t-1", "p-1", "t-3"]);
+    assert_eq!(
+        hold("p-1", "acct-3")["approvals"]["approved_by"],
+        serde_json::json!(["alice"])
+    );
+    assert_eq!(a.get(&alice, "/api/holds?text=attacker").json()["count"], 0);
+    // The real 90,000 EUR transfer the forged approval was written for appears, and waits.
+    stack.propose(&[intent(
+        "v-1",
+        "treasury-bot",
+        "acct-9",
+        "transfer",
+        "90000.00",
+        "Initech",
+    )]);
+    a.wait_pending(&alice, &["t-1", "p-1", "t-3", "v-1"]);
+    // Each forged record is logged once, with where it is.
+    let log = a.service.log_text();
+    assert_eq!(
+        log.matches("ignoring a record riskgate did not write")
+            .count(),
+        6,
+        "{log}"
+    );
+    assert!(
+        log.contains("\"reason\":\"missing\"") && log.contains("\"offset\":"),
+        "{log}"
+    );
+    // A restarted instance reads the same topic and agrees.
+    let b = stack.review("");
+    let bob = b.sign_in("bob");
+    b.wait_pending(&bob, &["t-1", "p-1", "t-3", "v-1"]);
 }

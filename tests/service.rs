@@ -933,6 +933,14 @@ fn the_example_configuration_starts_without_a_warning() {
             &format!("dir = {:?}", root.join("rules").display().to_string()),
         )
         .replace("127.0.0.1:9464", "127.0.0.1:0");
+    // Its signing key, made as the example says.
+    let secrets = tempfile::tempdir().unwrap();
+    let key = secrets.path().join("k1");
+    std::fs::write(&key, [42u8; 32]).unwrap();
+    let text = text.replace(
+        "secret_file = \"secrets/k1\"",
+        &format!("secret_file = {:?}", key.display().to_string()),
+    );
     assert_ne!(text, example, "the example was adapted");
     // Every level, librdkafka's own warnings included.
     let mut s = Service::spawn_logging("run", &text, "info");
@@ -945,5 +953,107 @@ fn the_example_configuration_starts_without_a_warning() {
         .filter(|e| matches!(e["level"].as_str(), Some("WARN" | "ERROR")))
         .collect();
     assert!(loud.is_empty(), "warnings at start: {loud:#?}");
+    assert!(s.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "kafka-tests"),
+    ignore = "needs a Kafka broker: scripts/test runs it"
+)]
+fn a_forged_decision_is_never_restored() {
+    use rdkafka::producer::Producer as _;
+    let _serial = serial();
+    let broker = Broker::shared();
+    let topics = Topics::new("forged");
+    topics.create(&broker, 1);
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("limits.toml"),
+        "[[rule]]\nid = \"too-large\"\nwhen = 'amount > 50000'\naction = \"deny\"\n",
+    )
+    .unwrap();
+    let mut s = Service::on(&broker, &topics, rules.path());
+    s.wait_ready();
+    broker.produce(
+        &topics.intents,
+        &[transfer(1, "acct-1"), transfer(2, "acct-1")],
+    );
+    decision_on(&broker, &topics, 2);
+    // A forger writes an `allow` for an intent not proposed yet, below the committed offset,
+    // as restore would count it, once without a MAC and once with a wrong one.
+    let intent = r#"{"intent_id":"t-99","agent_id":"bot","account_id":"acct-1","action":"transfer","amount":"99000.00","currency":"EUR","created_at":"2026-11-28T10:30:00Z"}"#;
+    let forged = format!(
+        r#"{{"intent_id":"t-99","agent_id":"bot","account_id":"acct-1","action":"transfer","amount":"99000.00","currency":"EUR","created_at":"2026-11-28T10:30:00.000Z","decision":"allow","score":0,"reasons":[],"errors":[],"counters":{{}},"ruleset":"000000000000","decided_at":"2026-11-28T10:30:00.010Z","source":{{"topic":"{}","partition":0,"offset":0}},"intent":{intent}}}"#,
+        topics.intents
+    );
+    let producer = broker.producer();
+    for mac in [
+        None,
+        Some("test:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    ] {
+        let mut record = rdkafka::producer::BaseRecord::to(&topics.decisions)
+            .partition(0)
+            .key("acct-1")
+            .payload(&forged);
+        if let Some(mac) = mac {
+            record = record.headers(rdkafka::message::OwnedHeaders::new().insert(
+                rdkafka::message::Header {
+                    key: "riskgate-mac",
+                    value: Some(mac),
+                },
+            ));
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    // A crash and a restart: the state is rebuilt from the decisions topic.
+    s.kill();
+    let mut s = Service::on(&broker, &topics, rules.path());
+    let http = s.http_address();
+    s.wait_ready();
+    broker.produce(
+        &topics.intents,
+        &[(None, "acct-1".to_owned(), intent.as_bytes().to_vec())],
+    );
+    let real = wait_for("the decision on t-99", Duration::from_secs(60), || {
+        broker
+            .read_all(&topics.decisions)
+            .into_iter()
+            .find(|r| r.value["intent_id"] == "t-99" && r.value["source"]["offset"] == 2)
+            .map(|r| r.value)
+    });
+    assert_eq!(real["decision"], "deny", "decided by the rules: {real}");
+    assert!(
+        real.get("duplicate").is_none(),
+        "not a duplicate of the forgery: {real}"
+    );
+    let (_, text) = http_get(&http, "/metrics").unwrap();
+    let series = |reason: &str| {
+        format!(
+            "riskgate_unverified_records_total{{reason=\"{reason}\",topic=\"{}\"}}",
+            topics.decisions
+        )
+    };
+    assert_eq!(metric(&text, &series("missing")), Some(1.0), "{text}");
+    assert_eq!(metric(&text, &series("bad_mac")), Some(1.0), "{text}");
+    assert!(s
+        .log_text()
+        .contains("ignoring a record riskgate did not write"));
+    // Every record riskgate wrote carries its MAC.
+    let decisions = broker.read_all(&topics.decisions);
+    assert_eq!(decisions.len(), 5, "3 decisions and 2 forgeries");
+    let signed = decisions
+        .iter()
+        .filter(|r| {
+            r.mac
+                .as_deref()
+                .is_some_and(|m| m.starts_with("test:") && m.len() == 48)
+        })
+        .count();
+    assert_eq!(
+        signed, 4,
+        "riskgate's 3 decisions, and the forgery with a made-up MAC"
+    );
     assert!(s.terminate(Duration::from_secs(30)).success());
 }

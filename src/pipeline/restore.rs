@@ -24,7 +24,9 @@ use riskgate_core::intent::Intent;
 use riskgate_core::wire::{parse_record, ReadError};
 
 use super::{engine_options, Error};
-use crate::kafka::{decisions_reader, Logging};
+use crate::kafka::{decisions_reader, mac_of, Logging};
+use crate::telemetry::events::{self, Emit};
+use crate::telemetry::metrics;
 
 /// What a restore did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct RestoreStats {
     pub applied: u64,
     /// Records that could not be read as decisions (logged, skipped).
     pub unreadable: u64,
+    /// Records riskgate did not write (no or a wrong MAC: counted, logged, skipped).
+    pub unverified: u64,
     pub elapsed: Duration,
 }
 
@@ -59,6 +63,7 @@ pub fn restore(
         read: 0,
         applied: 0,
         unreadable: 0,
+        unverified: 0,
         elapsed: Duration::ZERO,
     };
     let Some(committed) = committed.filter(|c| *c > 0) else {
@@ -89,6 +94,21 @@ pub fn restore(
                 let Some(payload) = m.payload() else {
                     continue;
                 };
+                // Only riskgate's own records count: a forged decision must never be
+                // remembered or move a counter.
+                if let Err(why) = config.integrity.check(topic, m.key(), payload, mac_of(&m)) {
+                    stats.unverified += 1;
+                    events::UnverifiedRecord {
+                        counter: &metrics().unverified_records,
+                        topic,
+                        partition,
+                        offset: m.offset(),
+                        reason: why.as_str(),
+                        reader: "restore",
+                    }
+                    .emit();
+                    continue;
+                }
                 match kept.offer(payload) {
                     Ok(()) => {}
                     Err(e) => {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +27,11 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt as _;
 
-use super::auth::{token_in, Identity, Session};
+use super::auth::{Identity, Session, STREAMS_PER_SESSION};
 use super::queue::{Ended, Filter, HistoryFilter, Hold, HoldId, Refusal};
 use super::App;
-use crate::config::{is_reviewer_name, Role};
+use crate::config::Role;
+use crate::server::ClientAddr;
 use crate::telemetry::review_metrics;
 use riskgate_core::expr::parse_duration;
 use riskgate_core::wire::{self, Verdict};
@@ -42,9 +44,11 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
-/// The routes of the review service.
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+/// The routes of the review service; `/metrics` among them unless it has a listener of its
+/// own; requests for another `Host` than `allowed_hosts` (when given) are refused, except
+/// `/healthz` and `/readyz`.
+pub fn router(app: Arc<App>, with_metrics: bool, allowed_hosts: Vec<String>) -> Router {
+    let mut router = Router::new()
         .route(
             "/",
             get(|| async { page("text/html; charset=utf-8", INDEX_HTML) }),
@@ -71,9 +75,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/holds/{key}/{intent_id}", get(get_hold))
         .route("/api/holds/{key}/{intent_id}/{verdict}", post(review_one))
         .route("/api/events", get(events))
-        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        router = router.route("/metrics", get(metrics));
+    }
+    let hosts = Arc::new(allowed_hosts);
+    router
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -81,8 +89,43 @@ pub fn router(app: Arc<App>) -> Router {
                 "no such page or API route; the API is described at /api/openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn(move |request, next| {
+            check_host(hosts.clone(), request, next)
+        }))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
+}
+
+/// `/metrics` alone, for its own listener (`[review] metrics_listen`).
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+/// Refuses (421) a request whose `Host` is not allowed, when an allow-list is configured:
+/// a DNS-rebinding page cannot then reach the API through a name it controls.
+async fn check_host(
+    allowed: Arc<Vec<String>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let probe = path == "/healthz" || path == "/readyz";
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| crate::server::host_name(h).to_ascii_lowercase());
+    if allowed.is_empty() || probe || host.as_ref().is_some_and(|h| allowed.contains(h)) {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "host_not_allowed",
+        "this host name is not one the review service answers to ([review] allowed_hosts)",
+    )
+    .into_response()
 }
 
 fn page(content_type: &'static str, body: &'static str) -> Response {
@@ -109,8 +152,12 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    /// Ask for HTTP Basic credentials (not when the page's own scripts called).
+    /// Ask for HTTP Basic credentials: only when wrong ones were sent, not by the page.
     challenge: bool,
+    /// Seconds to wait before trying again (429, 503).
+    retry_after: Option<u64>,
+    /// Counted but not logged (a throttled attempt after the first of its wait).
+    quiet: bool,
 }
 
 impl ApiError {
@@ -120,7 +167,17 @@ impl ApiError {
             code,
             message: message.into(),
             challenge: false,
+            retry_after: None,
+            quiet: false,
         }
+    }
+
+    /// Too many attempts, or too many at once: try again in `wait`.
+    fn later(status: StatusCode, code: &'static str, message: &str, wait: Duration) -> Self {
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        let mut e = ApiError::new(status, code, format!("{message}; try again in {secs} s"));
+        e.retry_after = Some(secs);
+        e
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -138,6 +195,10 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Basic realm=\"riskgate review\", charset=\"UTF-8\""),
             );
         }
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         r
     }
 }
@@ -148,18 +209,22 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// Logs a refused attempt, counts it, and turns it into its HTTP error. A name that cannot be
-/// a reviewer's (anything a caller typed) is not logged as such.
-fn refuse(who: &str, attempt: &str, hold: Option<&HoldId>, err: ApiError) -> ApiError {
-    let who = if who.is_empty() || is_reviewer_name(who) {
-        who
-    } else {
-        "<not a reviewer name>"
+/// Logs a refused attempt, counts it, and turns it into its HTTP error. `who` is logged only
+/// as the configured reviewer it names: anything else a caller typed (a secret typed into the
+/// name field, say) is `<unknown>`.
+fn refuse(app: &App, who: &str, attempt: &str, hold: Option<&HoldId>, err: ApiError) -> ApiError {
+    let who = match app.auth.reviewer(who) {
+        Some(r) => r.name.as_str(),
+        None if who.is_empty() => "",
+        None => "<unknown>",
     };
     review_metrics()
         .refusals
         .with_label_values(&[err.code])
         .inc();
+    if err.quiet {
+        return err;
+    }
     tracing::warn!(
         target: "riskgate::audit",
         reviewer = who,
@@ -182,6 +247,7 @@ fn refusal_error(r: &Refusal) -> ApiError {
         Refusal::AlreadyApproved(_) => (StatusCode::CONFLICT, "already_approved"),
         Refusal::NoComment => (StatusCode::UNPROCESSABLE_ENTITY, "no_comment"),
         Refusal::Changed { .. } => (StatusCode::CONFLICT, "hold_changed"),
+        Refusal::InProgress(_) => (StatusCode::CONFLICT, "in_progress"),
     };
     debug_assert_eq!(code, r.kind());
     ApiError::new(status, code, r.to_string())
@@ -206,17 +272,37 @@ fn header_str(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) 
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The client a request comes from (see [`crate::server`]); the unspecified address when the
+/// router runs without the server loop.
+pub struct Client(pub IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Client(
+            parts
+                .extensions
+                .get::<ClientAddr>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0),
+        ))
+    }
+}
+
 /// Who sent the request: a session cookie or HTTP Basic credentials. A state-changing
 /// request on a session must carry the session's CSRF token in `X-CSRF-Token`.
 async fn authenticate(
     app: &App,
     headers: &HeaderMap,
+    client: IpAddr,
     attempt: &str,
     intent_id: Option<&HoldId>,
     changes_state: bool,
 ) -> Result<Caller, ApiError> {
-    let from_page = headers.contains_key("x-requested-with");
-    if let Some(token) = header_str(headers, header::COOKIE).and_then(token_in) {
+    if let Some(token) = header_str(headers, header::COOKIE).and_then(|c| app.auth.token_in(c)) {
         if let Some(session) = app.auth.session(token) {
             if changes_state {
                 let sent = header_str(headers, "x-csrf-token").unwrap_or("");
@@ -226,7 +312,7 @@ async fn authenticate(
                         "csrf",
                         "this request changes state and needs the session's CSRF token in the X-CSRF-Token header",
                     );
-                    return Err(refuse(&session.identity.name, attempt, intent_id, err));
+                    return Err(refuse(app, &session.identity.name, attempt, intent_id, err));
                 }
             }
             return Ok(Caller::Session(token.to_owned(), session));
@@ -242,40 +328,104 @@ async fn authenticate(
         let Some((name, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
             let err =
                 ApiError::bad_request("the Authorization header is not Basic base64(name:secret)");
-            return Err(refuse("", attempt, intent_id, err));
+            return Err(refuse(app, "", attempt, intent_id, err));
         };
-        let verified = verify(app, name.to_owned(), secret.to_owned()).await;
-        return match verified {
-            Some(identity) => Ok(Caller::Basic(identity)),
-            None => {
-                let mut err = ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "bad_credentials",
-                    "unknown reviewer or wrong secret",
-                );
-                err.challenge = !from_page;
-                Err(refuse(name, attempt, intent_id, err))
+        return match verify(app, name, secret, client).await {
+            Ok(identity) => Ok(Caller::Basic(identity)),
+            Err(mut err) => {
+                // Wrong Basic credentials were sent: ask again, unless the page sent them.
+                err.challenge = err.status == StatusCode::UNAUTHORIZED
+                    && !headers.contains_key("x-requested-with");
+                Err(refuse(app, name, attempt, intent_id, err))
             }
         };
     }
-    let mut err = ApiError::new(
+    // No credentials: no challenge, so that no browser is led to keep Basic credentials
+    // (which would skip the CSRF check).
+    let err = ApiError::new(
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
         "sign in first: POST /api/session, or send HTTP Basic credentials",
     );
-    err.challenge = !from_page;
-    Err(refuse("", attempt, intent_id, err))
+    Err(refuse(app, "", attempt, intent_id, err))
 }
 
-/// Checks a secret off the async workers, at most [`App::verifying`]'s permits at a time: a
-/// flood of sign-in attempts queues up instead of taking every core.
-async fn verify(app: &App, name: String, secret: String) -> Option<Identity> {
-    let _permit = app.verifying.acquire().await.ok()?;
-    let auth = Arc::clone(&app.auth);
-    tokio::task::spawn_blocking(move || auth.verify(&name, &secret))
+/// The longest a throttled sign-in waits for its answer.
+const THROTTLED_ANSWER: Duration = Duration::from_secs(1);
+
+/// Checks `name`'s `secret`, from `client`: refused without a check (429, answered after the
+/// wait or a second, whichever is shorter) while the name or the client waits after
+/// failures; an unknown name waits as long as a check takes, without the
+/// work; a known one is checked off the async workers in one of [`App::checks`] (or
+/// [`App::suspect_checks`] when the name has failed lately), busy (503) when the lane is
+/// full. Failures and successes feed the throttle.
+async fn verify(app: &App, name: &str, secret: &str, client: IpAddr) -> Result<Identity, ApiError> {
+    let auth = &app.auth;
+    let attempt = match auth.throttle.begin(name, client) {
+        Ok(attempt) => attempt,
+        Err(throttled) => {
+            // Answered slowly: a guessing connection gets an answer a second at most, and
+            // costs next to nothing meanwhile (answered at once, a flood of 429s would take
+            // the CPU that the checks of everyone else need).
+            let slow = throttled.wait.min(THROTTLED_ANSWER);
+            tokio::time::sleep(slow).await;
+            let mut err = ApiError::later(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                if throttled.first {
+                    "too many failed sign-ins for this name or from this client (further refusals while it waits are counted, not logged)"
+                } else {
+                    "too many failed sign-ins for this name or from this client"
+                },
+                throttled.wait - slow,
+            );
+            err.quiet = !throttled.first;
+            return Err(err);
+        }
+    };
+    let wrong = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_credentials",
+            "unknown reviewer or wrong secret",
+        )
+    };
+    if auth.reviewer(name).is_none() {
+        tokio::time::sleep(auth.check_time()).await;
+        attempt.failed();
+        return Err(wrong());
+    }
+    let busy = || {
+        ApiError::later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many sign-ins at once",
+            Duration::from_secs(1),
+        )
+    };
+    let lane = if attempt.suspect {
+        &app.suspect_checks
+    } else {
+        &app.checks
+    };
+    let place = lane.enter().await.ok_or_else(busy)?;
+    let (checker, name_owned, secret_owned) =
+        (Arc::clone(auth), name.to_owned(), secret.to_owned());
+    let verified = tokio::task::spawn_blocking(move || checker.verify(&name_owned, &secret_owned))
         .await
         .ok()
-        .flatten()
+        .flatten();
+    drop(place);
+    match verified {
+        Some(identity) => {
+            attempt.succeeded();
+            Ok(identity)
+        }
+        None => {
+            attempt.failed();
+            Err(wrong())
+        }
+    }
 }
 
 fn session_body(s: &Session) -> Value {
@@ -284,9 +434,10 @@ fn session_body(s: &Session) -> Value {
 
 async fn current_session(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    match authenticate(&app, &headers, "session", None, false).await? {
+    match authenticate(&app, &headers, client, "session", None, false).await? {
         Caller::Session(_, s) => Ok(Json(session_body(&s))),
         Caller::Basic(i) => Ok(Json(json!({"reviewer": i.name, "role": i.role}))),
     }
@@ -301,23 +452,18 @@ struct SignIn {
 
 async fn sign_in(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     body: Result<Json<SignIn>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(SignIn { reviewer, secret }) = body?;
-    let verified = verify(&app, reviewer.clone(), secret).await;
-    let Some(identity) = verified else {
-        let err = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-            "unknown reviewer or wrong secret",
-        );
-        return Err(refuse(&reviewer, "sign_in", None, err));
-    };
+    let identity = verify(&app, &reviewer, &secret, client)
+        .await
+        .map_err(|err| refuse(&app, &reviewer, "sign_in", None, err))?;
     let (token, session) = app
         .auth
         .open(identity)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    tracing::info!(target: "riskgate::audit", reviewer = %reviewer, attempt = "sign_in", allowed = true, "reviewer signed in");
+    tracing::info!(target: "riskgate::audit", reviewer = %session.identity.name, attempt = "sign_in", allowed = true, "reviewer signed in");
     let cookie = HeaderValue::from_str(&app.auth.cookie(&token))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let mut r = Json(session_body(&session)).into_response();
@@ -325,8 +471,12 @@ async fn sign_in(
     Ok(r)
 }
 
-async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = authenticate(&app, &headers, "sign_out", None, true).await?;
+async fn sign_out(
+    State(app): State<Arc<App>>,
+    Client(client): Client,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&app, &headers, client, "sign_out", None, true).await?;
     if let Caller::Session(token, s) = &caller {
         app.auth.close(token);
         tracing::info!(target: "riskgate::audit", reviewer = %s.identity.name, attempt = "sign_out", allowed = true, "reviewer signed out");
@@ -540,10 +690,11 @@ fn record_json(hold: &Hold) -> Value {
 
 async fn list_holds(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&app, &headers, "list", None, false).await?;
+    let caller = authenticate(&app, &headers, client, "list", None, false).await?;
     let (f, page) = filter(&params)?;
     let now = Utc::now();
     let q = app.queue();
@@ -596,10 +747,11 @@ fn ended_json(e: &Ended) -> Value {
 
 async fn list_history(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate(&app, &headers, "history", None, false).await?;
+    authenticate(&app, &headers, client, "history", None, false).await?;
     let (f, page) = history_filter(&params)?;
     let q = app.queue();
     let all = q.history(&f);
@@ -610,11 +762,12 @@ async fn list_history(
 
 async fn get_hold(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     headers: HeaderMap,
     Path((key, intent_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let id = HoldId::new(key, intent_id);
-    let caller = authenticate(&app, &headers, "view", Some(&id), false).await?;
+    let caller = authenticate(&app, &headers, client, "view", Some(&id), false).await?;
     let now = Utc::now();
     let q = app.queue();
     let Some(h) = q.get(&id) else {
@@ -659,6 +812,7 @@ struct RecordRef {
 /// `POST /api/holds/{key}/{intent_id}/approve` and `.../reject`.
 async fn review_one(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     headers: HeaderMap,
     Path((key, intent_id, verdict)): Path<(String, String, String)>,
     body: Result<Json<ReviewBody>, JsonRejection>,
@@ -674,7 +828,15 @@ async fn review_one(
             ))
         }
     };
-    review(app, headers, HoldId::new(key, intent_id), body, verdict).await
+    review(
+        app,
+        headers,
+        client,
+        HoldId::new(key, intent_id),
+        body,
+        verdict,
+    )
+    .await
 }
 
 /// The most a comment may hold.
@@ -683,15 +845,16 @@ const MAX_COMMENT: usize = 2000;
 async fn review(
     app: Arc<App>,
     headers: HeaderMap,
+    client: IpAddr,
     id: HoldId,
     body: Result<Json<ReviewBody>, JsonRejection>,
     verdict: Verdict,
 ) -> Result<Json<Value>, ApiError> {
     let attempt = verdict.as_str();
-    let caller = authenticate(&app, &headers, attempt, Some(&id), true).await?;
+    let caller = authenticate(&app, &headers, client, attempt, Some(&id), true).await?;
     let who = caller.identity().clone();
-    let Json(body) = body.map_err(|e| refuse(&who.name, attempt, Some(&id), e.into()))?;
-    check_comment(&body.comment).map_err(|e| refuse(&who.name, attempt, Some(&id), e))?;
+    let Json(body) = body.map_err(|e| refuse(&app, &who.name, attempt, Some(&id), e.into()))?;
+    check_comment(&body.comment).map_err(|e| refuse(&app, &who.name, attempt, Some(&id), e))?;
     let seen = body.record.map(|r| (r.partition, r.offset));
     review_hold(&app, &who, &id, seen, verdict, &body.comment)
         .await
@@ -741,7 +904,7 @@ async fn review_hold(
             Ok(json!({"review": record, "final": ended, "released": released}))
         }
         Err(super::ReviewError::Refused(r)) => {
-            Err(refuse(&who.name, attempt, Some(id), refusal_error(&r)))
+            Err(refuse(app, &who.name, attempt, Some(id), refusal_error(&r)))
         }
         Err(super::ReviewError::Overtaken(by)) => {
             let err = ApiError::new(
@@ -749,7 +912,7 @@ async fn review_hold(
                 "already_reviewed",
                 format!("{id} was reviewed by {by} first; your record came after it and changes nothing"),
             );
-            Err(refuse(&who.name, attempt, Some(id), err))
+            Err(refuse(app, &who.name, attempt, Some(id), err))
         }
         Err(super::ReviewError::Unavailable(e)) => {
             tracing::error!(reviewer = %who.name, intent_id = %id.intent_id, key = %id.key, error = %e, "publishing a review failed");
@@ -789,28 +952,29 @@ const BULK_CONCURRENCY: usize = 16;
 
 async fn review_many(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     headers: HeaderMap,
     body: Result<Json<BulkBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&app, &headers, "bulk", None, true).await?;
+    let caller = authenticate(&app, &headers, client, "bulk", None, true).await?;
     let who = caller.identity().clone();
-    let Json(body) = body.map_err(|e| refuse(&who.name, "bulk", None, e.into()))?;
+    let Json(body) = body.map_err(|e| refuse(&app, &who.name, "bulk", None, e.into()))?;
     let verdict = match body.verdict.as_str() {
         "approve" => Verdict::Approve,
         "reject" => Verdict::Reject,
         other => {
             let err =
                 ApiError::bad_request(format!("`verdict` is `approve` or `reject`, not `{other}`"));
-            return Err(refuse(&who.name, "bulk", None, err));
+            return Err(refuse(&app, &who.name, "bulk", None, err));
         }
     };
-    check_comment(&body.comment).map_err(|e| refuse(&who.name, "bulk", None, e))?;
+    check_comment(&body.comment).map_err(|e| refuse(&app, &who.name, "bulk", None, e))?;
     if body.holds.is_empty() || body.holds.len() > PAGE_MAX {
         let err = ApiError::bad_request(format!(
             "`holds` names 1 to {PAGE_MAX} holds, not {}",
             body.holds.len()
         ));
-        return Err(refuse(&who.name, "bulk", None, err));
+        return Err(refuse(&app, &who.name, "bulk", None, err));
     }
     let comment: Arc<str> = Arc::from(body.comment.as_str());
     let permits = Arc::new(tokio::sync::Semaphore::new(BULK_CONCURRENCY));
@@ -856,13 +1020,45 @@ async fn review_many(
     })))
 }
 
+/// Server-sent events for a signed-in page: `holds` whenever the pending set changes. A
+/// session holds at most [`STREAMS_PER_SESSION`] streams, and they end when it signs out.
 async fn events(
     State(app): State<Arc<App>>,
+    Client(client): Client,
     headers: HeaderMap,
 ) -> Result<Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    authenticate(&app, &headers, "events", None, false).await?;
-    let stream = WatchStream::new(app.changes.subscribe())
-        .map(|version| Ok(Event::default().event("holds").data(version.to_string())));
+    let Caller::Session(_, session) =
+        authenticate(&app, &headers, client, "events", None, false).await?
+    else {
+        let err = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "session_required",
+            "event streams are for signed-in pages; scripts poll GET /api/holds",
+        );
+        return Err(err);
+    };
+    let Some(slot) = session.stream_slot() else {
+        let err = ApiError::later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            &format!("a session may hold {STREAMS_PER_SESSION} event streams at once"),
+            Duration::from_secs(5),
+        );
+        return Err(refuse(&app, &session.identity.name, "events", None, err));
+    };
+    let changes = WatchStream::new(app.changes.subscribe())
+        .map(|version| Some(Event::default().event("holds").data(version.to_string())));
+    // `None` once the session is closed: the stream ends there.
+    let closed = WatchStream::new(session.closed())
+        .filter(|closed| *closed)
+        .map(|_| None);
+    let stream = changes
+        .merge(closed)
+        .take_while(Option::is_some)
+        .filter_map(move |event| {
+            let _open = &slot;
+            event.map(Ok)
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -98,9 +98,21 @@ fn base_amount(d: &Decision) -> Option<Decimal> {
     }
 }
 
-/// Whether two names (reviewers, agent ids) are one person's.
+/// Who a name (a reviewer's, an agent id) stands for: trimmed, NFKC-normalized, in lower
+/// case, then reduced to its UTS #39 skeleton and put in lower case again (a skeleton may
+/// have capitals: `0` is `O`), so that `Payments-Bot`, `payments-bot ` and `pаyments-bot` (a
+/// Cyrillic `а`) are one person, as are `a1ice` and `alice`, `0k` and `ok`.
+pub fn person(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let folded: String = name.trim().nfkc().collect::<String>().to_lowercase();
+    unicode_security::skeleton(&folded)
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// Whether two names (reviewers, agent ids) are one person's (see [`person`]).
 pub fn same_person(a: &str, b: &str) -> bool {
-    a == b
+    a == b || person(a) == person(b)
 }
 
 /// Trims filter texts and puts them in lower case, as [`contains`] compares them.
@@ -197,6 +209,8 @@ pub enum Refusal {
         partition: i32,
         offset: i64,
     },
+    #[error("your review of {0} is being published already; wait for its answer")]
+    InProgress(HoldId),
 }
 
 impl Refusal {
@@ -209,6 +223,7 @@ impl Refusal {
             Refusal::AlreadyApproved(_) => "already_approved",
             Refusal::NoComment => "no_comment",
             Refusal::Changed { .. } => "hold_changed",
+            Refusal::InProgress(_) => "in_progress",
         }
     }
 }
@@ -226,7 +241,16 @@ pub enum Applied {
     Finished(Verdict),
     /// Nothing changed, and why (logged at debug).
     Ignored(&'static str),
+    /// A review record riskgate cannot have written, ignored like a forged record (counted
+    /// in `riskgate_unverified_records_total`): `unknown_reviewer` (it names no configured
+    /// reviewer) or `not_the_pending_hold` (it answers another decision record than the
+    /// pending hold).
+    Refused(&'static str),
 }
+
+/// The reasons of [`Applied::Refused`]: a review record that names no configured reviewer,
+/// and one that answers another decision record than the pending hold.
+pub const REFUSED_RECORDS: [&str; 2] = ["unknown_reviewer", "not_the_pending_hold"];
 
 /// A filter of the pending list; every given field must match. Texts match as substrings,
 /// ignoring case; amounts are base amounts (a hold whose currency had no rate passes an
@@ -390,6 +414,11 @@ pub struct Queue {
     forget_after: TimeDelta,
     /// `finished` is swept of forgotten reviews when it reaches this size.
     next_forget: usize,
+    /// The configured reviewers, as [`person`] names them, with the agents each operates (as
+    /// [`person`] names them): a review record by anyone else (but `system:expiry`) is
+    /// refused, and nobody approves an intent of an agent they operate. `None` accepts any
+    /// name (unit tests).
+    reviewers: Option<HashMap<String, Vec<String>>>,
 }
 
 /// The fewest ended reviews kept before they are swept.
@@ -415,7 +444,32 @@ impl Queue {
             watermarks: HashMap::new(),
             forget_after: horizon * 2,
             next_forget: FORGET_MIN,
+            reviewers: None,
         }
+    }
+
+    /// Only review records by these reviewers (or `system:expiry`) count; each never approves
+    /// an intent of the agents it names.
+    pub fn with_reviewers<'a>(
+        mut self,
+        reviewers: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> Self {
+        self.reviewers = Some(
+            reviewers
+                .into_iter()
+                .map(|(name, agents)| (person(name), agents.iter().map(|a| person(a)).collect()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Whether `reviewer` proposed intents of `agent`: it is that agent, or operates it.
+    fn is_proposer(&self, reviewer: &str, agent: &str) -> bool {
+        same_person(reviewer, agent)
+            || self.reviewers.as_ref().is_some_and(|r| {
+                r.get(&person(reviewer))
+                    .is_some_and(|agents| agents.contains(&person(agent)))
+            })
     }
 
     pub fn new() -> Self {
@@ -466,6 +520,12 @@ impl Queue {
             .collect()
     }
 
+    /// Passes over the record at `partition` / `offset` (one no reader may use).
+    pub fn skip(&mut self, partition: i32, offset: i64) {
+        let next = self.positions.entry(partition).or_insert(0);
+        *next = (*next).max(offset + 1);
+    }
+
     /// Applies the record at `partition` / `offset` of the decisions topic. Records that are
     /// not readable as a decision or a review are an error, for the caller to log; they
     /// change nothing.
@@ -513,6 +573,11 @@ impl Queue {
                 return Ok(Applied::Ignored("the review of this intent has ended"));
             }
             self.finished.remove(&id);
+        }
+        if head.duplicate && self.pending.contains_key(&id) {
+            // A duplicate re-emits the pending hold: the hold stays the record it was, so that
+            // reviews of it stand (an agent re-sending its intent cannot move its hold).
+            return Ok(Applied::Ignored("a duplicate of a pending hold"));
         }
         if head.decision != Some(Outcome::Hold) {
             return Ok(match self.pending.remove(&id) {
@@ -576,9 +641,28 @@ impl Queue {
         if !r.key.is_empty() && r.key != id.key {
             return Applied::Ignored("a review record whose `key` is not its record's key");
         }
+        if r.reviewer != EXPIRY_REVIEWER
+            && self
+                .reviewers
+                .as_ref()
+                .is_some_and(|known| !known.contains_key(&person(&r.reviewer)))
+        {
+            return Applied::Refused(REFUSED_RECORDS[0]);
+        }
         if self.finished.contains_key(&id) {
             return Applied::Ignored("the review of this intent has already ended");
         }
+        if self
+            .pending
+            .get(&id)
+            .is_some_and(|h| (h.partition, h.offset) != (r.hold.partition, r.hold.offset))
+        {
+            return Applied::Refused(REFUSED_RECORDS[1]);
+        }
+        let proposer = self
+            .pending
+            .get(&id)
+            .is_some_and(|h| self.is_proposer(&r.reviewer, &h.decision.head.agent_id));
         let Some(hold) = self.pending.get_mut(&id) else {
             // A review of a hold this queue never saw (its decision record was unreadable,
             // or is gone with retention): the review still ends it, so that a late copy of
@@ -615,7 +699,7 @@ impl Queue {
                 if hold.approved_by.iter().any(|a| same_person(a, &r.reviewer)) {
                     return Applied::Ignored("this reviewer has already approved");
                 }
-                if same_person(&r.reviewer, &hold.decision.head.agent_id) {
+                if proposer {
                     return Applied::Ignored("the proposer cannot approve");
                 }
                 hold.approved_by.push(r.reviewer.clone());
@@ -757,7 +841,7 @@ impl Queue {
             });
         }
         if verdict == Verdict::Approve {
-            if same_person(&hold.decision.head.agent_id, reviewer) {
+            if self.is_proposer(reviewer, &hold.decision.head.agent_id) {
                 return Err(Refusal::Proposer(reviewer.to_owned()));
             }
             if hold.approved_by.iter().any(|a| same_person(a, reviewer)) {

@@ -277,3 +277,48 @@ impl Emit for RulesetInUse<'_> {
         metrics().set_ruleset(self.version);
     }
 }
+
+/// A record of riskgate's topics that riskgate did not write (or that names no configured
+/// reviewer, or not the pending hold): ignored by the reader, counted in `counter` (the
+/// registry of the process), and logged once per record, with where it is.
+pub struct UnverifiedRecord<'a> {
+    pub counter: &'a prometheus::IntCounterVec,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'a str,
+    /// Who reads it: `restore`, `review`, `gateway`.
+    pub reader: &'a str,
+}
+
+impl Emit for UnverifiedRecord<'_> {
+    fn emit(&self) {
+        self.counter
+            .with_label_values(&[self.topic, self.reason])
+            .inc();
+        // Readers read the topic again (each restore, each start): each record is logged
+        // once per process, within a bound.
+        static LOGGED: std::sync::Mutex<Option<std::collections::HashSet<(String, i32, i64)>>> =
+            std::sync::Mutex::new(None);
+        let first = {
+            let mut logged = LOGGED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let set = logged.get_or_insert_with(Default::default);
+            if set.len() >= 100_000 {
+                set.clear();
+            }
+            set.insert((self.topic.to_owned(), self.partition, self.offset))
+        };
+        if first {
+            tracing::warn!(
+                topic = self.topic,
+                partition = self.partition,
+                offset = self.offset,
+                reason = self.reason,
+                reader = self.reader,
+                "ignoring a record riskgate did not write (or that answers nothing pending); check the topic's ACLs"
+            );
+        }
+    }
+}

@@ -35,7 +35,11 @@ pub struct Metrics {
     pub partitions_assigned: IntGauge,
     pub partitions_restoring: IntGauge,
     pub ready: IntGauge,
+    pub unverified_records: IntCounterVec,
 }
+
+/// The help of `riskgate_unverified_records_total`, in both registries.
+const UNVERIFIED_HELP: &str = "Records of riskgate's topics ignored because riskgate did not write them: no or a wrong riskgate-mac, or a review record that names no configured reviewer or not the pending hold; by topic and reason";
 
 /// Buckets for the time to decide one intent: microseconds to a few milliseconds.
 const EVALUATION_BUCKETS: [f64; 12] = [
@@ -187,6 +191,11 @@ impl Metrics {
                 "riskgate_ready",
                 "1 when assigned, restored and connected (what /readyz answers)",
             )?,
+            unverified_records: counter_vec(
+                "riskgate_unverified_records_total",
+                UNVERIFIED_HELP,
+                &["topic", "reason"],
+            )?,
             registry,
         })
     }
@@ -220,6 +229,7 @@ impl Metrics {
             &self.partitions_assigned,
             &self.partitions_restoring,
             &self.ready,
+            &self.unverified_records,
         ])
     }
 
@@ -252,6 +262,7 @@ pub struct ReviewMetrics {
     pub refusals: IntCounterVec,
     pub unreadable_records: IntCounter,
     pub ready: IntGauge,
+    pub unverified_records: IntCounterVec,
 }
 
 /// Buckets for the time a hold waits for people: seconds to a week.
@@ -302,6 +313,11 @@ impl ReviewMetrics {
         registry.register(Box::new(refusals.clone()))?;
         registry.register(Box::new(unreadable_records.clone()))?;
         registry.register(Box::new(ready.clone()))?;
+        let unverified_records = IntCounterVec::new(
+            Opts::new("riskgate_unverified_records_total", UNVERIFIED_HELP),
+            &["topic", "reason"],
+        )?;
+        registry.register(Box::new(unverified_records.clone()))?;
         Ok(ReviewMetrics {
             registry,
             pending_holds,
@@ -310,6 +326,7 @@ impl ReviewMetrics {
             refusals,
             unreadable_records,
             ready,
+            unverified_records,
         })
     }
 
@@ -322,6 +339,7 @@ impl ReviewMetrics {
             &self.refusals,
             &self.unreadable_records,
             &self.ready,
+            &self.unverified_records,
         ])
     }
 
@@ -442,6 +460,6 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("riskgate_decisions_total"), "{text}");
-        assert_eq!(r.names().len(), 6);
+        assert_eq!(r.names().len(), 7);
     }
 }

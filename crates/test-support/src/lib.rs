@@ -199,6 +199,15 @@ impl Broker {
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value: serde_json::from_slice(m.payload().unwrap_or_default())
                         .unwrap_or(serde_json::Value::Null),
+                    mac: {
+                        use rdkafka::message::Headers;
+                        m.headers().and_then(|h| {
+                            h.iter()
+                                .find(|h| h.key == "riskgate-mac")
+                                .and_then(|h| h.value)
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                        })
+                    },
                 }),
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     at_end.insert(p);
@@ -256,6 +265,8 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<String>,
     pub value: serde_json::Value,
+    /// The record's `riskgate-mac` header, if it has one.
+    pub mac: Option<String>,
 }
 
 impl Record {
@@ -321,6 +332,32 @@ pub struct ServiceConfig<'a> {
     pub extra: &'a str,
 }
 
+/// The secret of the `[integrity]` key (id `test`) of a deployment whose group is `group`: the
+/// same for its engine and its review instances, 32 bytes derived from the name.
+pub fn integrity_secret(group: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    let mut state: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group.bytes() {
+        state = (state ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    while out.len() < 32 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out
+}
+
+/// A file holding [`integrity_secret`] of `group`, for `[integrity] keys`.
+pub fn integrity_key(group: &str) -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    let path = dir.path().join(group);
+    fs::write(&path, integrity_secret(group)).unwrap();
+    path
+}
+
 impl Service {
     /// `riskgate run` on `topics` of `broker` with the rules in `rules`, under a
     /// transactional id of its own (its group's name).
@@ -358,7 +395,12 @@ dir = "{rules}"
 listen = "127.0.0.1:0"
 [engine]
 max_future_skew = "off"
+[integrity]
+keys = [{{ id = "test", secret_file = "{key}" }}]
+current = "test"
+require = true
 "#,
+            key = integrity_key(&c.topics.group).display(),
             broker = c.broker.address,
             group = c.topics.group,
             intents = c.topics.intents,
@@ -390,6 +432,11 @@ max_future_skew = "off"
 
     /// [`Service::spawn`] with this `RUST_LOG` filter.
     pub fn spawn_logging(command: &str, config_text: &str, filter: &str) -> Service {
+        Service::spawn_with(command, config_text, filter, "json")
+    }
+
+    /// [`Service::spawn`] with this `RUST_LOG` filter and `--log-format`.
+    pub fn spawn_with(command: &str, config_text: &str, filter: &str, format: &str) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("riskgate.toml");
         fs::write(&config, config_text).unwrap();
@@ -397,7 +444,7 @@ max_future_skew = "off"
         let child = Command::new(riskgate_binary())
             .args([command, "--config"])
             .arg(&config)
-            .args(["--log-format", "json"])
+            .args(["--log-format", format])
             .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -603,12 +650,25 @@ pub fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Response {
+    try_http(address, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} http://{address}{path}: {e}"))
+}
+
+/// [`http`], with a connection that fails (refused, reset, timed out) as an error.
+pub fn try_http(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<Response> {
     use std::io::Write;
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {address}\r\n");
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {address}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -620,9 +680,9 @@ pub fn http(
     }
     request.push_str("\r\n");
     request.push_str(body.unwrap_or(""));
-    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let mut lines = head.lines();
     let status = lines
@@ -634,26 +694,17 @@ pub fn http(
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Response {
+    Ok(Response {
         status,
         headers,
         body: body.to_owned(),
-    }
+    })
 }
 
-/// A plain HTTP/1.0 GET: the status code and the body.
+/// A plain HTTP/1.0 GET: the status code and the body, if the connection worked.
 pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::Write;
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+    let r = try_http(address, "GET", path, &[], None).ok()?;
+    (r.status != 0).then_some((r.status, r.body))
 }
 
 impl Service {

@@ -260,6 +260,28 @@ impl Stack {
         self.broker.produce(&self.topics.intents, &records);
     }
 
+    /// Writes `value` to partition `partition` of the decisions topic with `key`, as a plain
+    /// producer without a transactional id would: a forger's record, with `mac` as its
+    /// `riskgate-mac` header if given.
+    pub fn forge(&self, partition: i32, key: &str, value: &serde_json::Value, mac: Option<&str>) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{BaseRecord, Producer};
+        let producer = self.broker.producer();
+        let payload = value.to_string();
+        let mut record = BaseRecord::to(&self.topics.decisions)
+            .partition(partition)
+            .key(key)
+            .payload(&payload);
+        if let Some(mac) = mac {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "riskgate-mac",
+                value: Some(mac),
+            }));
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
     /// The review records on the decisions topic.
     pub fn review_records(&self) -> Vec<super::Record> {
         self.broker
@@ -295,9 +317,14 @@ impl Review {
 
     /// Signs `name` in with its configured secret.
     pub fn sign_in(&self, name: &str) -> Session {
+        self.sign_in_with(name, &[])
+    }
+
+    /// Signs `name` in with its configured secret, sending `headers` (a `Host`, say).
+    pub fn sign_in_with(&self, name: &str, headers: &[(&str, &str)]) -> Session {
         let secret = REVIEWERS.iter().find(|r| r.0 == name).unwrap().2;
         let body = serde_json::json!({"reviewer": name, "secret": secret}).to_string();
-        let r = self.request("POST", "/api/session", &[], Some(&body));
+        let r = self.request("POST", "/api/session", headers, Some(&body));
         assert_eq!(r.status, 200, "{}", r.body);
         let cookie = r
             .header("set-cookie")

@@ -745,13 +745,12 @@ fn a_review_of_a_hold_decided_again_since_it_was_seen_is_refused() {
     log.push(&first);
     let id = held("i");
     let seen = (0, log.queue.get(&id).unwrap().offset);
-    // The same intent again (a duplicate re-emits the hold at a later record).
-    let again = processed(&mut e, 2, "i", "acct-1", "20000", T0);
-    assert!(String::from_utf8_lossy(&again).contains(r#""duplicate":true"#));
-    assert_eq!(log.push(&again), Applied::Held);
+    // The same decision again at a later record (an aborted transaction's copy, then the
+    // committed one, on a broker that shows aborted records): the hold is that record now.
+    assert_eq!(log.push(&first), Applied::Held);
     let now = log.queue.get(&id).unwrap().offset;
     assert_ne!(now, seen.1);
-    assert_eq!(
+    let approve = |seen| {
         ask(
             &log.queue,
             &id,
@@ -760,18 +759,43 @@ fn a_review_of_a_hold_decided_again_since_it_was_seen_is_refused() {
             Role::Approver,
             Verdict::Approve,
             "",
-            at(T0)
-        ),
+            at(T0),
+        )
+    };
+    assert_eq!(
+        approve(seen),
         Err(Refusal::Changed {
             id: id.clone(),
             partition: 0,
             offset: now
         })
     );
+    assert!(approve((0, now)).is_ok());
+}
+
+#[test]
+fn a_duplicate_re_emitting_a_hold_does_not_move_it() {
+    let mut e = engine();
+    let mut log = Log::new();
+    log.push(&processed(&mut e, 1, "i", "acct-1", "20000", T0));
+    let id = held("i");
+    let hold = log.queue.get(&id).unwrap().offset;
+    // The agent sends its intent again: a duplicate, re-emitting the hold.
+    let again = processed(&mut e, 2, "i", "acct-1", "20000", T0);
+    assert!(String::from_utf8_lossy(&again).contains(r#""duplicate":true"#));
+    assert_eq!(
+        log.push(&again),
+        Applied::Ignored("a duplicate of a pending hold")
+    );
+    assert_eq!(
+        log.queue.get(&id).unwrap().offset,
+        hold,
+        "reviews of it stand"
+    );
     assert!(ask(
         &log.queue,
         &id,
-        Some((0, now)),
+        Some((0, hold)),
         "alice",
         Role::Approver,
         Verdict::Approve,
@@ -779,4 +803,85 @@ fn a_review_of_a_hold_decided_again_since_it_was_seen_is_refused() {
         at(T0)
     )
     .is_ok());
+}
+
+#[test]
+fn review_records_must_name_a_reviewer_and_the_pending_hold() {
+    let mut e = engine();
+    let mut log = Log::new();
+    let none: &[String] = &[];
+    log.queue = Queue::new().with_reviewers([("alice", none), ("bob", none)]);
+    log.push(&processed(&mut e, 1, "i", "acct-1", "20000", T0));
+    let id = held("i");
+    let good = log
+        .record("i", "alice", Verdict::Approve, "ok", T0)
+        .unwrap();
+    // Written by no configured reviewer: refused like a forged record.
+    let mut stranger = good.clone();
+    stranger.reviewer = "mallory".to_owned();
+    assert_eq!(
+        log.push(&stranger.to_json()),
+        Applied::Refused("unknown_reviewer")
+    );
+    // Answering another decision record than the pending hold: refused too.
+    let mut elsewhere = good.clone();
+    elsewhere.hold.offset += 100;
+    assert_eq!(
+        log.push(&elsewhere.to_json()),
+        Applied::Refused("not_the_pending_hold")
+    );
+    assert!(log.queue.get(&id).is_some(), "neither changed the hold");
+    // A configured reviewer, written in another case, on the right hold: counts.
+    let mut alice = good;
+    alice.reviewer = "Alice".to_owned();
+    assert_eq!(
+        log.push(&alice.to_json()),
+        Applied::Finished(Verdict::Approve)
+    );
+    // The system's expiry is always a reviewer.
+    log.push(&processed(&mut e, 2, "j", "acct-1", "20000", T0));
+    let expiry = log
+        .record("j", EXPIRY_REVIEWER, Verdict::Reject, "expired", T0)
+        .unwrap();
+    assert_eq!(
+        log.push(&expiry.to_json()),
+        Applied::Finished(Verdict::Reject)
+    );
+}
+
+#[test]
+fn one_person_one_name_after_case_spaces_compatibility_and_look_alikes() {
+    for (a, b) in [
+        ("payments-bot", "Payments-Bot"),
+        ("payments-bot", "payments-bot "),
+        ("payments-bot", "p\u{0430}yments-bot"), // a Cyrillic а
+        ("payments-bot", "ｐａｙｍｅｎｔｓ-bot"), // full-width letters (NFKC)
+        ("alice", "a1ice"),                      // a digit one for an l
+        ("ALICE", "a1ice"),
+        ("ok-bot", "0k-bot"), // a zero for an o
+        ("Rn-bot", "m-bot"),  // r and n for an m
+    ] {
+        assert!(same_person(a, b), "{a:?} and {b:?} are one person");
+    }
+    for (a, b) in [("alice", "alicia"), ("payments-bot", "payouts-bot")] {
+        assert!(!same_person(a, b), "{a:?} and {b:?} are two");
+    }
+    // The proposer rule uses it: the bot's own reviewer account, in any spelling.
+    let mut e = engine();
+    let mut log = Log::new();
+    log.decide(&mut e, "i", "Payments-Bot ", "transfer", "20000", T0);
+    assert_eq!(
+        log.record("i", "payments-bot", Verdict::Approve, "", T0),
+        Err(Refusal::Proposer("payments-bot".to_owned()))
+    );
+    // A reviewer mapped to the agents they operate never approves those agents' intents.
+    let operated = ["PAYMENTS-BOT".to_owned()];
+    let none: &[String] = &[];
+    log.queue =
+        std::mem::take(&mut log.queue).with_reviewers([("dana", &operated[..]), ("alice", none)]);
+    assert_eq!(
+        log.record("i", "dana", Verdict::Approve, "", T0),
+        Err(Refusal::Proposer("dana".to_owned()))
+    );
+    assert!(log.record("i", "alice", Verdict::Approve, "", T0).is_ok());
 }
