@@ -5,7 +5,6 @@
 use riskgate_test_support as support;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -129,26 +128,11 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
 
     let (status, text) = http_get(&http, "/metrics").unwrap();
     assert_eq!(status, 200);
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_with_input(
+        Command::new("promtool").args(["check", "metrics"]),
+        text.as_bytes(),
     );
+    assert_success(&out, &format!("promtool check metrics of\n{text}\n"));
     for name in [
         "riskgate_decisions_total{outcome=\"hold\"}",
         "riskgate_rule_matches_total{rule=\"sanctioned-country\"}",
@@ -266,22 +250,13 @@ fn alert_rules_pass_their_unit_tests() {
         .current_dir(&dir)
         .output()
         .expect("promtool (Debian package `prometheus`)");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert_success(&check, "promtool check rules");
     let test = Command::new("promtool")
         .args(["test", "rules", "alerts_test.yml"])
         .current_dir(&dir)
         .output()
         .unwrap();
-    assert!(
-        test.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&test.stdout),
-        String::from_utf8_lossy(&test.stderr)
-    );
+    assert_success(&test, "promtool test rules");
     // Every alert has a test.
     let alerts = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
     let tests = std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap();
@@ -307,11 +282,7 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
         .current_dir(root())
         .output()
         .expect("docker-compose (Debian package `docker-compose`)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "docker-compose config");
     // The stack runs the Kafka version the tests run (scripts/kafka/pom.xml).
     let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
     let version = kafka_version();
@@ -510,12 +481,7 @@ fn the_compose_healthchecks_pass_under_dash_against_a_broker_and_the_services() 
     for (service, command) in &checks {
         let command = here(command, &engine_http, &review.address);
         let out = dash(&command, bin.path());
-        assert!(
-            out.status.success(),
-            "{service}: `{command}` failed under dash: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("{service}: `{command}` under dash"));
     }
     // Each fails when what it checks is not there: nothing listens on a fresh port.
     let closed = TcpListener::bind("127.0.0.1:0")

@@ -169,11 +169,7 @@ fn bounced_instances_decide_every_intent_once_as_replay_does() {
         .arg(&dlq)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "riskgate replay");
     let replayed: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()

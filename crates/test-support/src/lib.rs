@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,35 @@ pub(crate) fn tool(name: &str) -> PathBuf {
 
 pub fn python() -> PathBuf {
     tool("python")
+}
+
+/// Panics unless the command that gave `out` succeeded, with `what` it was and all it printed.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `command` with `input` on its standard input: its output, once it has exited.
+pub fn output_with_input(command: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The exit status of `child` (when there is one) if it has exited.
+pub(crate) fn exited(child: &mut Option<Child>) -> Option<ExitStatus> {
+    child.as_mut().and_then(|c| c.try_wait().ok().flatten())
 }
 
 /// Polls `f` until it returns `Some`, or gives up after `timeout` with `None`.
@@ -443,11 +472,7 @@ max_future_skew = "off"
             {
                 return e;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = exited(&mut self.child) {
                 panic!(
                     "riskgate exited ({status}) while waiting for {what}; log:\n{}",
                     self.log_text()

@@ -57,18 +57,11 @@ pub const REVIEWERS: [(&str, &str, &str); 4] = [
 
 /// `riskgate hash-secret` of `secret`: the hash a `[[review.reviewers]]` table holds.
 pub fn hash_secret(secret: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(super::riskgate_binary())
-        .arg("hash-secret")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run riskgate hash-secret");
-    let mut stdin = child.stdin.take().expect("its standard input");
-    writeln!(stdin, "{secret}").unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "riskgate hash-secret failed");
+    let out = super::output_with_input(
+        std::process::Command::new(super::riskgate_binary()).arg("hash-secret"),
+        format!("{secret}\n").as_bytes(),
+    );
+    super::assert_success(&out, "riskgate hash-secret");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
