@@ -335,6 +335,19 @@ impl Topics {
     }
 }
 
+/// Where most broker tests start: the shared broker, this test's alone while the guard lives
+/// (see [`serial`]), with fresh topics of `partitions` partitions each, named after `prefix`.
+pub fn topics_on_shared_broker(
+    prefix: &str,
+    partitions: i32,
+) -> (MutexGuard<'static, ()>, Broker, Topics) {
+    let serial = serial();
+    let broker = Broker::shared();
+    let topics = Topics::new(prefix);
+    topics.create(&broker, partitions);
+    (serial, broker, topics)
+}
+
 /// A running `riskgate run`, its log (JSON lines) kept in a file.
 pub struct Service {
     child: Option<Child>,
@@ -350,17 +363,30 @@ pub struct ServiceConfig<'a> {
     pub extra: &'a str,
 }
 
+impl<'a> ServiceConfig<'a> {
+    /// `riskgate run` on `topics` of `broker` as `transactional_id`, with the rules in `rules`
+    /// and nothing `extra`.
+    pub fn new(
+        broker: &'a Broker,
+        topics: &'a Topics,
+        transactional_id: &'a str,
+        rules: &'a Path,
+    ) -> ServiceConfig<'a> {
+        ServiceConfig {
+            broker,
+            topics,
+            transactional_id,
+            rules,
+            extra: "",
+        }
+    }
+}
+
 impl Service {
     /// `riskgate run` on `topics` of `broker` with the rules in `rules`, under a
     /// transactional id of its own (its group's name).
     pub fn on(broker: &Broker, topics: &Topics, rules: &Path) -> Service {
-        Service::start(&ServiceConfig {
-            broker,
-            topics,
-            transactional_id: &topics.group,
-            rules,
-            extra: "",
-        })
+        Service::start(&ServiceConfig::new(broker, topics, &topics.group, rules))
     }
 
     pub fn config_text(c: &ServiceConfig<'_>) -> String {
@@ -547,6 +573,12 @@ max_future_skew = "off"
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         self.signal("TERM");
         self.wait_exit(timeout)
+    }
+
+    /// SIGTERM; panics unless the service exits 0 within 30 seconds.
+    pub fn stop(&mut self) {
+        let status = self.terminate(Duration::from_secs(30));
+        assert!(status.success(), "riskgate exited with {status}");
     }
 
     /// Waits for the process to exit by itself.

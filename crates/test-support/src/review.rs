@@ -203,13 +203,12 @@ impl Stack {
         topics.create(&broker, 3);
         let rules = tempfile::tempdir().unwrap();
         std::fs::write(rules.path().join("rules.toml"), RULES).unwrap();
-        let engine = Service::start(&ServiceConfig {
-            broker: &broker,
-            topics: &topics,
-            transactional_id: &format!("{prefix}-engine"),
-            rules: rules.path(),
-            extra: "",
-        });
+        let engine = Service::start(&ServiceConfig::new(
+            &broker,
+            &topics,
+            &format!("{prefix}-engine"),
+            rules.path(),
+        ));
         Stack {
             broker,
             topics,
@@ -219,13 +218,12 @@ impl Stack {
     }
 
     fn config(&self) -> ServiceConfig<'_> {
-        ServiceConfig {
-            broker: &self.broker,
-            topics: &self.topics,
-            transactional_id: "unused-by-review",
-            rules: self.rules.path(),
-            extra: "",
-        }
+        ServiceConfig::new(
+            &self.broker,
+            &self.topics,
+            "unused-by-review",
+            self.rules.path(),
+        )
     }
 
     /// Starts a review instance and waits until it has read the decisions topic.
