@@ -98,6 +98,26 @@ fn lines(count: u64) -> Vec<(Option<i32>, String, Vec<u8>)> {
     support::generated(count, 1, 10_000, true)
 }
 
+/// A read_committed reader in `group`, assigned every partition of `topic` from its start; it
+/// commits no offsets.
+fn committed_reader(broker: &Broker, group: &str, topic: &str, partitions: i32) -> BaseConsumer {
+    let reader: BaseConsumer = broker
+        .client()
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    reader
+}
+
 /// Counts the committed output of a run as a read_committed reader sees it. (The group's
 /// committed offsets would do too, but a query for them waits while a transaction with
 /// offsets is open, which a busy copier nearly always has.)
@@ -109,22 +129,9 @@ struct Watcher {
 impl Watcher {
     /// A reader of every partition of `topic` from its start, assigned before the run starts.
     fn new(broker: &Broker, topic: &str, partitions: i32) -> Watcher {
-        let reader: BaseConsumer = broker
-            .client()
-            .set("group.id", support::unique("watcher"))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "20")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        reader.assign(&tpl).unwrap();
+        let group = support::unique("watcher");
         Watcher {
-            reader,
+            reader: committed_reader(broker, &group, topic, partitions),
             topic: topic.to_owned(),
         }
     }
@@ -167,15 +174,9 @@ fn riskgate(broker: &Broker, intents: &str, a: &Args, rules: &Path, label: &str)
     broker.create_topic(&topics.decisions, a.partitions);
     broker.create_topic(&topics.dead_letters, a.partitions);
     let watcher = Watcher::new(broker, &topics.decisions, a.partitions);
-    let mut s = Service::start(&ServiceConfig {
-        broker,
-        topics: &topics,
-        transactional_id: &topics.group,
-        rules,
-        extra: "",
-    });
+    let mut s = Service::start(&ServiceConfig::new(broker, &topics, &topics.group, rules));
     let rate = watcher.time(a.intents);
-    assert!(s.terminate(Duration::from_secs(30)).success());
+    s.stop();
     rate
 }
 
@@ -223,27 +224,9 @@ fn now_ns() -> i64 {
 fn latency(broker: &Broker, a: &Args, rules: &Path) {
     let topics = Topics::new("latency");
     topics.create(broker, a.partitions);
-    let mut s = Service::start(&ServiceConfig {
-        broker,
-        topics: &topics,
-        transactional_id: "latency",
-        rules,
-        extra: "",
-    });
+    let mut s = Service::start(&ServiceConfig::new(broker, &topics, "latency", rules));
     s.wait_ready();
-    let reader: BaseConsumer = broker
-        .client()
-        .set("group.id", "latency-reader")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..a.partitions {
-        tpl.add_partition_offset(&topics.decisions, p, Offset::Beginning)
-            .unwrap();
-    }
-    reader.assign(&tpl).unwrap();
+    let reader = committed_reader(broker, "latency-reader", &topics.decisions, a.partitions);
     let producer: BaseProducer = broker.client().set("linger.ms", "5").create().unwrap();
     let total = a.rate * a.seconds;
     let template = lines(total);
@@ -285,7 +268,7 @@ fn latency(broker: &Broker, a: &Args, rules: &Path) {
             "decisions stopped arriving"
         );
     }
-    assert!(s.terminate(Duration::from_secs(30)).success());
+    s.stop();
     if let Ok(keep) = std::env::var("RISKGATE_KEEP_LOG") {
         std::fs::copy(&s.log, keep).unwrap();
     }

@@ -181,11 +181,18 @@ fn replay_writes_to_files() {
     assert_eq!(letter["error"]["kind"], "invalid_json");
 }
 
+/// Asserts that `riskgate ARGS` prints each of `words`.
+fn assert_prints(args: &[&str], words: &[&str]) {
+    let out = riskgate().args(args).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for word in words {
+        assert!(text.contains(word), "{word} missing from:\n{text}");
+    }
+}
+
 #[test]
 fn help_documents_every_flag() {
-    let out = riskgate().args(["replay", "--help"]).output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    for flag in [
+    let flags = [
         "--rules",
         "--input",
         "--output",
@@ -196,12 +203,9 @@ fn help_documents_every_flag() {
         "--partition-key",
         "--quiet",
         "--fail-on-dead-letters",
-    ] {
-        assert!(text.contains(flag), "{flag} missing from:\n{text}");
-    }
-    let out = riskgate().arg("--help").output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    for command in [
+    ];
+    assert_prints(&["replay", "--help"], &flags);
+    let commands = [
         "check",
         "test",
         "replay",
@@ -210,9 +214,8 @@ fn help_documents_every_flag() {
         "probe",
         "hash-secret",
         "config",
-    ] {
-        assert!(text.contains(command), "{command} missing from:\n{text}");
-    }
+    ];
+    assert_prints(&["--help"], &commands);
 }
 
 /// `riskgate ARGS` with `input` on standard input: its output.

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use riskgate_test_support::assert_success;
 use serde_json::Value;
 
 fn riskgate() -> Command {
@@ -87,11 +88,7 @@ fn golden_replays() {
             .arg(dlq.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &name);
         let decisions = json_lines(&String::from_utf8(out.stdout).unwrap());
         let letters = json_lines(&std::fs::read_to_string(dlq.path()).unwrap());
         for (what, actual, file) in [

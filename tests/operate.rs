@@ -5,7 +5,6 @@
 use riskgate_test_support as support;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -110,10 +109,7 @@ impl Drop for Prometheus {
     ignore = "needs a Kafka broker and Prometheus: scripts/test runs it"
 )]
 fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("metrics");
-    topics.create(&broker, 2);
+    let (_serial, broker, topics) = topics_on_shared_broker("metrics", 2);
     // Two partitions keyed by account: the sample rules' account counters and policy (their
     // agent counters need one partition, and the service would refuse them here).
     let rules = account_rules();
@@ -129,26 +125,11 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
 
     let (status, text) = http_get(&http, "/metrics").unwrap();
     assert_eq!(status, 200);
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_with_input(
+        Command::new("promtool").args(["check", "metrics"]),
+        text.as_bytes(),
     );
+    assert_success(&out, &format!("promtool check metrics of\n{text}\n"));
     for name in [
         "riskgate_decisions_total{outcome=\"hold\"}",
         "riskgate_rule_matches_total{rule=\"sanctioned-country\"}",
@@ -189,7 +170,7 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
         .query("sum(riskgate_invalid_intents_total)")
         .unwrap();
     assert_eq!(invalid as usize, 600 - decided);
-    assert!(s.terminate(Duration::from_secs(30)).success());
+    s.stop();
 }
 
 #[test]
@@ -198,18 +179,9 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_the_decisions() {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn readyz_is_false_while_restoring_and_healthz_stays_true() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("ready");
-    topics.create(&broker, 1);
+    let (_serial, broker, topics) = topics_on_shared_broker("ready", 1);
     let rules = root().join("rules");
-    let config = ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "ready-a",
-        rules: &rules,
-        extra: "",
-    };
+    let config = ServiceConfig::new(&broker, &topics, "ready-a", &rules);
     // A first run leaves many decisions, so that the second run's restore takes a while.
     let mut first = Service::start(&config);
     first.wait_ready();
@@ -219,7 +191,7 @@ fn readyz_is_false_while_restoring_and_healthz_stays_true() {
             broker.read_all(&topics.decisions).len() + broker.read_all(&topics.dead_letters).len();
         (n == 60_000).then_some(())
     });
-    assert!(first.terminate(Duration::from_secs(30)).success());
+    first.stop();
 
     let mut second = Service::start(&config);
     let http = second.http_address();
@@ -251,7 +223,7 @@ fn readyz_is_false_while_restoring_and_healthz_stays_true() {
     );
     let (health, _) = http_get(&http, "/healthz").unwrap();
     assert_eq!(health, 200);
-    assert!(second.terminate(Duration::from_secs(30)).success());
+    second.stop();
 }
 
 #[test]
@@ -266,22 +238,13 @@ fn alert_rules_pass_their_unit_tests() {
         .current_dir(&dir)
         .output()
         .expect("promtool (Debian package `prometheus`)");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert_success(&check, "promtool check rules");
     let test = Command::new("promtool")
         .args(["test", "rules", "alerts_test.yml"])
         .current_dir(&dir)
         .output()
         .unwrap();
-    assert!(
-        test.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&test.stdout),
-        String::from_utf8_lossy(&test.stderr)
-    );
+    assert_success(&test, "promtool test rules");
     // Every alert has a test.
     let alerts = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
     let tests = std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap();
@@ -307,13 +270,9 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
         .current_dir(root())
         .output()
         .expect("docker-compose (Debian package `docker-compose`)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "docker-compose config");
     // The stack runs the Kafka version the tests run (scripts/kafka/pom.xml).
-    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    let compose = compose_file();
     let version = kafka_version();
     let images: Vec<&str> = compose
         .lines()
@@ -421,6 +380,11 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
     }
 }
 
+/// The stack's docker-compose.yml.
+fn compose_file() -> String {
+    std::fs::read_to_string(root().join("docker-compose.yml")).unwrap()
+}
+
 /// The `CMD-SHELL` healthcheck command of each service of docker-compose.yml, by service.
 fn compose_healthchecks(compose: &str) -> Vec<(String, String)> {
     let mut service = String::new();
@@ -498,9 +462,7 @@ fn dash(command: &str, bin: &Path) -> std::process::Output {
     ignore = "needs a Kafka broker and dash: scripts/test runs it"
 )]
 fn the_compose_healthchecks_pass_under_dash_against_a_broker_and_the_services() {
-    let _serial = serial();
-    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
-    let checks = compose_healthchecks(&compose);
+    let checks = compose_healthchecks(&compose_file());
     let services: Vec<&str> = checks.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(services, ["kafka", "riskgate", "review"]);
     for (service, command) in &checks {
@@ -509,6 +471,8 @@ fn the_compose_healthchecks_pass_under_dash_against_a_broker_and_the_services() 
             "{service}: `{command}` needs bash, but the image's /bin/sh is dash"
         );
     }
+    // The broker, this test's alone, from here on: the checks above read files only.
+    let _serial = serial();
     let bin = kafka_bin();
     let mut stack = support::review::Stack::start("health");
     let engine_http = stack.engine.http_address();
@@ -524,12 +488,7 @@ fn the_compose_healthchecks_pass_under_dash_against_a_broker_and_the_services() 
     for (service, command) in &checks {
         let command = here(command, &engine_http, &review.address);
         let out = dash(&command, bin.path());
-        assert!(
-            out.status.success(),
-            "{service}: `{command}` failed under dash: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("{service}: `{command}` under dash"));
     }
     // Each fails when what it checks is not there: nothing listens on a fresh port.
     let closed = TcpListener::bind("127.0.0.1:0")
@@ -553,13 +512,9 @@ fn the_compose_healthchecks_pass_under_dash_against_a_broker_and_the_services() 
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn the_compose_demo_producer_sends_fresh_intents_keyed_by_account() {
-    let _serial = serial();
-    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    let (_serial, broker, topics) = topics_on_shared_broker("demo", 1);
     let bin = kafka_bin();
-    let broker = Broker::shared();
-    let topics = Topics::new("demo");
-    topics.create(&broker, 1);
-    let script = compose_producer_script(&compose)
+    let script = compose_producer_script(&compose_file())
         .replace("/opt/kafka/bin/", &format!("{}/", bin.path().display()))
         .replace("kafka:9092", &broker.address)
         .replace("--topic intents", &format!("--topic {}", topics.intents))

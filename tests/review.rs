@@ -793,13 +793,7 @@ fn during_a_broker_outage_review_is_not_ready_fails_fast_and_logs_little() {
     topics.create(&broker, 1);
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(rules.path().join("rules.toml"), RULES).unwrap();
-    let config = ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: &topics.group,
-        rules: rules.path(),
-        extra: "",
-    };
+    let config = ServiceConfig::new(&broker, &topics, &topics.group, rules.path());
     let mut engine = Service::start(&config);
     engine.wait_ready();
     let mut service = Service::review(&config, &review_section(""));

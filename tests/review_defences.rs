@@ -345,13 +345,12 @@ fn hosts_metrics_and_log_lines_are_kept_apart() {
     let _g = serial();
     let stack = Stack::start("review-apart");
     // Text logs, as people read them; /metrics on its own port; one allowed host name.
-    let config = support::ServiceConfig {
-        broker: &stack.broker,
-        topics: &stack.topics,
-        transactional_id: "unused-by-review",
-        rules: stack.rules.path(),
-        extra: "",
-    };
+    let config = support::ServiceConfig::new(
+        &stack.broker,
+        &stack.topics,
+        "unused-by-review",
+        stack.rules.path(),
+    );
     let text = format!(
         "{}\n{}",
         Service::config_text(&config),

@@ -27,10 +27,7 @@ use support::generated as intents;
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn ten_thousand_intents_over_three_partitions_are_decided_exactly_once() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("ten-k");
-    topics.create(&broker, 3);
+    let (_serial, broker, topics) = topics_on_shared_broker("ten-k", 3);
     let input = intents(10_000, 7, 200, false);
     broker.produce(&topics.intents, &input);
 
@@ -56,7 +53,7 @@ fn ten_thousand_intents_over_three_partitions_are_decided_exactly_once() {
             .map(Some)
             .collect::<Vec<_>>()
     );
-    assert!(service.terminate(Duration::from_secs(30)).success());
+    service.stop();
 }
 
 #[test]
@@ -79,23 +76,14 @@ fn crashes_do_not_change_decisions() {
     let account_rules = account_rules();
     let rules = account_rules.path().to_owned();
 
-    let mut reference = Service::start(&ServiceConfig {
-        broker: &broker,
-        topics: &clean,
-        transactional_id: "clean-a",
-        rules: &rules,
-        extra: "",
-    });
+    let mut reference = Service::start(&ServiceConfig::new(&broker, &clean, "clean-a", &rules));
     wait_all_committed(&broker, &clean, 3, Duration::from_secs(120));
-    assert!(reference.terminate(Duration::from_secs(30)).success());
+    reference.stop();
 
     // Small transactions, so that each kill lands with work in flight.
     let config = ServiceConfig {
-        broker: &broker,
-        topics: &crashed,
-        transactional_id: "crashed-a",
-        rules: &rules,
         extra: "commit_max_records = 500",
+        ..ServiceConfig::new(&broker, &crashed, "crashed-a", &rules)
     };
     let seed = Utc::now().timestamp_subsec_nanos() as u64 | 1;
     eprintln!("kill points seed: {seed}");
@@ -123,7 +111,7 @@ fn crashes_do_not_change_decisions() {
     assert_eq!(kills, 3);
     let mut last = Service::start(&config);
     wait_all_committed(&broker, &crashed, 3, Duration::from_secs(120));
-    assert!(last.terminate(Duration::from_secs(30)).success());
+    last.stop();
 
     // Every intent has a decision, all decisions for one intent agree, and deduplicated
     // they equal the uninterrupted run's.
@@ -154,10 +142,7 @@ fn crashes_do_not_change_decisions() {
 
 /// A ruleset with one velocity limit: the third transfer of an account within an hour is
 /// held.
-fn velocity_rules(dir: &Path) {
-    std::fs::write(
-        dir.join("velocity.toml"),
-        r#"
+const VELOCITY_RULES: &str = r#"
 [[counter]]
 id = "transfers_1h"
 key = ["account_id"]
@@ -169,9 +154,13 @@ id = "velocity"
 when = "counters.transfers_1h >= 2"
 action = "hold"
 message = "{counters.transfers_1h} transfers in the last hour"
-"#,
-    )
-    .unwrap();
+"#;
+
+/// A rules directory holding [`VELOCITY_RULES`].
+fn velocity_rules() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("velocity.toml"), VELOCITY_RULES).unwrap();
+    dir
 }
 
 fn transfer(n: u32, account: &str) -> (Option<i32>, String, Vec<u8>) {
@@ -203,19 +192,9 @@ fn decision_on(broker: &Broker, topics: &Topics, n: u32) -> serde_json::Value {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn a_limit_is_not_reset_by_a_restart_or_a_move() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("limit");
-    topics.create(&broker, 1);
-    let rules = tempfile::tempdir().unwrap();
-    velocity_rules(rules.path());
-    let config = |tid| ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: tid,
-        rules: rules.path(),
-        extra: "",
-    };
+    let (_serial, broker, topics) = topics_on_shared_broker("limit", 1);
+    let rules = velocity_rules();
+    let config = |tid| ServiceConfig::new(&broker, &topics, tid, rules.path());
 
     let mut a = Service::start(&config("limit-a"));
     a.wait_ready();
@@ -241,7 +220,7 @@ fn a_limit_is_not_reset_by_a_restart_or_a_move() {
     // A second instance joins; the first leaves; the partition moves with its state.
     let mut b = Service::start(&config("limit-b"));
     b.wait_event("partitions assigned", Duration::from_secs(60), |_| true);
-    assert!(a.terminate(Duration::from_secs(30)).success());
+    a.stop();
     b.wait_event("state restored", Duration::from_secs(60), |e| {
         e["partition"] == 0 && e["decisions"] == 4
     });
@@ -252,7 +231,7 @@ fn a_limit_is_not_reset_by_a_restart_or_a_move() {
     // Another account is not affected.
     broker.produce(&topics.intents, &[transfer(6, "acct-2")]);
     assert_eq!(decision_on(&broker, &topics, 6)["decision"], "allow");
-    assert!(b.terminate(Duration::from_secs(30)).success());
+    b.stop();
 }
 
 /// The partitions of the latest assignment logged by `s`.
@@ -282,19 +261,10 @@ fn latest_assignment(s: &Service) -> Option<Vec<i64>> {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn two_instances_split_the_partitions_and_one_takes_over() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("pair");
-    topics.create(&broker, 4);
+    let (_serial, broker, topics) = topics_on_shared_broker("pair", 4);
     let account_rules = account_rules();
     let rules = account_rules.path().to_owned();
-    let config = |tid| ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: tid,
-        rules: &rules,
-        extra: "",
-    };
+    let config = |tid| ServiceConfig::new(&broker, &topics, tid, &rules);
     let mut a = Service::start(&config("pair-a"));
     a.wait_ready();
     let mut b = Service::start(&config("pair-b"));
@@ -316,13 +286,13 @@ fn two_instances_split_the_partitions_and_one_takes_over() {
     wait_all_committed(&broker, &topics, 4, Duration::from_secs(60));
 
     // One stops; the other takes over every partition, with its state.
-    assert!(a.terminate(Duration::from_secs(30)).success());
+    a.stop();
     wait_for("b to hold every partition", Duration::from_secs(60), || {
         (latest_assignment(&b)?.len() == 4).then_some(())
     });
     broker.produce(&topics.intents, &input[1_500..]);
     wait_all_committed(&broker, &topics, 4, Duration::from_secs(60));
-    assert!(b.terminate(Duration::from_secs(30)).success());
+    b.stop();
     // The decisions after the move equal those of one engine that saw everything.
     check_against_oracle(&broker, &topics, &rules, false);
 }
@@ -333,18 +303,9 @@ fn two_instances_split_the_partitions_and_one_takes_over() {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn sigterm_drains_and_a_broken_reload_keeps_the_running_rules() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("reload");
-    topics.create(&broker, 2);
-    let rules = tempfile::tempdir().unwrap();
-    let account_rules = account_rules();
-    for entry in std::fs::read_dir(account_rules.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|x| x == "toml") {
-            std::fs::copy(&path, rules.path().join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    let (_serial, broker, topics) = topics_on_shared_broker("reload", 2);
+    // A directory of its own, which the test changes.
+    let rules = account_rules();
     let old_version = Ruleset::load_dir(rules.path()).unwrap().version.to_string();
     let mut s = Service::on(&broker, &topics, rules.path());
     s.wait_ready();
@@ -492,19 +453,10 @@ fn too_few_decision_partitions_is_refused_at_start() {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn a_zombie_with_the_same_transactional_id_is_fenced_and_stops() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("zombie");
-    topics.create(&broker, 2);
+    let (_serial, broker, topics) = topics_on_shared_broker("zombie", 2);
     let account_rules = account_rules();
     let rules = account_rules.path().to_owned();
-    let config = ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "zombie-a",
-        rules: &rules,
-        extra: "",
-    };
+    let config = ServiceConfig::new(&broker, &topics, "zombie-a", &rules);
     let mut old = Service::start(&config);
     old.wait_ready();
     broker.produce(&topics.intents, &intents(200, 8, 10, false));
@@ -523,7 +475,7 @@ fn a_zombie_with_the_same_transactional_id_is_fenced_and_stops() {
     // The new incarnation decides everything, exactly once.
     wait_all_committed(&broker, &topics, 2, Duration::from_secs(90));
     check_against_oracle(&broker, &topics, &rules, true);
-    assert!(new.terminate(Duration::from_secs(30)).success());
+    new.stop();
 }
 
 #[test]
@@ -538,11 +490,8 @@ fn missing_topics_are_refused_unless_creation_is_configured() {
     let account_rules = account_rules();
     let rules = account_rules.path().to_owned();
     let config = |extra| ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: "fresh-a",
-        rules: &rules,
         extra,
+        ..ServiceConfig::new(&broker, &topics, "fresh-a", &rules)
     };
     let mut refused = Service::start(&config(""));
     let status = refused.wait_exit(Duration::from_secs(60));
@@ -559,7 +508,7 @@ fn missing_topics_are_refused_unless_creation_is_configured() {
     broker.produce(&topics.intents, &intents(100, 4, 10, false));
     wait_all_committed(&broker, &topics, 4, Duration::from_secs(60));
     check_against_oracle(&broker, &topics, &rules, false);
-    assert!(created.terminate(Duration::from_secs(30)).success());
+    created.stop();
 }
 
 #[test]
@@ -568,11 +517,8 @@ fn missing_topics_are_refused_unless_creation_is_configured() {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn another_client_produces_intents_and_reads_decisions() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("wire");
     // One partition: the sample rules' agent counters are exact on it.
-    topics.create(&broker, 1);
+    let (_serial, broker, topics) = topics_on_shared_broker("wire", 1);
     let rules = sample_rules();
     let mut s = Service::on(&broker, &topics, &rules);
     s.wait_ready();
@@ -587,11 +533,10 @@ fn another_client_produces_intents_and_reads_decisions() {
         ])
         .output()
         .unwrap();
+    assert_success(&out, "tests/wire_format.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("wire format ok"), "{stdout}");
-    assert!(s.terminate(Duration::from_secs(30)).success());
+    s.stop();
 }
 
 #[test]
@@ -600,10 +545,7 @@ fn another_client_produces_intents_and_reads_decisions() {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn the_sample_rules_on_three_partitions_are_refused_with_the_ways_out() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("split");
-    topics.create(&broker, 3);
+    let (_serial, broker, topics) = topics_on_shared_broker("split", 3);
     let rules = sample_rules();
     let mut s = Service::on(&broker, &topics, &rules);
     let status = s.wait_exit(Duration::from_secs(60));
@@ -630,8 +572,8 @@ fn the_sample_rules_on_three_partitions_are_refused_with_the_ways_out() {
         .arg(&rules)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("counter `agent_actions_10m` has key [agent_id]"),
         "{stderr}"
@@ -650,12 +592,8 @@ fn metric(text: &str, series: &str) -> Option<f64> {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn records_keyed_otherwise_than_their_account_are_denied_as_misrouted() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("misrouted");
-    topics.create(&broker, 1);
-    let rules = tempfile::tempdir().unwrap();
-    velocity_rules(rules.path());
+    let (_serial, broker, topics) = topics_on_shared_broker("misrouted", 1);
+    let rules = velocity_rules();
     let mut s = Service::on(&broker, &topics, rules.path());
     let http = s.http_address();
     s.wait_ready();
@@ -694,7 +632,7 @@ fn records_keyed_otherwise_than_their_account_are_denied_as_misrouted() {
         Some(2.0),
         "{text}"
     );
-    assert!(s.terminate(Duration::from_secs(30)).success());
+    s.stop();
 }
 
 #[test]
@@ -704,12 +642,8 @@ fn records_keyed_otherwise_than_their_account_are_denied_as_misrouted() {
 )]
 fn huge_and_broken_records_never_stall_a_partition() {
     use sha2_hex::hex_sha256;
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("huge");
-    topics.create(&broker, 1);
-    let rules = tempfile::tempdir().unwrap();
-    velocity_rules(rules.path());
+    let (_serial, broker, topics) = topics_on_shared_broker("huge", 1);
+    let rules = velocity_rules();
     let mut s = Service::on(&broker, &topics, rules.path());
     s.wait_ready();
     // 900 KB that is not UTF-8; a 700 KB JSON intent; the largest record this producer sends.
@@ -781,7 +715,7 @@ fn huge_and_broken_records_never_stall_a_partition() {
         assert_eq!(v["payload_sha256"], hex_sha256(payload).as_str());
         assert_eq!(v["payload_truncated"], true);
     }
-    assert!(s.terminate(Duration::from_secs(30)).success());
+    s.stop();
 }
 
 #[test]
@@ -885,22 +819,13 @@ fn a_record_the_broker_refuses_holds_up_its_partition_only_then_goes_on() {
         metric(&text, "riskgate_unproducible_offset{partition=\"0\"}"),
         None
     );
-    assert!(s.terminate(Duration::from_secs(30)).success());
+    s.stop();
 }
 
 mod sha2_hex {
     /// The SHA-256 of `bytes` in hex, computed here independently of riskgate's code.
     pub fn hex_sha256(bytes: &[u8]) -> String {
-        let out = std::process::Command::new("sha256sum")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(bytes)?;
-                child.wait_with_output()
-            })
-            .unwrap();
+        let out = super::output_with_input(&mut std::process::Command::new("sha256sum"), bytes);
         String::from_utf8(out.stdout).unwrap()[..64].to_owned()
     }
 }
@@ -911,10 +836,7 @@ mod sha2_hex {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn the_example_configuration_starts_without_a_warning() {
-    let _serial = serial();
-    let broker = Broker::shared();
-    let topics = Topics::new("example");
-    topics.create(&broker, 1);
+    let (_serial, broker, topics) = topics_on_shared_broker("example", 1);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("riskgate.example.toml")).unwrap();
     // The example as it is, on this test's broker, topics and ports.
@@ -953,7 +875,7 @@ fn the_example_configuration_starts_without_a_warning() {
         .filter(|e| matches!(e["level"].as_str(), Some("WARN" | "ERROR")))
         .collect();
     assert!(loud.is_empty(), "warnings at start: {loud:#?}");
-    assert!(s.terminate(Duration::from_secs(30)).success());
+    s.stop();
 }
 
 #[test]

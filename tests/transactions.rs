@@ -87,12 +87,9 @@ fn bounced_instances_decide_every_intent_once_as_replay_does() {
     broker.produce(&topics.intents, &input);
     let rules = account_rules();
     let config = |tid| ServiceConfig {
-        broker: &broker,
-        topics: &topics,
-        transactional_id: tid,
-        rules: rules.path(),
         // Small transactions, so that a bounce lands with work in flight.
         extra: "commit_max_records = 400",
+        ..ServiceConfig::new(&broker, &topics, tid, rules.path())
     };
 
     let ids = ["txn-a", "txn-b"];
@@ -169,11 +166,7 @@ fn bounced_instances_decide_every_intent_once_as_replay_does() {
         .arg(&dlq)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "riskgate replay");
     let replayed: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()

@@ -150,11 +150,17 @@ pub struct RecordProduced {
     pub aborts: u32,
 }
 
+/// Removes `partition`'s `riskgate_unproducible_offset` series: no refused intent holds it up
+/// here any more.
+fn clear_unproducible(partition: i32) {
+    let _ = metrics()
+        .unproducible_offset
+        .remove_label_values(&[&partition.to_string()]);
+}
+
 impl Emit for RecordProduced {
     fn emit(&self) {
-        let _ = metrics()
-            .unproducible_offset
-            .remove_label_values(&[&self.partition.to_string()]);
+        clear_unproducible(self.partition);
         tracing::info!(
             partition = self.partition,
             offset = self.offset,
@@ -171,9 +177,7 @@ pub struct UnproducibleDropped {
 
 impl Emit for UnproducibleDropped {
     fn emit(&self) {
-        let _ = metrics()
-            .unproducible_offset
-            .remove_label_values(&[&self.partition.to_string()]);
+        clear_unproducible(self.partition);
     }
 }
 

@@ -74,30 +74,11 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok::<_, prometheus::Error>(c)
         };
-        let consumer_lag = IntGaugeVec::new(
-            Opts::new(
-                "riskgate_consumer_lag",
-                "Intents not yet consumed, per assigned partition of the intents topic (from librdkafka statistics)",
-            ),
-            &["partition"],
-        )?;
-        registry.register(Box::new(consumer_lag.clone()))?;
-        let unproducible_offset = IntGaugeVec::new(
-            Opts::new(
-                "riskgate_unproducible_offset",
-                "Offset of the intent whose decision or dead letter the broker keeps refusing, per intents partition; present only while the partition is held up by it",
-            ),
-            &["partition"],
-        )?;
-        registry.register(Box::new(unproducible_offset.clone()))?;
-        let ruleset_info = IntGaugeVec::new(
-            Opts::new(
-                "riskgate_ruleset_info",
-                "The ruleset deciding now: 1 for its version",
-            ),
-            &["version"],
-        )?;
-        registry.register(Box::new(ruleset_info.clone()))?;
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
         Ok(Metrics {
             decisions: counter_vec(
                 "riskgate_decisions_total",
@@ -144,8 +125,16 @@ impl Metrics {
                 "From the intent's Kafka timestamp to its decision being produced",
                 &LATENCY_BUCKETS,
             )?,
-            consumer_lag,
-            unproducible_offset,
+            consumer_lag: gauge_vec(
+                "riskgate_consumer_lag",
+                "Intents not yet consumed, per assigned partition of the intents topic (from librdkafka statistics)",
+                &["partition"],
+            )?,
+            unproducible_offset: gauge_vec(
+                "riskgate_unproducible_offset",
+                "Offset of the intent whose decision or dead letter the broker keeps refusing, per intents partition; present only while the partition is held up by it",
+                &["partition"],
+            )?,
             transactions: counter_vec(
                 "riskgate_transactions_total",
                 "Kafka transactions, by result (commit or abort)",
@@ -165,7 +154,11 @@ impl Metrics {
                 "riskgate_state_restored_decisions_total",
                 "Decisions applied while restoring partition state",
             )?,
-            ruleset_info,
+            ruleset_info: gauge_vec(
+                "riskgate_ruleset_info",
+                "The ruleset deciding now: 1 for its version",
+                &["version"],
+            )?,
             ruleset_reloads: {
                 let c = counter_vec(
                     "riskgate_ruleset_reloads_total",

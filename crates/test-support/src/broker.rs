@@ -22,9 +22,28 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaResult;
 use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 
-use super::{tool, tools, wait_for};
+use super::{exited, tool, tools, wait_for};
+
+/// Waits for the answers to an admin request; panics, saying what it could not `verb`, unless
+/// every part of it succeeded.
+fn wait_admin<R, T: std::fmt::Debug>(
+    verb: &str,
+    request: impl std::future::Future<Output = KafkaResult<Vec<Result<R, (T, RDKafkaErrorCode)>>>>,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for result in rt.block_on(request).unwrap() {
+        if let Err((what, e)) = result {
+            panic!("cannot {verb} {what:?}: {e}");
+        }
+    }
+}
 
 /// A broker's (or a cluster's) bootstrap address, and how to make clients for it.
 #[derive(Debug, Clone)]
@@ -108,6 +127,10 @@ impl Broker {
         c
     }
 
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        self.client().create().unwrap()
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32) {
         self.create_topic_with(name, partitions, 1, &[]);
     }
@@ -122,21 +145,15 @@ impl Broker {
         replicas: i32,
         configs: &[(&str, &str)],
     ) {
-        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let admin = self.admin();
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas));
         for (k, v) in configs {
             topic = topic.set(k, v);
         }
-        let result = rt
-            .block_on(admin.create_topics([&topic], &AdminOptions::new()))
-            .unwrap();
-        for r in result {
-            r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
-        }
+        wait_admin(
+            "create",
+            admin.create_topics([&topic], &AdminOptions::new()),
+        );
         let probe: BaseProducer = self.client().create().unwrap();
         wait_for("the topic to appear", Duration::from_secs(30), || {
             let md = probe
@@ -154,21 +171,12 @@ impl Broker {
     /// Kafka's AlterConfigs: a config not given goes back to its default).
     pub fn alter_topic(&self, name: &str, configs: &[(&str, &str)]) {
         use rdkafka::admin::{AlterConfig, ResourceSpecifier};
-        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let admin = self.admin();
         let mut alter = AlterConfig::new(ResourceSpecifier::Topic(name));
         for (k, v) in configs {
             alter = alter.set(k, v);
         }
-        let result = rt
-            .block_on(admin.alter_configs([&alter], &AdminOptions::new()))
-            .unwrap();
-        for r in result {
-            r.unwrap_or_else(|(t, e)| panic!("cannot alter {t:?}: {e}"));
-        }
+        wait_admin("alter", admin.alter_configs([&alter], &AdminOptions::new()));
     }
 
     /// How many partitions `topic` has (0 when it does not exist).
@@ -338,11 +346,7 @@ impl KafkaNode {
         let what = format!("Kafka node {} to listen on {address}", self.id);
         let deadline = Instant::now() + Duration::from_secs(90);
         while TcpStream::connect(&address).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = exited(&mut self.child) {
                 panic!(
                     "Kafka node {} exited ({status}) before listening; its output:\n{}",
                     self.id,

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,35 @@ pub(crate) fn tool(name: &str) -> PathBuf {
 
 pub fn python() -> PathBuf {
     tool("python")
+}
+
+/// Panics unless the command that gave `out` succeeded, with `what` it was and all it printed.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `command` with `input` on its standard input: its output, once it has exited.
+pub fn output_with_input(command: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The exit status of `child` (when there is one) if it has exited.
+pub(crate) fn exited(child: &mut Option<Child>) -> Option<ExitStatus> {
+    child.as_mut().and_then(|c| c.try_wait().ok().flatten())
 }
 
 /// Polls `f` until it returns `Some`, or gives up after `timeout` with `None`.
@@ -317,6 +346,19 @@ impl Topics {
     }
 }
 
+/// Where most broker tests start: the shared broker, this test's alone while the guard lives
+/// (see [`serial`]), with fresh topics of `partitions` partitions each, named after `prefix`.
+pub fn topics_on_shared_broker(
+    prefix: &str,
+    partitions: i32,
+) -> (MutexGuard<'static, ()>, Broker, Topics) {
+    let serial = serial();
+    let broker = Broker::shared();
+    let topics = Topics::new(prefix);
+    topics.create(&broker, partitions);
+    (serial, broker, topics)
+}
+
 /// A running `riskgate run`, its log (JSON lines) kept in a file.
 pub struct Service {
     child: Option<Child>,
@@ -358,17 +400,30 @@ pub fn integrity_key(group: &str) -> PathBuf {
     path
 }
 
+impl<'a> ServiceConfig<'a> {
+    /// `riskgate run` on `topics` of `broker` as `transactional_id`, with the rules in `rules`
+    /// and nothing `extra`.
+    pub fn new(
+        broker: &'a Broker,
+        topics: &'a Topics,
+        transactional_id: &'a str,
+        rules: &'a Path,
+    ) -> ServiceConfig<'a> {
+        ServiceConfig {
+            broker,
+            topics,
+            transactional_id,
+            rules,
+            extra: "",
+        }
+    }
+}
+
 impl Service {
     /// `riskgate run` on `topics` of `broker` with the rules in `rules`, under a
     /// transactional id of its own (its group's name).
     pub fn on(broker: &Broker, topics: &Topics, rules: &Path) -> Service {
-        Service::start(&ServiceConfig {
-            broker,
-            topics,
-            transactional_id: &topics.group,
-            rules,
-            extra: "",
-        })
+        Service::start(&ServiceConfig::new(broker, topics, &topics.group, rules))
     }
 
     pub fn config_text(c: &ServiceConfig<'_>) -> String {
@@ -490,11 +545,7 @@ require = true
             {
                 return e;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = exited(&mut self.child) {
                 panic!(
                     "riskgate exited ({status}) while waiting for {what}; log:\n{}",
                     self.log_text()
@@ -569,6 +620,12 @@ require = true
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         self.signal("TERM");
         self.wait_exit(timeout)
+    }
+
+    /// SIGTERM; panics unless the service exits 0 within 30 seconds.
+    pub fn stop(&mut self) {
+        let status = self.terminate(Duration::from_secs(30));
+        assert!(status.success(), "riskgate exited with {status}");
     }
 
     /// Waits for the process to exit by itself.

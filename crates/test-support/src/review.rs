@@ -57,18 +57,11 @@ pub const REVIEWERS: [(&str, &str, &str); 4] = [
 
 /// `riskgate hash-secret` of `secret`: the hash a `[[review.reviewers]]` table holds.
 pub fn hash_secret(secret: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(super::riskgate_binary())
-        .arg("hash-secret")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run riskgate hash-secret");
-    let mut stdin = child.stdin.take().expect("its standard input");
-    writeln!(stdin, "{secret}").unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "riskgate hash-secret failed");
+    let out = super::output_with_input(
+        std::process::Command::new(super::riskgate_binary()).arg("hash-secret"),
+        format!("{secret}\n").as_bytes(),
+    );
+    super::assert_success(&out, "riskgate hash-secret");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -210,13 +203,12 @@ impl Stack {
         topics.create(&broker, 3);
         let rules = tempfile::tempdir().unwrap();
         std::fs::write(rules.path().join("rules.toml"), RULES).unwrap();
-        let engine = Service::start(&ServiceConfig {
-            broker: &broker,
-            topics: &topics,
-            transactional_id: &format!("{prefix}-engine"),
-            rules: rules.path(),
-            extra: "",
-        });
+        let engine = Service::start(&ServiceConfig::new(
+            &broker,
+            &topics,
+            &format!("{prefix}-engine"),
+            rules.path(),
+        ));
         Stack {
             broker,
             topics,
@@ -226,13 +218,12 @@ impl Stack {
     }
 
     fn config(&self) -> ServiceConfig<'_> {
-        ServiceConfig {
-            broker: &self.broker,
-            topics: &self.topics,
-            transactional_id: "unused-by-review",
-            rules: self.rules.path(),
-            extra: "",
-        }
+        ServiceConfig::new(
+            &self.broker,
+            &self.topics,
+            "unused-by-review",
+            self.rules.path(),
+        )
     }
 
     /// Starts a review instance and waits until it has read the decisions topic.

@@ -100,6 +100,11 @@ impl Log {
         self.push(&payload)
     }
 
+    /// [`Log::decide`] of a transfer of 20,000 (a hold) by `agent`, dated `now`.
+    fn hold(&mut self, e: &mut Engine, id: &str, agent: &str, now: &str) -> Applied {
+        self.decide(e, id, agent, "transfer", "20000", now)
+    }
+
     fn push(&mut self, payload: &[u8]) -> Applied {
         self.push_keyed("acct-1", payload)
     }
@@ -160,6 +165,25 @@ fn ask(
     now: DateTime<Utc>,
 ) -> Result<ReviewRecord, Refusal> {
     q.review(id, seen, who, role, verdict, comment, now)
+}
+
+/// Alice, an approver, approves `id` (as seen at `seen`) without a comment.
+fn alice_approves(
+    q: &Queue,
+    id: &HoldId,
+    seen: Option<(i32, i64)>,
+    now: DateTime<Utc>,
+) -> Result<ReviewRecord, Refusal> {
+    ask(
+        q,
+        id,
+        seen,
+        "alice",
+        Role::Approver,
+        Verdict::Approve,
+        "",
+        now,
+    )
 }
 
 #[test]
@@ -333,16 +357,7 @@ fn refusals_say_who_and_why() {
         Err(Refusal::Proposer("procurement-bot".to_owned()))
     );
     assert_eq!(
-        ask(
-            q,
-            &held("nope"),
-            None,
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            now
-        ),
+        alice_approves(q, &held("nope"), None, now),
         Err(Refusal::NotPending(held("nope")))
     );
     assert_eq!(
@@ -359,17 +374,7 @@ fn refusals_say_who_and_why() {
         Err(Refusal::NoComment)
     );
     // A proposer's approval written by some other means does not count either.
-    let mut forged = ask(
-        q,
-        &held("i"),
-        None,
-        "alice",
-        Role::Approver,
-        Verdict::Approve,
-        "",
-        now,
-    )
-    .unwrap();
+    let mut forged = alice_approves(q, &held("i"), None, now).unwrap();
     forged.reviewer = "procurement-bot".to_owned();
     assert_eq!(
         log.push(&forged.to_json()),
@@ -382,22 +387,8 @@ fn refusals_say_who_and_why() {
 fn holds_expire_to_a_reject_by_the_system() {
     let mut e = engine();
     let mut log = Log::new();
-    log.decide(
-        &mut e,
-        "old",
-        "bot",
-        "transfer",
-        "20000",
-        "2026-11-28T10:00:00Z",
-    );
-    log.decide(
-        &mut e,
-        "new",
-        "bot",
-        "transfer",
-        "20000",
-        "2026-11-28T11:00:00Z",
-    );
+    log.hold(&mut e, "old", "bot", "2026-11-28T10:00:00Z");
+    log.hold(&mut e, "new", "bot", "2026-11-28T11:00:00Z");
     let ttl = TimeDelta::minutes(90);
     assert!(log
         .queue
@@ -426,14 +417,7 @@ fn holds_expire_to_a_reject_by_the_system() {
 fn filters_combine() {
     let mut e = engine();
     let mut log = Log::new();
-    log.decide(
-        &mut e,
-        "t",
-        "bot-a",
-        "transfer",
-        "20000",
-        "2026-11-28T10:00:00Z",
-    );
+    log.hold(&mut e, "t", "bot-a", "2026-11-28T10:00:00Z");
     log.decide(
         &mut e,
         "p",
@@ -648,17 +632,7 @@ fn one_intent_id_in_two_accounts_is_two_holds_each_reviewed_on_its_own() {
     );
 
     // Approving acct-2's releases acct-2's only, and the record says which.
-    let r = ask(
-        &log.queue,
-        &two,
-        None,
-        "alice",
-        Role::Approver,
-        Verdict::Approve,
-        "",
-        at(T0),
-    )
-    .unwrap();
+    let r = alice_approves(&log.queue, &two, None, at(T0)).unwrap();
     assert_eq!(
         (r.key.as_str(), r.account_id.as_str(), r.amount.as_deref()),
         ("acct-2", "acct-2", Some("30000"))
@@ -724,17 +698,7 @@ fn system_decisions_for_a_held_id_leave_the_hold_alone() {
     let id = held("i");
     let h = log.queue.get(&id).unwrap();
     let seen = (h.partition, h.offset);
-    assert!(ask(
-        &log.queue,
-        &id,
-        Some(seen),
-        "alice",
-        Role::Approver,
-        Verdict::Approve,
-        "",
-        at(T0)
-    )
-    .is_ok());
+    assert!(alice_approves(&log.queue, &id, Some(seen), at(T0)).is_ok());
 }
 
 #[test]
@@ -750,18 +714,7 @@ fn a_review_of_a_hold_decided_again_since_it_was_seen_is_refused() {
     assert_eq!(log.push(&first), Applied::Held);
     let now = log.queue.get(&id).unwrap().offset;
     assert_ne!(now, seen.1);
-    let approve = |seen| {
-        ask(
-            &log.queue,
-            &id,
-            Some(seen),
-            "alice",
-            Role::Approver,
-            Verdict::Approve,
-            "",
-            at(T0),
-        )
-    };
+    let approve = |seen| alice_approves(&log.queue, &id, Some(seen), at(T0));
     assert_eq!(
         approve(seen),
         Err(Refusal::Changed {
@@ -792,17 +745,7 @@ fn a_duplicate_re_emitting_a_hold_does_not_move_it() {
         hold,
         "reviews of it stand"
     );
-    assert!(ask(
-        &log.queue,
-        &id,
-        Some((0, hold)),
-        "alice",
-        Role::Approver,
-        Verdict::Approve,
-        "",
-        at(T0)
-    )
-    .is_ok());
+    assert!(alice_approves(&log.queue, &id, Some((0, hold)), at(T0)).is_ok());
 }
 
 #[test]

@@ -4,12 +4,15 @@ use crate::intent::{parse_intent, Field, FieldPath};
 use std::path::PathBuf;
 
 fn engine(rules: &str) -> Engine {
-    engine_with(rules, EngineOptions::default())
+    engine_with(rules, |_| {})
 }
 
-fn engine_with(rules: &str, options: EngineOptions) -> Engine {
+/// An engine whose options are the defaults as `change` leaves them.
+fn engine_with(rules: &str, change: impl FnOnce(&mut EngineOptions)) -> Engine {
     let rs = Ruleset::load_sources(&[(PathBuf::from("test.toml"), rules.to_owned())])
         .unwrap_or_else(|e| panic!("ruleset did not load:\n{e}"));
+    let mut options = EngineOptions::default();
+    change(&mut options);
     Engine::new(Arc::new(rs), options)
 }
 
@@ -46,6 +49,11 @@ fn decide(e: &mut Engine, id: &str, extra: &str) -> Arc<Decision> {
     e.decide(intent(id, extra), source(0), now())
 }
 
+/// The `extra` of an intent of `amount` created at `created_at`.
+fn amount_at(amount: &str, created_at: &str) -> String {
+    format!(r#""amount":"{amount}","created_at":"{created_at}""#)
+}
+
 fn matched(d: &Decision) -> Vec<&str> {
     d.reasons.iter().map(|r| &*r.rule).collect()
 }
@@ -67,10 +75,12 @@ when = 'has(counterparty.country) && counterparty.country == "KP"'
 action = "deny"
 "#;
 
+/// A big transfer to the trusted counterparty: both `big` and `trusted` match.
+const BIG_TO_TRUSTED: &str = r#""amount":"5000","counterparty":{"id":"cp-trusted"}"#;
+
 #[test]
 fn nothing_matched_is_allow() {
-    let mut e = engine(PRECEDENCE_RULES);
-    let d = decide(&mut e, "a", "");
+    let d = decide(&mut engine(PRECEDENCE_RULES), "a", "");
     assert_eq!((d.outcome, d.score), (Outcome::Allow, 0));
     assert!(d.reasons.is_empty() && d.errors.is_empty());
 }
@@ -78,11 +88,7 @@ fn nothing_matched_is_allow() {
 #[test]
 fn default_precedence_is_deny_then_allow_then_hold() {
     let mut e = engine(PRECEDENCE_RULES);
-    let d = decide(
-        &mut e,
-        "a",
-        r#""amount":"5000","counterparty":{"id":"cp-trusted"}"#,
-    );
+    let d = decide(&mut e, "a", BIG_TO_TRUSTED);
     assert_eq!(d.outcome, Outcome::Allow, "allow beats hold");
     assert_eq!(
         matched(&d),
@@ -103,11 +109,7 @@ fn precedence_can_be_changed() {
     let mut e = engine(&format!(
         "[decision]\nprecedence = [\"deny\", \"hold\", \"allow\"]\n{PRECEDENCE_RULES}"
     ));
-    let d = decide(
-        &mut e,
-        "a",
-        r#""amount":"5000","counterparty":{"id":"cp-trusted"}"#,
-    );
+    let d = decide(&mut e, "a", BIG_TO_TRUSTED);
     assert_eq!(d.outcome, Outcome::Hold);
 }
 
@@ -250,8 +252,8 @@ message = "{counters.sum_1h} + {amount} {currency} is over 1.00"
 
 #[test]
 fn counters_see_earlier_intents_only_and_respect_where_and_contributes() {
+    let at = |m: u32| amount_at("0.10", &format!("2026-11-28T10:{m:02}:00Z"));
     let mut e = engine(VELOCITY_RULES);
-    let at = |m: u32| format!(r#""amount":"0.10","created_at":"2026-11-28T10:{m:02}:00Z""#);
     let outcomes: Vec<_> = (0..5)
         .map(|i| decide(&mut e, &format!("v{i}"), &at(i)).outcome)
         .collect();
@@ -384,28 +386,17 @@ fn ten_times_ten_cents_is_exactly_one_euro() {
 fn windows_slide_in_event_time() {
     let mut e = engine(VELOCITY_RULES);
     for i in 0..3 {
-        decide(
-            &mut e,
-            &format!("w{i}"),
-            &format!(r#""amount":"0.01","created_at":"2026-11-28T10:0{i}:00Z""#),
-        );
+        let created_at = format!("2026-11-28T10:0{i}:00Z");
+        decide(&mut e, &format!("w{i}"), &amount_at("0.01", &created_at));
     }
-    let d = decide(
-        &mut e,
-        "late",
-        r#""amount":"0.01","created_at":"2026-11-28T11:01:00Z""#,
-    );
+    let d = decide(&mut e, "late", &amount_at("0.01", "2026-11-28T11:01:00Z"));
     assert_eq!(
         d.outcome,
         Outcome::Allow,
         "the 10:00 transfer and its bucket have left the window: {:?}",
         d.counters
     );
-    let d = decide(
-        &mut e,
-        "in",
-        r#""amount":"0.01","created_at":"2026-11-28T10:59:00Z""#,
-    );
+    let d = decide(&mut e, "in", &amount_at("0.01", "2026-11-28T10:59:00Z"));
     assert_eq!(d.outcome, Outcome::Hold, "{:?}", d.counters);
 }
 
@@ -424,13 +415,7 @@ fn denied_intents_do_not_count_by_default() {
 
 #[test]
 fn duplicates_repeat_the_original_and_move_no_counter() {
-    let mut e = engine_with(
-        VELOCITY_RULES,
-        EngineOptions {
-            max_future_skew: None,
-            ..EngineOptions::default()
-        },
-    );
+    let mut e = engine_with(VELOCITY_RULES, |o| o.max_future_skew = None);
     let first = e.decide(intent("dup", r#""amount":"0.40""#), source(1), now());
     // The same intent again, written differently: a duplicate, the original's decision.
     let again = e.decide(intent("dup", r#""amount":"0.4""#), source(2), now());
@@ -467,11 +452,7 @@ fn duplicates_repeat_the_original_and_move_no_counter() {
         "neither the duplicate nor the conflict counted"
     );
     // Beyond the horizon the same id is a new intent.
-    let later = decide(
-        &mut e,
-        "dup",
-        r#""amount":"0.10","created_at":"2026-11-29T10:00:01Z""#,
-    );
+    let later = decide(&mut e, "dup", &amount_at("0.10", "2026-11-29T10:00:01Z"));
     assert!(!later.duplicate && !later.is_system());
 }
 
@@ -584,13 +565,7 @@ fn decisions_serialize_per_the_contract() {
 
 #[test]
 fn far_future_intents_cannot_expire_the_state() {
-    let mut e = engine_with(
-        VELOCITY_RULES,
-        EngineOptions {
-            sweep_every: 1,
-            ..EngineOptions::default()
-        },
-    );
+    let mut e = engine_with(VELOCITY_RULES, |o| o.sweep_every = 1);
     // The clock reads the intents' own time, as it does live.
     let clock: DateTime<Utc> = "2026-11-28T10:00:30Z".parse().unwrap();
     for i in 0..3 {
@@ -600,14 +575,8 @@ fn far_future_intents_cannot_expire_the_state() {
             clock,
         );
     }
-    e.decide(
-        intent(
-            "future",
-            r#""amount":"0.01","created_at":"2099-01-01T00:00:00Z""#,
-        ),
-        source(0),
-        clock,
-    );
+    let future = amount_at("0.01", "2099-01-01T00:00:00Z");
+    e.decide(intent("future", &future), source(0), clock);
     let d = e.decide(intent("now", r#""amount":"0.01""#), source(0), clock);
     assert_eq!(
         d.outcome,
@@ -620,20 +589,13 @@ fn far_future_intents_cannot_expire_the_state() {
 #[test]
 fn backdated_intents_cannot_escape_velocity_limits() {
     let mut e = engine(VELOCITY_RULES);
+    let ten = amount_at("0.01", "2026-11-28T10:00:00Z");
     for i in 0..5 {
-        decide(
-            &mut e,
-            &format!("now{i}"),
-            r#""amount":"0.01","created_at":"2026-11-28T10:00:00Z""#,
-        );
+        decide(&mut e, &format!("now{i}"), &ten);
     }
     // Dated three hours back, where the state no longer reaches: the counter is unavailable,
     // the rule reading it fails and the intent is held (on_error), instead of seeing zero.
-    let d = decide(
-        &mut e,
-        "old",
-        r#""amount":"0.01","created_at":"2026-11-28T07:00:00Z""#,
-    );
+    let d = decide(&mut e, "old", &amount_at("0.01", "2026-11-28T07:00:00Z"));
     assert_eq!(d.outcome, Outcome::Hold, "{d:?}");
     assert!(
         d.errors
@@ -643,11 +605,7 @@ fn backdated_intents_cannot_escape_velocity_limits() {
         d.errors
     );
     // Within one window back, the state still answers, and counts the five.
-    let d = decide(
-        &mut e,
-        "recent",
-        r#""amount":"0.01","created_at":"2026-11-28T09:30:00Z""#,
-    );
+    let d = decide(&mut e, "recent", &amount_at("0.01", "2026-11-28T09:30:00Z"));
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     assert_eq!(
         d.counters[0].1,
@@ -658,13 +616,7 @@ fn backdated_intents_cannot_escape_velocity_limits() {
 
 #[test]
 fn state_is_swept_as_time_moves_on() {
-    let mut e = engine_with(
-        VELOCITY_RULES,
-        EngineOptions {
-            sweep_every: 1,
-            ..EngineOptions::default()
-        },
-    );
+    let mut e = engine_with(VELOCITY_RULES, |o| o.sweep_every = 1);
     for i in 0..50 {
         decide(
             &mut e,
@@ -681,16 +633,9 @@ fn state_is_swept_as_time_moves_on() {
     // Sweeps run by themselves, at most once per entry of state: after a hundred decisions
     // two days later, nothing of the first fifty is left.
     let later: DateTime<Utc> = "2026-11-30T10:00:00Z".parse().unwrap();
+    let extra = amount_at("0.01", "2026-11-30T10:00:00Z");
     for i in 0..100 {
-        let id = format!("later-{i}");
-        e.decide(
-            intent(
-                &id,
-                r#""amount":"0.01","created_at":"2026-11-30T10:00:00Z""#,
-            ),
-            source(0),
-            later,
-        );
+        e.decide(intent(&format!("later-{i}"), &extra), source(0), later);
     }
     assert_eq!(
         e.size().velocity.keys,
@@ -704,25 +649,13 @@ fn state_is_swept_as_time_moves_on() {
 fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
     // Default options: the full sweep waits for 65,536 decisions; the duplicate horizon
     // (24 hours) must not keep every intent until then.
-    let mut e = engine_with(
-        VELOCITY_RULES,
-        EngineOptions {
-            max_future_skew: None,
-            ..EngineOptions::default()
-        },
-    );
+    let mut e = engine_with(VELOCITY_RULES, |o| o.max_future_skew = None);
     let start: DateTime<Utc> = "2026-11-28T00:00:00Z".parse().unwrap();
     let at = |i: i64| {
         (start + TimeDelta::minutes(30 * i)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     };
     let n = 6_000;
-    let mut restored = engine_with(
-        VELOCITY_RULES,
-        EngineOptions {
-            max_future_skew: None,
-            ..EngineOptions::default()
-        },
-    );
+    let mut restored = engine_with(VELOCITY_RULES, |o| o.max_future_skew = None);
     for i in 0..n {
         let extra = format!(
             r#""account_id":"acct-{i}","amount":"0.01","created_at":"{}""#,
@@ -760,33 +693,21 @@ fn the_duplicate_horizon_is_swept_long_before_the_velocity_state() {
 #[test]
 fn when_sweeps_run_changes_no_duplicate() {
     let sweeping = |every: u64| {
-        engine_with(
-            VELOCITY_RULES,
-            EngineOptions {
-                sweep_every: every,
-                max_future_skew: None,
-                ..EngineOptions::default()
-            },
-        )
+        engine_with(VELOCITY_RULES, |o| {
+            o.sweep_every = every;
+            o.max_future_skew = None;
+        })
     };
     // One engine sweeps after every decision, the other not before 65,536 of them.
     for mut e in [sweeping(1), sweeping(65_536)] {
-        let old = r#""amount":"0.01","created_at":"2026-11-28T10:00:00Z""#;
+        let old = &amount_at("0.01", "2026-11-28T10:00:00Z");
         assert!(!decide(&mut e, "old", old).duplicate);
-        decide(
-            &mut e,
-            "a",
-            r#""amount":"0.01","created_at":"2026-11-29T09:00:00Z""#,
-        );
+        decide(&mut e, "a", &amount_at("0.01", "2026-11-29T09:00:00Z"));
         assert!(
             decide(&mut e, "old", old).duplicate,
             "23 hours behind the watermark: within the horizon"
         );
-        decide(
-            &mut e,
-            "b",
-            r#""amount":"0.01","created_at":"2026-11-29T16:00:00Z""#,
-        );
+        decide(&mut e, "b", &amount_at("0.01", "2026-11-29T16:00:00Z"));
         assert!(
             !decide(&mut e, "old", old).duplicate,
             "30 hours behind the watermark: forgotten, swept or not"
@@ -831,63 +752,32 @@ fn assert_system(d: &Decision, rule: &str) {
 
 #[test]
 fn a_stale_intent_is_denied_and_changes_nothing() {
-    let mut e = engine_with(
-        VELOCITY_RULES,
-        EngineOptions {
-            max_future_skew: None,
-            ..EngineOptions::default()
-        },
-    );
-    let newest = r#""amount":"1","created_at":"2026-11-29T12:00:00Z""#;
-    assert!(!decide(&mut e, "new", newest).is_system());
+    let mut e = engine_with(VELOCITY_RULES, |o| o.max_future_skew = None);
+    let newest = amount_at("1", "2026-11-29T12:00:00Z");
+    assert!(!decide(&mut e, "new", &newest).is_system());
     // Exactly one horizon (24 h) behind the watermark is still checked against the
     // remembered intents ("more than the horizon" is strict) ...
-    let edge = decide(
-        &mut e,
-        "edge",
-        r#""amount":"1","created_at":"2026-11-28T12:00:00Z""#,
-    );
+    let edge = decide(&mut e, "edge", &amount_at("1", "2026-11-28T12:00:00Z"));
     assert!(!edge.is_system(), "{edge:?}");
     // ... a nanosecond more is stale.
-    let old = r#""amount":"1","created_at":"2026-11-28T11:59:59.999999999Z""#;
+    let old = &amount_at("1", "2026-11-28T11:59:59.999999999Z");
     let stale = decide(&mut e, "old", old);
     assert_system(&stale, "riskgate:stale");
     // It was not remembered and moved no counter: the same intent again is stale again, not
     // a duplicate, and the next intent sees only the two earlier transfers.
     assert_system(&decide(&mut e, "old", old), "riskgate:stale");
-    let next = decide(
-        &mut e,
-        "next",
-        r#""amount":"1","created_at":"2026-11-29T12:00:01Z""#,
-    );
+    let next = decide(&mut e, "next", &amount_at("1", "2026-11-29T12:00:01Z"));
     assert_eq!(
         next.counters[0],
         ("transfers_1h".into(), CounterValue::Int(1))
     );
     // An allowed intent sent again a day after its watermark moved on is never decided again.
-    let mut e = engine_with(
-        VELOCITY_RULES,
-        EngineOptions {
-            max_future_skew: None,
-            ..EngineOptions::default()
-        },
-    );
-    let first = decide(
-        &mut e,
-        "pay",
-        r#""amount":"1","created_at":"2026-11-28T10:00:00Z""#,
-    );
+    let mut e = engine_with(VELOCITY_RULES, |o| o.max_future_skew = None);
+    let pay = &amount_at("1", "2026-11-28T10:00:00Z");
+    let first = decide(&mut e, "pay", pay);
     assert_eq!(first.outcome, Outcome::Allow);
-    decide(
-        &mut e,
-        "later",
-        r#""amount":"1","created_at":"2026-11-29T10:00:01Z""#,
-    );
-    let replayed = decide(
-        &mut e,
-        "pay",
-        r#""amount":"1","created_at":"2026-11-28T10:00:00Z""#,
-    );
+    decide(&mut e, "later", &amount_at("1", "2026-11-29T10:00:01Z"));
+    let replayed = decide(&mut e, "pay", pay);
     assert_system(&replayed, "riskgate:stale");
 }
 
@@ -906,13 +796,7 @@ fn a_future_intent_is_denied_only_with_a_skew_limit() {
     // The future intent did not move the watermark: an intent a day before it is not stale.
     let earlier = decide(&mut e, "h", r#""created_at":"2026-11-27T12:10:00Z""#);
     assert!(!earlier.is_system(), "{earlier:?}");
-    let mut replay = engine_with(
-        VELOCITY_RULES,
-        EngineOptions {
-            max_future_skew: None,
-            ..EngineOptions::default()
-        },
-    );
+    let mut replay = engine_with(VELOCITY_RULES, |o| o.max_future_skew = None);
     assert!(!decide(&mut replay, "f", r#""created_at":"2027-01-01T00:00:00Z""#).is_system());
 }
 
@@ -940,13 +824,7 @@ fn a_record_keyed_otherwise_than_its_partition_key_is_misrouted() {
     assert!(!d.is_system() && !d.duplicate, "{d:?}");
     assert!(!run(&mut e, RecordKey::Unchecked).is_system());
     // Another partition key: the record's key must then be that field.
-    let mut by_agent = engine_with(
-        "",
-        EngineOptions {
-            partition_key: FieldPath::Field(Field::AgentId),
-            ..EngineOptions::default()
-        },
-    );
+    let mut by_agent = engine_with("", |o| o.partition_key = FieldPath::Field(Field::AgentId));
     assert_system(
         &run(&mut by_agent, RecordKey::Kafka(Some(b"acct-1"))),
         "riskgate:misrouted",
@@ -1006,11 +884,7 @@ score = 60
     // Without [fx] the amount compares as it is: no base amount, no base currency.
     assert_eq!((d.amount_base, d.base_currency.as_deref()), (None, None));
     // A system decision runs no rule: neither.
-    let stale = decide(
-        &mut e,
-        "old",
-        r#""amount":"101","created_at":"2026-11-20T10:00:00Z""#,
-    );
+    let stale = decide(&mut e, "old", &amount_at("101", "2026-11-20T10:00:00Z"));
     assert!(stale.is_system());
     assert_eq!((stale.thresholds, stale.amount_base), (None, None));
 }

@@ -24,9 +24,25 @@ fn compile(src: &str, scope: &Scope<'_>, want_bool: bool) -> Result<Program, Vec
     super::compile(src, scope, want_bool, &[], CompileOptions::default())
 }
 
+/// Compiles `src` as a condition with the sample lists and no counters (as a counter's
+/// `where` is).
+fn compile_without_counters(src: &str) -> Program {
+    let lists = scope_lists();
+    let scope = Scope {
+        counters: None,
+        lists: &lists,
+    };
+    compile(src, &scope, true).unwrap()
+}
+
 /// Compiles `src` with the sample counters and lists in scope, optimized.
 fn compile_sample(src: &str) -> Result<Program, Vec<CompileError>> {
     compile_sample_with(src, CompileOptions::default())
+}
+
+/// The root node of `src` compiled in the sample scope.
+fn node(src: &str) -> Node {
+    compile_sample(src).unwrap().node
 }
 
 fn compile_sample_with(src: &str, options: CompileOptions) -> Result<Program, Vec<CompileError>> {
@@ -135,28 +151,29 @@ fn fused_sums_answer_as_the_general_arithmetic_does() {
             "counters.missing + amount_base + 0 > 1",
         ),
     ] {
-        let program = compile_sample(fused).unwrap();
         assert!(
-            matches!(program.node, Node::CmpArith(..)),
+            matches!(node(fused), Node::CmpArith(..)),
             "{fused} is not fused"
         );
-        let general_program = compile_sample(general).unwrap();
-        assert!(matches!(general_program.node, Node::Cmp(..)), "{general}");
+        assert!(matches!(node(general), Node::Cmp(..)), "{general}");
         assert_eq!(run(fused), run(general), "{fused}");
     }
     // Two counts add as integers, as before: not fused.
-    let program = compile_sample("counters.n_1h + counters.n_1h > 1").unwrap();
-    assert!(matches!(program.node, Node::Cmp(..)));
+    assert!(matches!(
+        node("counters.n_1h + counters.n_1h > 1"),
+        Node::Cmp(..)
+    ));
     check("counters.sum_1h + amount_base > 10001", "true");
     check_err("counters.missing + amount_base > 1", "unavailable");
 }
 
 #[test]
 fn has_on_a_counterparty_field_is_a_field_test() {
-    let program = compile_sample("has(counterparty.country)").unwrap();
-    assert!(matches!(program.node, Node::HasCp(CpField::Country)));
-    let program = compile_sample("has(attributes.env)").unwrap();
-    assert!(matches!(program.node, Node::Has(..)));
+    assert!(matches!(
+        node("has(counterparty.country)"),
+        Node::HasCp(CpField::Country)
+    ));
+    assert!(matches!(node("has(attributes.env)"), Node::Has(..)));
     check("has(counterparty.country)", "true");
     check("has(counterparty.account)", "false");
 }
@@ -449,12 +466,7 @@ fn action_guards_answer_exactly_as_evaluation_does() {
 
 #[test]
 fn a_leading_action_test_is_answered_by_its_guard() {
-    let lists = scope_lists();
-    let scope = Scope {
-        counters: None,
-        lists: &lists,
-    };
-    let cover = |src: &str| compile(src, &scope, true).unwrap().guard.map(|g| g.cover);
+    let cover = |src: &str| compile_without_counters(src).guard.map(|g| g.cover);
     assert_eq!(cover("action == \"x\""), Some(Cover::Whole));
     assert_eq!(cover("action == \"x\" && amount > 1"), Some(Cover::First));
     assert_eq!(
@@ -467,13 +479,8 @@ fn a_leading_action_test_is_answered_by_its_guard() {
 
 #[test]
 fn any_number_of_guarded_actions_is_numbered() {
-    let lists = scope_lists();
-    let scope = Scope {
-        counters: None,
-        lists: &lists,
-    };
     let mut programs: Vec<Program> = (0..130)
-        .map(|i| compile(&format!("action == \"a{i}\""), &scope, true).unwrap())
+        .map(|i| compile_without_counters(&format!("action == \"a{i}\"")))
         .collect();
     let index = ActionIndex::build(&mut programs.iter_mut().collect::<Vec<_>>());
     for name in ["a1", "a64", "a129"] {
