@@ -1,5 +1,6 @@
 //! Raw intent bytes in, decision bytes out, with the sample ruleset and velocity state for
-//! 10,000 accounts warmed up; plus the cost split (parse, counters, rules, serialize).
+//! 10,000 accounts warmed up; plus the cost split (parse, counters, rules, serialize), and the
+//! service's record with and without its MAC (`record`, `record_mac`).
 //!
 //! Run: `cargo bench --bench decide`. Throughput is reported in decisions per second.
 
@@ -169,6 +170,40 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+
+    // The service's record: the decision with its intent embedded, then also signed as the
+    // service signs it ([integrity]); the difference is what the MAC costs (native: the
+    // SHA-256 instructions of the CPU when it has them, which callgrind does not show).
+    let integrity = riskgate::integrity::Integrity {
+        keys: Some(riskgate::integrity::Keys::new(
+            std::collections::BTreeMap::from([(
+                "k1".to_owned(),
+                riskgate::integrity::Secret::new(&[7; 32]),
+            )]),
+            "k1".to_owned(),
+        )),
+        require: true,
+    };
+    for (name, mac) in [("record", false), ("record_mac", true)] {
+        let mut cursor = Cursor {
+            next: 0,
+            engine: None,
+        };
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                cursor.time(iters, &full, &parsed, |engine, i| {
+                    let intent = parse_intent(&raw[i], DEFAULT_MAX_BYTES).unwrap();
+                    let d = engine.decide(intent, source(i), now());
+                    out.clear();
+                    d.write_json(&mut out, Some(&raw[i]));
+                    if mac {
+                        let key = d.head.account_id.as_bytes();
+                        std::hint::black_box(integrity.sign("decisions", Some(key), &out));
+                    }
+                })
+            })
+        });
+    }
 
     // The split. Parsing alone (no state).
     let mut i = 0;

@@ -4,7 +4,8 @@
 //!   `min.insync.replicas=2`: the leader of intents partition 0 (and of decisions partitions) is
 //!   killed while 20,000 intents stream in, and restarted later. Until the controller fences it
 //!   and moves its leaderships, those partitions have no reachable leader: `/readyz` must say
-//!   so, then come back.
+//!   so (`leaderless_partitions`, or `stalled` when a commit is waiting on the dead leader),
+//!   then come back.
 //! * One Kafka node, killed the same way and restarted on the same data directory.
 //!
 //! Both end the same way: every intent has exactly one committed output (read_committed),
@@ -159,11 +160,16 @@ fn the_leader_killed_in_a_three_broker_cluster_loses_and_repeats_nothing() {
             );
             cluster.borrow_mut().node(v).kill();
         },
-        // The other brokers answer: what is missing is a leader for some partitions.
+        // The other brokers answer: what is missing is a leader for some partitions. Either the
+        // clients' statistics show it (`leaderless_partitions`), or, when the kill lands while
+        // a transaction is being committed, the commit waits on the dead leader and holds the
+        // loop up, and the statistics (delivered when the loop polls) cannot arrive until the
+        // commit gives up: then `/readyz` says `stalled`. Both are "a partition has no leader".
         &|readyz| {
             readyz["leaderless_partitions"]
                 .as_u64()
                 .is_some_and(|n| n > 0)
+                || readyz["stalled"] == true
         },
         &mut |killed| {
             // The dead broker's partitions have no reachable leader until the controller
