@@ -32,6 +32,7 @@ pub struct Config {
     pub http: Http,
     pub engine: Engine,
     pub review: Review,
+    pub gateway: Gateway,
     /// How riskgate's own records are signed and checked ([`crate::integrity`]).
     pub integrity: Integrity,
     /// The key files of `[integrity]`, by key id, as configured (printed, never read back).
@@ -48,6 +49,8 @@ pub enum Purpose {
     Run,
     /// `riskgate review`: needs at least one reviewer.
     Review,
+    /// `riskgate gateway`: needs at least one API key.
+    Gateway,
 }
 
 /// `riskgate review` ([docs/design.md](../docs/design.md#6-review-of-held-intents)).
@@ -71,6 +74,53 @@ pub struct Review {
     pub allowed_hosts: Vec<String>,
     /// Connection limits and the proxies whose `X-Forwarded-For` names the client.
     pub limits: crate::server::Limits,
+}
+
+/// `riskgate gateway` ([docs/gateway.md](../docs/gateway.md)): the HTTP API agents propose
+/// intents to and read their decisions from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gateway {
+    /// The API, `/healthz`, `/readyz` and (unless `metrics_listen`) `/metrics`.
+    pub listen: SocketAddr,
+    /// `/metrics` on a listener of its own, when set.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a request waits for its decision unless it says (`?wait=`).
+    pub default_wait: TimeDelta,
+    /// The longest a request may wait (a longer `?wait=` waits this long).
+    pub max_wait: TimeDelta,
+    /// The largest request body.
+    pub max_body_bytes: usize,
+    /// Decisions kept for answers and `GET`s: at most this many ...
+    pub cache_entries: usize,
+    /// ... and none older than this (by when the gateway read it).
+    pub cache_age: TimeDelta,
+    /// Requests per second each key may make, on average ...
+    pub rate: u32,
+    /// ... and at once.
+    pub burst: u32,
+    /// Requests waiting for their decision at once, at most (503 beyond).
+    pub max_waiting: usize,
+    /// Connection limits and the proxies whose `X-Forwarded-For` names the client.
+    pub limits: crate::server::Limits,
+    /// Who may call: each key speaks for one agent.
+    pub keys: Vec<ApiKey>,
+}
+
+/// A caller's API key, as configured: the SHA-256 of the key, never the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The `agent_id` the key speaks for: intents for any other are refused.
+    pub agent: String,
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("agent", &self.agent)
+            .field("sha256", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A person allowed to sign in to the review page.
@@ -310,6 +360,19 @@ impl Config {
     }
 }
 
+/// The 32 bytes of 64 hex digits.
+fn hex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Whether a librdkafka property holds a secret.
 pub fn is_secret(property: &str) -> bool {
     let p = property.to_ascii_lowercase();
@@ -407,6 +470,11 @@ impl fmt::Display for Config {
             self.duration_text("review.session_ttl", r.session_ttl)
         )?;
         writeln!(f, "secure_cookies = {}", r.secure_cookies)?;
+        if let Some(m) = r.metrics_listen {
+            writeln!(f, "metrics_listen = \"{m}\"")?;
+        }
+        writeln!(f, "allowed_hosts = {:?}", r.allowed_hosts)?;
+        self.write_limits(f, "review", &r.limits)?;
         for reviewer in &r.reviewers {
             writeln!(f, "\n[[review.reviewers]]")?;
             writeln!(f, "name = {:?}", reviewer.name)?;
@@ -417,7 +485,54 @@ impl fmt::Display for Config {
             writeln!(f, "role = \"{role}\"")?;
             writeln!(f, "secret_hash = \"<redacted>\"")?;
         }
+        let g = &self.gateway;
+        writeln!(f, "\n[gateway]")?;
+        writeln!(f, "listen = \"{}\"", g.listen)?;
+        if let Some(m) = g.metrics_listen {
+            writeln!(f, "metrics_listen = \"{m}\"")?;
+        }
+        for (key, value) in [
+            ("default_wait", g.default_wait),
+            ("max_wait", g.max_wait),
+            ("cache_age", g.cache_age),
+        ] {
+            let text = self.duration_text(&format!("gateway.{key}"), value);
+            writeln!(f, "{key} = \"{text}\"")?;
+        }
+        writeln!(f, "max_body_bytes = {}", g.max_body_bytes)?;
+        writeln!(f, "cache_entries = {}", g.cache_entries)?;
+        writeln!(f, "rate = {}", g.rate)?;
+        writeln!(f, "burst = {}", g.burst)?;
+        writeln!(f, "max_waiting = {}", g.max_waiting)?;
+        self.write_limits(f, "gateway", &g.limits)?;
+        for key in &g.keys {
+            writeln!(f, "\n[[gateway.keys]]")?;
+            writeln!(f, "agent = {:?}", key.agent)?;
+            writeln!(f, "sha256 = \"<redacted>\"")?;
+        }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The connection limits of `section`, as its keys.
+    fn write_limits(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        section: &str,
+        l: &crate::server::Limits,
+    ) -> fmt::Result {
+        let proxies: Vec<String> = l.trusted_proxies.iter().map(ToString::to_string).collect();
+        writeln!(f, "trusted_proxies = {proxies:?}")?;
+        writeln!(f, "max_connections = {}", l.max_connections)?;
+        writeln!(f, "max_connections_per_client = {}", l.per_client)?;
+        let timeout = TimeDelta::from_std(l.header_timeout).unwrap_or(TimeDelta::MAX);
+        let key = format!("{section}.header_timeout");
+        writeln!(
+            f,
+            "header_timeout = \"{}\"",
+            self.duration_text(&key, timeout)
+        )
     }
 }
 
@@ -478,7 +593,37 @@ struct RawConfig {
     http: Option<Typed<Section<RawHttp>>>,
     engine: Option<Typed<Section<RawEngine>>>,
     review: Option<Typed<Section<RawReview>>>,
+    gateway: Option<Typed<Section<RawGateway>>>,
     integrity: Option<Typed<Section<RawIntegrity>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: Option<Typed<String>>,
+    metrics_listen: Option<Typed<String>>,
+    default_wait: Option<Typed<String>>,
+    max_wait: Option<Typed<String>>,
+    max_body_bytes: Option<Typed<i64>>,
+    cache_entries: Option<Typed<i64>>,
+    cache_age: Option<Typed<String>>,
+    rate: Option<Typed<i64>>,
+    burst: Option<Typed<i64>>,
+    max_waiting: Option<Typed<i64>>,
+    trusted_proxies: Option<Typed<Vec<String>>>,
+    max_connections: Option<Typed<i64>>,
+    max_connections_per_client: Option<Typed<i64>>,
+    header_timeout: Option<Typed<String>>,
+    keys: Option<Typed<Vec<Typed<Section<RawApiKey>>>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    agent: Option<Typed<String>>,
+    sha256: Option<Typed<String>>,
+    /// A plain-text key: known only to be refused, and never kept.
+    key: Option<IgnoredAny>,
 }
 
 #[derive(Default, Deserialize)]
@@ -713,15 +858,23 @@ impl Check<'_> {
         let http = self.section(raw.http, "http");
         let engine = self.section(raw.engine, "engine");
         let review = self.section(raw.review, "review");
+        let gateway = self.section(raw.gateway, "gateway");
         let integrity = self.section(raw.integrity, "integrity");
         self.unknown(root.unknown, "");
         let (integrity, integrity_files) = self.integrity(integrity);
+        let kafka = self.kafka(kafka);
+        let rules = self.rules(rules);
+        let http = self.http(http);
+        let engine = self.engine(engine);
+        let review = self.review(review);
+        let gateway = self.gateway(gateway, &engine);
         Config {
-            kafka: self.kafka(kafka),
-            rules: self.rules(rules),
-            http: self.http(http),
-            engine: self.engine(engine),
-            review: self.review(review),
+            kafka,
+            rules,
+            http,
+            engine,
+            review,
+            gateway,
             written: std::mem::take(&mut self.written),
             integrity,
             integrity_files,
@@ -995,15 +1148,7 @@ impl Check<'_> {
 
     fn review(&mut self, section: Section<RawReview>) -> Review {
         let r = section.known;
-        let listen = self
-            .string(r.listen, "review", "listen")
-            .unwrap_or_else(|| "127.0.0.1:9465".to_owned());
-        let listen = listen.parse().unwrap_or_else(|_| {
-            self.problems.push(format!(
-                "review.listen: `{listen}` is not an address with a port (e.g. \"127.0.0.1:9465\")"
-            ));
-            SocketAddr::from(([127, 0, 0, 1], 9465))
-        });
+        let listen = self.address(r.listen, "review", "listen", ([127, 0, 0, 1], 9465));
         let expire_after = self
             .duration(r.expire_after, "review", "expire_after")
             .unwrap_or(TimeDelta::hours(24));
@@ -1018,17 +1163,7 @@ impl Check<'_> {
                 "review.secure_cookies: false sends the session cookie over plain HTTP, allowed only on a loopback address, not `{listen}`: serve the page over HTTPS (a TLS proxy) and keep it true"
             ));
         }
-        let metrics_listen = self
-            .string(r.metrics_listen, "review", "metrics_listen")
-            .and_then(|m| match m.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    self.problems.push(format!(
-                        "review.metrics_listen: `{m}` is not an address with a port (e.g. \"127.0.0.1:9466\")"
-                    ));
-                    None
-                }
-            });
+        let metrics_listen = self.optional_address(r.metrics_listen, "review", "metrics_listen");
         let allowed_hosts = self
             .typed(r.allowed_hosts, "review.allowed_hosts", |_| {
                 "must be an array of host names".to_owned()
@@ -1038,40 +1173,13 @@ impl Check<'_> {
             // Compared without a port, as the Host header is.
             .map(|h| crate::server::host_name(&h).to_ascii_lowercase())
             .collect();
-        let trusted_proxies = self
-            .typed(r.trusted_proxies, "review.trusted_proxies", |_| {
-                "must be an array of IP addresses".to_owned()
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|p| match p.parse() {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    self.problems.push(format!(
-                        "review.trusted_proxies: `{p}` is not an IP address"
-                    ));
-                    None
-                }
-            })
-            .collect();
-        let defaults = crate::server::Limits::default();
-        let limits = crate::server::Limits {
-            max_connections: self
-                .positive(r.max_connections, "review", "max_connections")
-                .map_or(defaults.max_connections, |n| n as usize),
-            per_client: self
-                .positive(
-                    r.max_connections_per_client,
-                    "review",
-                    "max_connections_per_client",
-                )
-                .map_or(defaults.per_client, |n| n as usize),
-            header_timeout: self
-                .duration(r.header_timeout, "review", "header_timeout")
-                .and_then(|d| d.to_std().ok())
-                .unwrap_or(defaults.header_timeout),
-            trusted_proxies,
-        };
+        let limits = self.limits(
+            "review",
+            r.trusted_proxies,
+            r.max_connections,
+            r.max_connections_per_client,
+            r.header_timeout,
+        );
         let items = self
             .typed(r.reviewers, "review.reviewers", |_| {
                 "must be an array of tables ([[review.reviewers]])".to_owned()
@@ -1104,6 +1212,186 @@ impl Check<'_> {
             metrics_listen,
             allowed_hosts,
             limits,
+        }
+    }
+
+    /// An address with a port, `default` when not given.
+    fn address(
+        &mut self,
+        value: Option<Typed<String>>,
+        section: &str,
+        key: &str,
+        default: ([u8; 4], u16),
+    ) -> SocketAddr {
+        self.optional_address(value, section, key)
+            .unwrap_or_else(|| SocketAddr::from(default))
+    }
+
+    /// An address with a port, if given (and valid: else a problem).
+    fn optional_address(
+        &mut self,
+        value: Option<Typed<String>>,
+        section: &str,
+        key: &str,
+    ) -> Option<SocketAddr> {
+        let text = self.string(value, section, key)?;
+        match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problems.push(format!(
+                    "{section}.{key}: `{text}` is not an address with a port (e.g. \"127.0.0.1:9465\")"
+                ));
+                None
+            }
+        }
+    }
+
+    /// The connection limits of a listener's section, and its trusted proxies.
+    fn limits(
+        &mut self,
+        section: &str,
+        trusted_proxies: Option<Typed<Vec<String>>>,
+        max_connections: Option<Typed<i64>>,
+        per_client: Option<Typed<i64>>,
+        header_timeout: Option<Typed<String>>,
+    ) -> crate::server::Limits {
+        let trusted_proxies = self
+            .typed(
+                trusted_proxies,
+                &format!("{section}.trusted_proxies"),
+                |_| "must be an array of IP addresses".to_owned(),
+            )
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| match p.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.problems.push(format!(
+                        "{section}.trusted_proxies: `{p}` is not an IP address"
+                    ));
+                    None
+                }
+            })
+            .collect();
+        let defaults = crate::server::Limits::default();
+        crate::server::Limits {
+            max_connections: self
+                .positive(max_connections, section, "max_connections")
+                .map_or(defaults.max_connections, |n| n as usize),
+            per_client: self
+                .positive(per_client, section, "max_connections_per_client")
+                .map_or(defaults.per_client, |n| n as usize),
+            header_timeout: self
+                .duration(header_timeout, section, "header_timeout")
+                .and_then(|d| d.to_std().ok())
+                .unwrap_or(defaults.header_timeout),
+            trusted_proxies,
+        }
+    }
+
+    fn gateway(&mut self, section: Section<RawGateway>, engine: &Engine) -> Gateway {
+        let g = section.known;
+        let listen = self.address(g.listen, "gateway", "listen", ([127, 0, 0, 1], 9467));
+        let metrics_listen = self.optional_address(g.metrics_listen, "gateway", "metrics_listen");
+        let default_wait = self
+            .duration(g.default_wait, "gateway", "default_wait")
+            .unwrap_or(TimeDelta::seconds(2));
+        let max_wait = self
+            .duration(g.max_wait, "gateway", "max_wait")
+            .unwrap_or(TimeDelta::seconds(30));
+        if default_wait > max_wait {
+            self.problems.push(format!(
+                "gateway.default_wait: {} is longer than gateway.max_wait ({})",
+                format_duration(default_wait),
+                format_duration(max_wait)
+            ));
+        }
+        let count = |c: &mut Self, v, key, default: usize| {
+            c.positive(v, "gateway", key)
+                .map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        // A signed intent (a JWS) is about a third larger than the intent it carries.
+        let max_body_bytes = count(
+            self,
+            g.max_body_bytes,
+            "max_body_bytes",
+            engine.max_intent_bytes * 2,
+        );
+        let cache_entries = count(self, g.cache_entries, "cache_entries", 100_000);
+        let cache_age = self
+            .duration(g.cache_age, "gateway", "cache_age")
+            .unwrap_or(TimeDelta::minutes(10));
+        let rate = count(self, g.rate, "rate", 200);
+        let burst = count(self, g.burst, "burst", rate.saturating_mul(2));
+        let max_waiting = count(self, g.max_waiting, "max_waiting", 4096);
+        let limits = self.limits(
+            "gateway",
+            g.trusted_proxies,
+            g.max_connections,
+            g.max_connections_per_client,
+            g.header_timeout,
+        );
+        let items = self
+            .typed(g.keys, "gateway.keys", |_| {
+                "must be an array of tables ([[gateway.keys]])".to_owned()
+            })
+            .unwrap_or_default();
+        let mut keys: Vec<ApiKey> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let at = format!("gateway.keys[{i}]");
+            let Some(item) = self.typed(Some(item), &at, |_| {
+                "must be a table with `agent` and `sha256`".to_owned()
+            }) else {
+                continue;
+            };
+            let k = item.known;
+            self.unknown(item.unknown, &at);
+            if k.key.is_some() {
+                self.problems.push(format!(
+                    "{at}.key: keys are never stored in plain text; put the `sha256` that `riskgate gateway-key` printed"
+                ));
+            }
+            let agent = self.string(k.agent, &at, "agent").unwrap_or_default();
+            if agent.trim().is_empty() || agent.chars().any(char::is_control) {
+                self.problems.push(format!(
+                    "{at}.agent: {agent:?} is not an agent id (not blank, no control characters)"
+                ));
+            }
+            let hash = self.string(k.sha256, &at, "sha256").unwrap_or_default();
+            let Some(sha256) = hex32(&hash) else {
+                self.problems.push(format!(
+                    "{at}.sha256: not the 64 hex digits of a SHA-256; make a key with `riskgate gateway-key --agent {agent}`"
+                ));
+                continue;
+            };
+            if keys.iter().any(|k| k.sha256 == sha256) {
+                self.problems.push(format!(
+                    "{at}.sha256: the same key is configured twice; a key speaks for one agent"
+                ));
+                continue;
+            }
+            keys.push(ApiKey { agent, sha256 });
+        }
+        if self.purpose == Purpose::Gateway && keys.is_empty() {
+            self.problems.push(
+                "gateway.keys: at least one key is required; make one with `riskgate gateway-key --agent AGENT_ID` and add the [[gateway.keys]] table it prints"
+                    .to_owned(),
+            );
+        }
+        self.unknown(section.unknown, "gateway");
+        Gateway {
+            listen,
+            metrics_listen,
+            default_wait,
+            max_wait,
+            max_body_bytes,
+            cache_entries,
+            cache_age,
+            rate: u32::try_from(rate).unwrap_or(u32::MAX),
+            burst: u32::try_from(burst).unwrap_or(u32::MAX),
+            max_waiting,
+            limits,
+            keys,
         }
     }
 

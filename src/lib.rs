@@ -8,6 +8,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod integrity;
 pub mod kafka;

@@ -76,6 +76,25 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
+    /// Run the gateway: the HTTP API where agents propose intents and get their decisions
+    /// (docs/gateway.md). Reads `[kafka]`, `[engine]`, `[integrity]` and `[gateway]`; the
+    /// keys reload on SIGHUP and when the file changes.
+    Gateway {
+        /// The configuration file (see riskgate.example.toml); RISKGATE__SECTION__KEY
+        /// environment variables override it.
+        #[arg(long, default_value = "riskgate.toml")]
+        config: PathBuf,
+        /// Log format: `text` for people, `json` for log pipelines. RUST_LOG filters.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Make an API key for the gateway: prints the key (give it to the agent; it is not
+    /// stored) and the `[[gateway.keys]]` entry with its SHA-256 for the configuration.
+    GatewayKey {
+        /// The agent_id the key speaks for.
+        #[arg(long)]
+        agent: String,
+    },
     /// Check a health endpoint, for container healthchecks in images without curl: exits 0
     /// when `GET URL` answers 200 within the timeout, 1 otherwise (saying why).
     Probe {
@@ -171,6 +190,8 @@ fn main() -> ExitCode {
         Command::Replay(args) => run_replay(&args),
         Command::Run { config, log_format } => run(&config, log_format),
         Command::Review { config, log_format } => review(&config, log_format),
+        Command::Gateway { config, log_format } => gateway(&config, log_format),
+        Command::GatewayKey { agent } => gateway_key(&agent),
         Command::Probe { url, timeout } => probe(&url, timeout),
         Command::HashSecret => hash_secret(),
         Command::Config { config } => Config::load(&config, std::env::vars())
@@ -253,6 +274,33 @@ fn review(config: &Path, format: LogFormat) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(riskgate::review::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gateway(path: &Path, format: LogFormat) -> Result<ExitCode> {
+    init_logs(format);
+    let config = Config::load_for(path, std::env::vars(), Purpose::Gateway)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(riskgate::gateway::run(config, path.to_owned()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gateway_key(agent: &str) -> Result<ExitCode> {
+    let agent = agent.trim();
+    if agent.is_empty() {
+        eprintln!("riskgate: error: --agent is empty; name the agent_id the key speaks for");
+        return Ok(ExitCode::FAILURE);
+    }
+    let (key, sha256) = riskgate::gateway::keys::generate()
+        .map_err(|e| anyhow::anyhow!("cannot draw random bytes for a key: {e}"))?;
+    eprintln!("The key for `{agent}` (give it to the agent; riskgate keeps only its SHA-256):");
+    println!("{key}");
+    eprintln!("\nAdd this to the gateway's configuration (the keys reload without a restart):");
+    let agent_toml = toml::Value::String(agent.to_owned());
+    println!("\n[[gateway.keys]]\nagent = {agent_toml}\nsha256 = \"{sha256}\"");
     Ok(ExitCode::SUCCESS)
 }
 

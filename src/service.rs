@@ -84,8 +84,21 @@ fn watch(
     dir: &Path,
     trigger: tmpsc::Sender<&'static str>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
+    watch_in(dir, None, trigger)
+}
+
+/// Watches `dir` and sends a trigger for every change of a file in it named `only` (of any
+/// file when `None`). The directory, not the file: editors and configuration managers
+/// replace a file by renaming another onto it.
+pub(crate) fn watch_in(
+    dir: &Path,
+    only: Option<std::ffi::OsString>,
+    trigger: tmpsc::Sender<&'static str>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        let Ok(e) = event else { return };
+        let named = |p: &std::path::PathBuf| only.as_ref().is_none_or(|n| p.file_name() == Some(n));
+        if !e.kind.is_access() && (only.is_none() || e.paths.iter().any(named)) {
             let _ = trigger.try_send("file change");
         }
     })?;

@@ -341,6 +341,143 @@ impl ReviewMetrics {
     }
 }
 
+/// The metrics of `riskgate gateway`, in a registry of their own.
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub wait_seconds: Histogram,
+    pub refusals: IntCounterVec,
+    pub answers: IntCounterVec,
+    pub waiting: IntGauge,
+    pub cache_entries: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub ready: IntGauge,
+    pub key_reloads: IntCounterVec,
+    pub unverified_records: IntCounterVec,
+}
+
+/// Buckets for the wait of a gateway request: a millisecond to the longest wait.
+const WAIT_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+
+impl GatewayMetrics {
+    fn new() -> Result<GatewayMetrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "riskgate_gateway_requests_total",
+                "Requests the gateway answered, by HTTP status code",
+            ),
+            &["code"],
+        )?;
+        let wait_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "riskgate_gateway_wait_seconds",
+                "How long a request waited for its decision (answered or not), from handing the intent to Kafka",
+            )
+            .buckets(WAIT_BUCKETS.to_vec()),
+        )?;
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "riskgate_gateway_refusals_total",
+                "Refused requests, by reason (unauthenticated, bad_key, wrong_agent, rate_limited, busy, too_large, unsupported_media_type, invalid_intent, bad_request, unavailable)",
+            ),
+            &["reason"],
+        )?;
+        let answers = IntCounterVec::new(
+            Opts::new(
+                "riskgate_gateway_answers_total",
+                "What requests that waited were answered with: allow, hold, deny, dead_letter, or pending (a 202: no decision within the wait)",
+            ),
+            &["answer"],
+        )?;
+        let waiting = IntGauge::new(
+            "riskgate_gateway_waiting_requests",
+            "Requests waiting for their decision now",
+        )?;
+        let cache_entries = IntGauge::new(
+            "riskgate_gateway_cache_entries",
+            "Decisions and dead letters kept for answers",
+        )?;
+        let cache_bytes = IntGauge::new(
+            "riskgate_gateway_cache_bytes",
+            "About how many bytes the kept answers take",
+        )?;
+        let ready = IntGauge::new(
+            "riskgate_gateway_ready",
+            "1 once the gateway has read the decisions and dead-letter topics up to now at start, and while it can reach the broker",
+        )?;
+        let key_reloads = IntCounterVec::new(
+            Opts::new(
+                "riskgate_gateway_key_reloads_total",
+                "Reloads of the API keys from the configuration file, by result (success, failure: the old keys stay)",
+            ),
+            &["result"],
+        )?;
+        let unverified_records = IntCounterVec::new(
+            Opts::new("riskgate_unverified_records_total", UNVERIFIED_HELP),
+            &["topic", "reason"],
+        )?;
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(wait_seconds.clone()),
+            Box::new(refusals.clone()),
+            Box::new(answers.clone()),
+            Box::new(waiting.clone()),
+            Box::new(cache_entries.clone()),
+            Box::new(cache_bytes.clone()),
+            Box::new(ready.clone()),
+            Box::new(key_reloads.clone()),
+            Box::new(unverified_records.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(GatewayMetrics {
+            registry,
+            requests,
+            wait_seconds,
+            refusals,
+            answers,
+            waiting,
+            cache_entries,
+            cache_bytes,
+            ready,
+            key_reloads,
+            unverified_records,
+        })
+    }
+
+    /// The names of every metric family, whether or not it has a value yet.
+    pub fn names(&self) -> Vec<String> {
+        family_names(&[
+            &self.requests,
+            &self.wait_seconds,
+            &self.refusals,
+            &self.answers,
+            &self.waiting,
+            &self.cache_entries,
+            &self.cache_bytes,
+            &self.ready,
+            &self.key_reloads,
+            &self.unverified_records,
+        ])
+    }
+
+    pub fn render(&self) -> String {
+        render(&self.registry)
+    }
+}
+
+/// The gateway process's metrics.
+pub fn gateway_metrics() -> &'static GatewayMetrics {
+    static METRICS: OnceLock<GatewayMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| match GatewayMetrics::new() {
+        Ok(m) => m,
+        Err(e) => unreachable_metrics(e),
+    })
+}
+
 /// The review process's metrics.
 pub fn review_metrics() -> &'static ReviewMetrics {
     static METRICS: OnceLock<ReviewMetrics> = OnceLock::new();
@@ -369,6 +506,20 @@ fn unreachable_metrics<M>(e: prometheus::Error) -> M {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_metrics_register_and_render() {
+        let g = gateway_metrics();
+        g.requests.with_label_values(&["200"]).inc();
+        let text = g.render();
+        assert!(
+            text.contains("riskgate_gateway_requests_total{code=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(g
+            .names()
+            .contains(&"riskgate_gateway_wait_seconds".to_owned()));
+    }
 
     #[test]
     fn every_metric_registers_and_renders() {

@@ -23,6 +23,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub mod broker;
+pub mod gateway;
 pub mod generator;
 pub mod oracle;
 pub mod review;
@@ -730,10 +731,13 @@ pub fn try_http(
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     if let Some(b) = body {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            request.push_str("Content-Type: application/json\r\n");
+        }
+        request.push_str(&format!("Content-Length: {}\r\n", b.len()));
     }
     request.push_str("\r\n");
     request.push_str(body.unwrap_or(""));
