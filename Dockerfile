@@ -18,7 +18,7 @@ COPY --from=build /src/target/release/riskgate /usr/local/bin/riskgate
 COPY rules /etc/riskgate/rules
 COPY examples/intents.jsonl /usr/share/riskgate/intents.jsonl
 USER riskgate
-EXPOSE 9464 9465
+EXPOSE 9464 9465 9467
 # `riskgate probe` answers healthchecks without a shell's /dev/tcp or curl (docker-compose.yml).
 HEALTHCHECK --interval=5s --retries=30 CMD ["riskgate", "probe", "http://127.0.0.1:9464/readyz"]
 ENTRYPOINT ["riskgate"]

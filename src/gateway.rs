@@ -316,19 +316,31 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
         }
     };
     ready(app, &unread);
+    let mut looked = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        // Caught up with a partition: its position has reached where it ended at the start.
+        // (Not "read the record before the end": on a transactional topic the end is past a
+        // commit marker, which no reader is given.)
+        if !unread.is_empty() && looked.elapsed() >= Duration::from_millis(100) {
+            looked = Instant::now();
+            if let Ok(positions) = consumer.position() {
+                for e in positions.elements() {
+                    let place = (e.topic().to_owned(), e.partition());
+                    let reached = match e.offset() {
+                        Offset::Offset(o) => unread.get(&place).is_some_and(|end| o >= *end),
+                        _ => false,
+                    };
+                    if reached {
+                        unread.remove(&place);
+                    }
+                }
+                ready(app, &unread);
+            }
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
                 outage.ok();
                 let topic = msg.topic();
-                let place = (topic.to_owned(), msg.partition());
-                if unread
-                    .get(&place)
-                    .is_some_and(|end| msg.offset() + 1 >= *end)
-                {
-                    unread.remove(&place);
-                    ready(app, &unread);
-                }
                 let Some(payload) = msg.payload() else {
                     continue;
                 };

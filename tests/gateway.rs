@@ -205,6 +205,28 @@ fn an_agent_gets_allow_hold_and_deny_and_what_is_invalid_never_reaches_kafka() {
     ] {
         assert_eq!(g.metric(series), Some(n), "{series}");
     }
+    // The example agent (Python, standard library only) acts on each outcome.
+    for (amount, payee, code, says) in [
+        ("25.00", "cp-0001", 0, "allowed: transferring 25.00 EUR"),
+        ("30000.00", "cp-7777", 10, "held for review"),
+        ("300000.00", "cp-7777", 20, "denied"),
+    ] {
+        let out = std::process::Command::new("python3")
+            .arg(repo().join("examples/agent.py"))
+            .args(["--account", "acct-2", "--amount", amount, "--payee", payee])
+            .env("RISKGATE_GATEWAY", format!("http://{}", g.address))
+            .env("RISKGATE_KEY", &bot.key)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.starts_with(says), "{stdout}");
+    }
     // The description of the API, and the probes.
     let doc = g.request("GET", "/v1/openapi.json", None, None, &[]).json();
     assert_eq!(doc["openapi"], "3.1.0");
@@ -277,6 +299,24 @@ fn waits_that_run_out_duplicates_conflicts_and_forged_decisions() {
         "the forged allow is no answer"
     );
 
+    // A signed intent, not decided yet either: the engine will send it to the dead letters.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jws = format!(
+        "{}.{}.{}",
+        b64.encode(br#"{"alg":"ES256","kid":"bot-1"}"#),
+        b64.encode(transfer("t-jws", "payments-bot", "acct-9", "5.00", "cp-0001").to_string()),
+        b64.encode([9u8; 64])
+    );
+    let r = g.request(
+        "POST",
+        "/v1/intents?wait=0",
+        Some(&bot),
+        Some(("application/jose", &jws)),
+        &[],
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let signed = r.header("location").unwrap().to_owned();
+
     // The engine starts: the waiting intents are decided, and a GET gets each.
     let mut service = Service::start(&c);
     let r = g.get(&bot, &location, "30s");
@@ -288,6 +328,10 @@ fn waits_that_run_out_duplicates_conflicts_and_forged_decisions() {
         (r.status, r.json()["decision"].clone()),
         (200, json!("deny"))
     );
+    // The signed intent's dead letter is its answer by id too (this gateway wrote it).
+    let r = g.get(&bot, &signed, "30s");
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["error"]["dead_letter"]["kind"], "invalid_json");
     // Another agent's decision is not known to this key.
     assert_eq!(g.get(&other, &location, "0").status, 404);
 
@@ -326,6 +370,15 @@ fn waits_that_run_out_duplicates_conflicts_and_forged_decisions() {
     let r = g.get(&bot, &location, "0");
     assert_eq!(r.json()["decision"], "allow");
     assert!(r.json().get("duplicate").is_none(), "{}", r.body);
+    // An instance started now reads the decisions of the last `cache_age` (on a transactional
+    // topic, whose end is past a commit marker) and is ready, with the answers.
+    let later = Gateway::start(&config_text(&c, "", &[&bot, &other]));
+    let r = later.get(&bot, &location, "0");
+    assert_eq!(
+        (r.status, r.json()["decision"].clone()),
+        (200, json!("allow"))
+    );
+    assert_eq!(later.get(&bot, &big, "0").json()["decision"], "deny");
     service.stop();
 }
 

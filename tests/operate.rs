@@ -311,7 +311,7 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
     std::fs::create_dir(etc.path().join("secrets")).unwrap();
     std::fs::write(etc.path().join("secrets/k1"), [1u8; 32]).unwrap();
     let load = |purpose| Config::load_for(&etc.path().join("riskgate.toml"), Vec::new(), purpose);
-    for purpose in [Purpose::Run, Purpose::Review] {
+    for purpose in [Purpose::Run, Purpose::Review, Purpose::Gateway] {
         let config = load(purpose);
         assert!(config.is_ok(), "{purpose:?}: {config:?}");
         assert!(
@@ -336,6 +336,7 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
         .names()
         .into_iter()
         .chain(riskgate::telemetry::review_metrics().names())
+        .chain(riskgate::telemetry::gateway_metrics().names())
         .collect();
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("deploy/grafana/dashboards/riskgate.json")).unwrap(),
@@ -372,6 +373,8 @@ fn the_compose_file_validates_and_the_dashboard_queries_exported_metrics() {
         "riskgate_pending_holds",
         "riskgate_review_outcomes_total",
         "riskgate_review_time_seconds",
+        "riskgate_gateway_requests_total",
+        "riskgate_gateway_wait_seconds",
     ] {
         assert!(
             used.contains(wanted),
@@ -464,7 +467,7 @@ fn dash(command: &str, bin: &Path) -> std::process::Output {
 fn the_compose_healthchecks_pass_under_dash_against_a_broker_and_the_services() {
     let checks = compose_healthchecks(&compose_file());
     let services: Vec<&str> = checks.iter().map(|(s, _)| s.as_str()).collect();
-    assert_eq!(services, ["kafka", "riskgate", "review"]);
+    assert_eq!(services, ["kafka", "riskgate", "review", "gateway"]);
     for (service, command) in &checks {
         assert!(
             !command.contains("/dev/tcp") && !command.contains("<<<"),
@@ -478,15 +481,22 @@ fn the_compose_healthchecks_pass_under_dash_against_a_broker_and_the_services() 
     let engine_http = stack.engine.http_address();
     stack.engine.wait_ready();
     let review = stack.review("");
-    let here = |command: &str, engine: &str, review: &str| {
+    let key = support::gateway::AgentKey::new("payments-bot");
+    let gateway = support::gateway::Gateway::start(&support::gateway::config_text(
+        &stack.config(),
+        "",
+        &[&key],
+    ));
+    let here = |command: &str, engine: &str, review: &str, gateway: &str| {
         command
             .replace("/opt/kafka/bin/", &format!("{}/", bin.path().display()))
             .replace("localhost:9092", &stack.broker.address)
             .replace("127.0.0.1:9464", engine)
             .replace("127.0.0.1:9465", review)
+            .replace("127.0.0.1:9467", gateway)
     };
     for (service, command) in &checks {
-        let command = here(command, &engine_http, &review.address);
+        let command = here(command, &engine_http, &review.address, &gateway.address);
         let out = dash(&command, bin.path());
         assert_success(&out, &format!("{service}: `{command}` under dash"));
     }
@@ -497,7 +507,7 @@ fn the_compose_healthchecks_pass_under_dash_against_a_broker_and_the_services() 
         .unwrap()
         .to_string();
     for (service, command) in &checks[1..] {
-        let command = here(command, &closed, &closed);
+        let command = here(command, &closed, &closed, &closed);
         let out = dash(&command, bin.path());
         assert!(
             !out.status.success(),

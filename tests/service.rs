@@ -875,6 +875,28 @@ fn the_example_configuration_starts_without_a_warning() {
         .filter(|e| matches!(e["level"].as_str(), Some("WARN" | "ERROR")))
         .collect();
     assert!(loud.is_empty(), "warnings at start: {loud:#?}");
+    // Its gateway too, and the example key README.md's curl example sends.
+    let gateway = support::gateway::Gateway::start(&text.replace("127.0.0.1:9467", "127.0.0.1:0"));
+    let body = r#"{"intent_id":"readme-1","agent_id":"payments-bot","account_id":"acct-0005","action":"transfer","amount":"250.00","currency":"EUR","counterparty":{"id":"cp-0001"},"created_at":"2026-11-28T10:30:00Z"}"#;
+    let r = http(
+        &gateway.address,
+        "POST",
+        "/v1/intents?wait=10s",
+        &[(
+            "Authorization",
+            "Bearer rgk_demo-payments-bot-never-use-this-key",
+        )],
+        Some(body),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["decision"], "allow", "{}", r.body);
+    let loud: Vec<serde_json::Value> = gateway
+        .process
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e["level"].as_str(), Some("WARN" | "ERROR")))
+        .collect();
+    assert!(loud.is_empty(), "the gateway's warnings: {loud:#?}");
     s.stop();
 }
 

@@ -385,6 +385,14 @@ impl App {
         wait: Duration,
     ) -> Result<Proposed, ApiError> {
         if intent.head.agent_id != caller.agent {
+            // A security event (the per-key rate bounds how often it can be logged; log
+            // lines escape control characters).
+            tracing::warn!(
+                key_agent = %caller.agent,
+                intent_agent = %intent.head.agent_id,
+                intent_id = %intent.head.intent_id,
+                "a key proposed for another agent; refused"
+            );
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "wrong_agent",
@@ -426,7 +434,11 @@ impl App {
                 ));
             }
         };
-        self.cache().written(id.clone(), Instant::now());
+        self.cache().written(
+            id.clone(),
+            (delivery.partition, delivery.offset),
+            Instant::now(),
+        );
         let started = Instant::now();
         let answer = self
             .wait_for_source((delivery.partition, delivery.offset), wait)

@@ -81,9 +81,11 @@ struct Entry {
     answer: Arc<Answer>,
 }
 
-/// Fixed overhead per entry beyond its bytes, for the size gauge: two map slots, the queue
-/// slot, the `Arc` and the strings' headers (measured in docs/gateway.md, "Memory").
-const ENTRY_OVERHEAD: usize = 240;
+/// Overhead per entry beyond its bytes, for the size gauge: two map slots (and their growth
+/// room), the queue slot, the `Arc`, the strings and the allocator's rounding. Calibrated on
+/// `examples/gateway_load.rs`: the gateway's RSS grew 1,470 bytes per answer over 97,500
+/// answers whose bytes averaged 751 (docs/performance.md, "Gateway").
+const ENTRY_OVERHEAD: usize = 720;
 
 pub struct Cache {
     max_entries: usize,
@@ -93,8 +95,10 @@ pub struct Cache {
     order: VecDeque<Entry>,
     wait_source: HashMap<Source, Vec<Waiter>>,
     wait_id: HashMap<Id, Vec<Waiter>>,
-    /// Intents this gateway wrote that have no answer yet, and when.
-    pending: HashMap<Id, Instant>,
+    /// Intents this gateway wrote that have no answer yet: when, and where they were written.
+    pending: HashMap<Id, (Instant, Source)>,
+    /// The same, by where they were written: a dead letter names only its source.
+    pending_at: HashMap<Source, Id>,
     next_waiter: u64,
     bytes: usize,
 }
@@ -116,6 +120,7 @@ impl Cache {
             wait_source: HashMap::new(),
             wait_id: HashMap::new(),
             pending: HashMap::new(),
+            pending_at: HashMap::new(),
             next_waiter: 0,
             bytes: 0,
         }
@@ -136,19 +141,23 @@ impl Cache {
     }
 
     /// Keeps `answer` for the intent at `source` (with `id` when it is a decision), read at
-    /// `now`, and hands it to every request waiting for it.
+    /// `now`, and hands it to every request waiting for it. A dead letter of an intent this
+    /// gateway wrote is also its answer by id.
     pub fn insert(&mut self, now: Instant, source: Source, id: Option<Id>, answer: Answer) {
         let answer = Arc::new(answer);
         for (_, tx) in self.wait_source.remove(&source).unwrap_or_default() {
             let _ = tx.send(answer.clone());
         }
+        let id = id.or_else(|| self.pending_at.get(&source).cloned());
         if let Some(id) = &id {
-            self.pending.remove(id);
+            if let Some((_, at)) = self.pending.remove(id) {
+                self.pending_at.remove(&at);
+            }
             let better = match (self.by_id.get(id).map(|a| a.as_ref()), answer.as_ref()) {
                 (Some(Answer::Decision { rank: old, .. }), Answer::Decision { rank, .. }) => {
                     rank > old
                 }
-                (None, Answer::Decision { .. }) => true,
+                (None, _) | (Some(Answer::DeadLetter { .. }), Answer::Decision { .. }) => true,
                 _ => false,
             };
             if better {
@@ -208,8 +217,14 @@ impl Cache {
             );
         }
         let max_age = self.max_age;
-        self.pending
-            .retain(|_, at| now.saturating_duration_since(*at) <= max_age);
+        let pending_at = &mut self.pending_at;
+        self.pending.retain(|_, (at, source)| {
+            let keep = now.saturating_duration_since(*at) <= max_age;
+            if !keep {
+                pending_at.remove(source);
+            }
+            keep
+        });
     }
 
     /// The answer for the intent at `source`, or a ticket to wait for it.
@@ -260,10 +275,13 @@ impl Cache {
         }
     }
 
-    /// Notes that this gateway wrote the intent `id` at `now`, not yet answered.
-    pub fn written(&mut self, id: Id, now: Instant) {
-        if !self.by_id.contains_key(&id) {
-            self.pending.insert(id, now);
+    /// Notes that this gateway wrote the intent `id` at `source` at `now`, not yet answered.
+    pub fn written(&mut self, id: Id, source: Source, now: Instant) {
+        if !self.by_id.contains_key(&id) && !self.by_source.contains_key(&source) {
+            if let Some((_, before)) = self.pending.insert(id.clone(), (now, source)) {
+                self.pending_at.remove(&before);
+            }
+            self.pending_at.insert(source, id);
         }
     }
 
@@ -409,12 +427,30 @@ mod tests {
         };
         c.leave_id(&id("x"), u.id);
         assert_eq!(c.waiting(), 0);
-        c.written(id("x"), t0);
+        c.written(id("x"), (3, 3), t0);
         assert!(c.is_pending(&id("x")));
         c.insert(t0, (3, 3), Some(id("x")), decision("allow", Rank::Original));
         assert!(!c.is_pending(&id("x")), "answered");
-        c.written(id("y"), t0);
+        c.written(id("y"), (3, 4), t0);
         c.evict(t0 + Duration::from_secs(61));
         assert!(!c.is_pending(&id("y")), "pending marks age out too");
+        assert!(c.pending_at.is_empty());
+        // A dead letter names only its place: for an intent this gateway wrote, it is the
+        // answer by id too; a decision under that id later wins over it.
+        c.written(id("z"), (3, 5), t0);
+        let letter = Answer::DeadLetter {
+            error: Bytes::from_static(br#"{"kind":"invalid_json"}"#),
+        };
+        c.insert(t0, (3, 5), None, letter);
+        assert!(!c.is_pending(&id("z")));
+        assert!(matches!(
+            c.wait_for_id(&id("z")).ok().as_deref(),
+            Some(Answer::DeadLetter { .. })
+        ));
+        c.insert(t0, (3, 6), Some(id("z")), decision("deny", Rank::Original));
+        assert!(matches!(
+            c.wait_for_id(&id("z")).ok().as_deref(),
+            Some(Answer::Decision { .. })
+        ));
     }
 }

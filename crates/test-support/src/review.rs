@@ -217,7 +217,7 @@ impl Stack {
         }
     }
 
-    fn config(&self) -> ServiceConfig<'_> {
+    pub fn config(&self) -> ServiceConfig<'_> {
         ServiceConfig::new(
             &self.broker,
             &self.topics,
