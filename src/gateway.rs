@@ -31,7 +31,7 @@ use tokio::sync::mpsc as tmpsc;
 
 use crate::config::{Config, Purpose};
 use crate::kafka::{
-    client_config, decisions_reader, mac_of, partition_count, Backoff, Client, Logging, Outage,
+    client_config, decisions_reader, mac_of, wait_for_topic, Backoff, Client, Logging, Outage,
 };
 use crate::shutdown::{Shutdown, GRACE};
 use crate::telemetry::events::{self, Emit};
@@ -271,27 +271,10 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
     .map_err(FollowError::Consumer)?;
     let decisions = config.kafka.decisions_topic.as_str();
     let dead_letters = config.kafka.dead_letter_topic.as_str();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut counts = Vec::new();
     for topic in [decisions, dead_letters] {
-        let n = loop {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            match partition_count(consumer.client(), topic, Duration::from_secs(5)) {
-                Ok(Some(n)) => {
-                    outage.ok();
-                    break n;
-                }
-                Ok(None) => {
-                    outage.ok();
-                    tracing::warn!(topic, "waiting for the topic to exist");
-                }
-                Err(e) => outage.failed(&format_args!("reading the metadata of `{topic}`: {e}")),
-            }
-            if !backoff.sleep(stop) {
-                return Ok(());
-            }
+        let Some(n) = wait_for_topic(consumer.client(), topic, stop, &outage) else {
+            return Ok(());
         };
         counts.push((topic, n));
     }

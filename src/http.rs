@@ -85,6 +85,11 @@ pub enum ProbeError {
     Answer(String),
 }
 
+/// The whole seconds a `Retry-After` header gives for `wait`: rounded up, at least 1.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// `GET url` over plain HTTP/1.0, within `timeout` for each step: the status code. A probe
 /// for container healthchecks (`riskgate probe`), which have no curl in a slim image.
 pub fn probe(url: &str, timeout: std::time::Duration) -> Result<u16, ProbeError> {

@@ -139,6 +139,36 @@ pub fn partition_count<C: ClientContext>(
         .map(|t| t.partitions().len() as i32))
 }
 
+/// How many partitions `topic` has, asking `client` until the topic exists (logging that it
+/// waits) and through outages (told to `outage`); `None` when `stop` is set first.
+pub fn wait_for_topic<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    stop: &AtomicBool,
+    outage: &Outage,
+) -> Option<i32> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        match partition_count(client, topic, Duration::from_secs(5)) {
+            Ok(Some(n)) => {
+                outage.ok();
+                return Some(n);
+            }
+            Ok(None) => {
+                outage.ok();
+                tracing::warn!(topic, "waiting for the topic to exist");
+            }
+            Err(e) => outage.failed(&format_args!("reading the metadata of `{topic}`: {e}")),
+        }
+        if !backoff.sleep(stop) {
+            return None;
+        }
+    }
+}
+
 /// The longest wait between two attempts to reach a broker of the clients that read the
 /// decisions topic and of the review producer (librdkafka's default is 10 s), unless the
 /// pass-through table sets it: they are back within about this long after the broker.

@@ -29,7 +29,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::{Config, Role};
 use crate::integrity::{self, Integrity};
 use crate::kafka::{
-    client_config, decisions_reader, mac_of, partition_count, Backoff, Client, Logging, Outage,
+    client_config, decisions_reader, mac_of, wait_for_topic, Client, Logging, Outage,
 };
 use crate::shutdown::{Shutdown, GRACE};
 use crate::telemetry::events::{self, Emit};
@@ -338,25 +338,8 @@ fn follow(config: &Config, app: &App, stop: &AtomicBool) -> Result<(), FollowErr
     )
     .map_err(FollowError::Consumer)?;
     let started = Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let partitions = loop {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        match partition_count(consumer.client(), topic, Duration::from_secs(5)) {
-            Ok(Some(n)) => {
-                outage.ok();
-                break n;
-            }
-            Ok(None) => {
-                outage.ok();
-                tracing::warn!(topic, "waiting for the decisions topic to exist");
-            }
-            Err(e) => outage.failed(&format_args!("reading the metadata of `{topic}`: {e}")),
-        }
-        if !backoff.sleep(stop) {
-            return Ok(());
-        }
+    let Some(partitions) = wait_for_topic(consumer.client(), topic, stop, &outage) else {
+        return Ok(());
     };
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {

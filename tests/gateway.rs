@@ -16,6 +16,79 @@ use serde_json::{json, Value};
 use support::gateway::{config_text, AgentKey, Gateway};
 use support::*;
 
+/// A test's own topics on the shared broker, and the rules the engine decides with.
+struct Setup {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    broker: Broker,
+    topics: Topics,
+    rules: tempfile::TempDir,
+}
+
+/// The sample policy (precedence, scoring, rates) and three rules whose outcome depends only
+/// on the intent, not on the hour or on what came before (the sample payments rules score
+/// night transfers and new payees): a trusted payee is allowed up to 50,000 EUR, a transfer
+/// above 10,000 EUR held, above 100,000 EUR denied.
+fn rules() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(
+        repo().join("rules/00-policy.toml"),
+        dir.path().join("00-policy.toml"),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("gateway.toml"),
+        r#"
+[[rule]]
+id = "transfer-hard-limit"
+when = 'action == "transfer" && amount_base > 100000'
+action = "deny"
+message = "{amount} {currency} is above the 100000 EUR hard limit for a single transfer"
+
+[[rule]]
+id = "large-transfer"
+when = 'action == "transfer" && amount_base > 10000'
+action = "hold"
+message = "{amount} {currency} is above the 10000 EUR transfer limit"
+
+[[rule]]
+id = "trusted-payee"
+when = 'has(counterparty.id) && counterparty.id in lists.trusted_payees && amount_base <= 50000'
+action = "allow"
+message = "{counterparty.id} is a trusted payee"
+"#,
+    )
+    .unwrap();
+    dir
+}
+
+impl Setup {
+    fn new(prefix: &str, partitions: i32) -> Setup {
+        let (_serial, broker, topics) = topics_on_shared_broker(prefix, partitions);
+        Setup {
+            _serial,
+            broker,
+            topics,
+            rules: rules(),
+        }
+    }
+
+    fn config(&self) -> ServiceConfig<'_> {
+        ServiceConfig::new(
+            &self.broker,
+            &self.topics,
+            &self.topics.group,
+            self.rules.path(),
+        )
+    }
+
+    /// `riskgate run`, started and deciding.
+    fn engine(&self) -> Service {
+        let mut service = Service::start(&self.config());
+        service.wait_ready();
+        service
+    }
+}
+
 /// An intent of `agent` on `account` now: a transfer of `amount` EUR to `payee`.
 fn transfer(id: &str, agent: &str, account: &str, amount: &str, payee: &str) -> Value {
     json!({
@@ -75,11 +148,9 @@ fn propose_in_background(
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn an_agent_gets_allow_hold_and_deny_and_what_is_invalid_never_reaches_kafka() {
-    let (_serial, broker, topics) = topics_on_shared_broker("gw-trip", 3);
-    let rules = account_rules();
-    let c = ServiceConfig::new(&broker, &topics, &topics.group, rules.path());
-    let mut service = Service::start(&c);
-    service.wait_ready();
+    let setup = Setup::new("gw-trip", 3);
+    let (broker, topics, c) = (&setup.broker, &setup.topics, setup.config());
+    let _service = setup.engine();
     let bot = AgentKey::new("payments-bot");
     let g = Gateway::start(&config_text(&c, "", &[&bot]));
 
@@ -239,9 +310,8 @@ fn an_agent_gets_allow_hold_and_deny_and_what_is_invalid_never_reaches_kafka() {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn waits_that_run_out_duplicates_conflicts_and_forged_decisions() {
-    let (_serial, broker, topics) = topics_on_shared_broker("gw-dup", 1);
-    let rules = account_rules();
-    let c = ServiceConfig::new(&broker, &topics, &topics.group, rules.path());
+    let setup = Setup::new("gw-dup", 1);
+    let (broker, topics, c) = (&setup.broker, &setup.topics, setup.config());
     let bot = AgentKey::new("payments-bot");
     let other = AgentKey::new("other-bot");
     // The gateway first, no engine yet: nothing is decided.
@@ -388,9 +458,8 @@ fn waits_that_run_out_duplicates_conflicts_and_forged_decisions() {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn a_gateway_killed_with_requests_in_flight_loses_nothing_and_any_instance_answers() {
-    let (_serial, broker, topics) = topics_on_shared_broker("gw-kill", 3);
-    let rules = account_rules();
-    let c = ServiceConfig::new(&broker, &topics, &topics.group, rules.path());
+    let setup = Setup::new("gw-kill", 3);
+    let (broker, topics, c) = (&setup.broker, &setup.topics, setup.config());
     let bot = AgentKey::new("payments-bot");
     let config = config_text(&c, "", &[&bot]);
     let mut first = Gateway::start(&config);
@@ -447,7 +516,7 @@ fn a_gateway_killed_with_requests_in_flight_loses_nothing_and_any_instance_answe
         assert_eq!(original["decision"], retried["decision"]);
     }
     // Exactly one decision per intent, and one duplicate per retry.
-    wait_all_committed(&broker, &topics, 3, Duration::from_secs(60));
+    wait_all_committed(broker, topics, 3, Duration::from_secs(60));
     let decisions = broker.read_all(&topics.decisions);
     for intent in &intents {
         let of: Vec<&Record> = decisions
@@ -469,9 +538,8 @@ fn a_gateway_killed_with_requests_in_flight_loses_nothing_and_any_instance_answe
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn keys_and_limits_are_enforced_and_keys_reload_without_a_restart() {
-    let (_serial, broker, topics) = topics_on_shared_broker("gw-keys", 1);
-    let rules = account_rules();
-    let c = ServiceConfig::new(&broker, &topics, &topics.group, rules.path());
+    let setup = Setup::new("gw-keys", 1);
+    let (broker, topics, c) = (&setup.broker, &setup.topics, setup.config());
     let [bot, other, waiter, eager, newcomer] = [
         "payments-bot",
         "other-bot",
@@ -627,11 +695,9 @@ fn keys_and_limits_are_enforced_and_keys_reload_without_a_restart() {
     ignore = "needs a Kafka broker: scripts/test runs it"
 )]
 fn authzen_evaluations_the_specifications_examples_and_payments() {
-    let (_serial, broker, topics) = topics_on_shared_broker("gw-authzen", 1);
-    let rules = account_rules();
-    let c = ServiceConfig::new(&broker, &topics, &topics.group, rules.path());
-    let mut service = Service::start(&c);
-    service.wait_ready();
+    let setup = Setup::new("gw-authzen", 1);
+    let (broker, topics, c) = (&setup.broker, &setup.topics, setup.config());
+    let _service = setup.engine();
     let alice = AgentKey::new("alice@example.com");
     let bot = AgentKey::new("payments-bot");
     let g = Gateway::start(&config_text(&c, "", &[&alice, &bot]));

@@ -174,7 +174,7 @@ impl ApiError {
 
     /// Too many attempts, or too many at once: try again in `wait`.
     fn later(status: StatusCode, code: &'static str, message: &str, wait: Duration) -> Self {
-        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        let secs = crate::http::retry_after_secs(wait);
         let mut e = ApiError::new(status, code, format!("{message}; try again in {secs} s"));
         e.retry_after = Some(secs);
         e
