@@ -22,7 +22,7 @@ use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::cache::{Answer, Id, Source};
+use super::cache::{Answer, Cache, Id, Source, Ticket};
 use super::keys::Caller;
 use super::{authzen, App, WRITE_TIMEOUT};
 use crate::telemetry::gateway_metrics;
@@ -449,28 +449,39 @@ impl App {
     }
 
     async fn wait_for_source(&self, source: Source, wait: Duration) -> Option<Arc<Answer>> {
-        let ticket = match self.cache().wait_for_source(source) {
-            Ok(a) => return Some(a),
-            Err(t) => t,
-        };
-        match tokio::time::timeout(wait, ticket.answer).await {
-            Ok(Ok(a)) => Some(a),
-            _ => {
-                self.cache().leave_source(source, ticket.id);
-                None
-            }
-        }
+        self.wait_for(
+            wait,
+            |c| c.wait_for_source(source),
+            |c, ticket| c.leave_source(source, ticket),
+        )
+        .await
     }
 
     async fn wait_for_id(&self, id: &Id, wait: Duration) -> Option<Arc<Answer>> {
-        let ticket = match self.cache().wait_for_id(id) {
+        self.wait_for(
+            wait,
+            |c| c.wait_for_id(id),
+            |c, ticket| c.leave_id(id, ticket),
+        )
+        .await
+    }
+
+    /// The answer `ask` finds in the cache now, or the one handed to its ticket within
+    /// `wait`; a ticket whose wait runs out is given back with `leave`.
+    async fn wait_for(
+        &self,
+        wait: Duration,
+        ask: impl FnOnce(&mut Cache) -> Result<Arc<Answer>, Ticket>,
+        leave: impl FnOnce(&mut Cache, u64),
+    ) -> Option<Arc<Answer>> {
+        let ticket = match ask(&mut self.cache()) {
             Ok(a) => return Some(a),
             Err(t) => t,
         };
         match tokio::time::timeout(wait, ticket.answer).await {
             Ok(Ok(a)) => Some(a),
             _ => {
-                self.cache().leave_id(id, ticket.id);
+                leave(&mut self.cache(), ticket.id);
                 None
             }
         }
